@@ -1,0 +1,271 @@
+"""Morton codes, voxelization on a cube grid, and the octree level hierarchy.
+
+A Morton code interleaves the bits of integer voxel coordinates, ``x`` in the most
+significant bit of each 3-bit group: sorting by it is a breadth-first octree traversal, so
+the voxels of level ``l`` (coordinates shifted right by ``l``) in Morton order are the
+sorted unique values of ``code >> 3l``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Optional
+
+import numpy as np
+
+from .gaussians import GaussianModel
+
+MAX_DEPTH = 21  # 3 * 21 = 63 bits fit an int64 Morton code
+
+
+class OctreeError(ValueError):
+    """Invalid octree or voxelization input; the message says what is wrong."""
+
+
+# ---------------------------------------------------------------- Morton codes
+
+def _spread_bits(v: np.ndarray) -> np.ndarray:
+    """Insert two zero bits between the low 21 bits of ``v`` (int64)."""
+    v = v.astype(np.int64) & 0x1FFFFF
+    v = (v | (v << 32)) & 0x1F00000000FFFF
+    v = (v | (v << 16)) & 0x1F0000FF0000FF
+    v = (v | (v << 8)) & 0x100F00F00F00F00F
+    v = (v | (v << 4)) & 0x10C30C30C30C30C3
+    v = (v | (v << 2)) & 0x1249249249249249
+    return v
+
+
+def _compact_bits(v: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_spread_bits`."""
+    v = v.astype(np.int64) & 0x1249249249249249
+    v = (v | (v >> 2)) & 0x10C30C30C30C30C3
+    v = (v | (v >> 4)) & 0x100F00F00F00F00F
+    v = (v | (v >> 8)) & 0x1F0000FF0000FF
+    v = (v | (v >> 16)) & 0x1F00000000FFFF
+    v = (v | (v >> 32)) & 0x1FFFFF
+    return v
+
+
+def morton_encode(coords: np.ndarray) -> np.ndarray:
+    """Morton codes (int64 [N]) of non-negative integer coordinates ``coords`` [N, 3] < 2^21."""
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise OctreeError(f"coords must have shape [N, 3], got {coords.shape}")
+    if coords.size and (coords.min() < 0 or coords.max() >= (1 << MAX_DEPTH)):
+        raise OctreeError(f"coords must lie in [0, 2^{MAX_DEPTH}); got range [{coords.min()}, {coords.max()}]")
+    c = coords.astype(np.int64)
+    return (_spread_bits(c[:, 0]) << 2) | (_spread_bits(c[:, 1]) << 1) | _spread_bits(c[:, 2])
+
+
+def morton_decode(codes: np.ndarray) -> np.ndarray:
+    """Integer coordinates (int64 [N, 3]) of Morton codes ``codes`` [N]."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return np.stack([_compact_bits(codes >> 2), _compact_bits(codes >> 1), _compact_bits(codes)], axis=1)
+
+
+# ---------------------------------------------------------------- voxelization
+
+@dataclass
+class VoxelGrid:
+    """A cube of side ``extent`` at ``origin`` cut into 2^depth voxels per axis."""
+
+    origin: np.ndarray  # [3] float64, corner of the cube
+    extent: float  # side length of the cube
+    depth: int
+
+    @property
+    def voxel_size(self) -> float:
+        return self.extent / float(1 << self.depth)
+
+    @classmethod
+    def bounding(cls, means: np.ndarray, depth: int) -> "VoxelGrid":
+        """The smallest axis-aligned cube holding ``means`` [N, 3] (float32-exact parameters)."""
+        if not 1 <= depth <= MAX_DEPTH:
+            raise OctreeError(f"depth must be in 1..{MAX_DEPTH}, got {depth}")
+        lo = means.min(axis=0).astype(np.float32).astype(np.float64)
+        ext = float(np.float32((means.max(axis=0) - lo).max()))
+        ext = float(np.nextafter(np.float32(max(ext, 1e-6)), np.float32(np.inf)))
+        return cls(origin=lo, extent=ext, depth=depth)
+
+    def quantize(self, means: np.ndarray) -> np.ndarray:
+        """Integer voxel coordinates (int64 [N, 3]) of positions ``means`` [N, 3]."""
+        q = np.floor((means.astype(np.float64) - self.origin) / self.voxel_size)
+        return np.clip(q, 0, (1 << self.depth) - 1).astype(np.int64)
+
+    def centers(self, coords: np.ndarray) -> np.ndarray:
+        """World positions (float32 [N, 3]) of the centers of voxels ``coords`` [N, 3]."""
+        return (self.origin + (coords.astype(np.float64) + 0.5) * self.voxel_size).astype(np.float32)
+
+
+@dataclass
+class VoxelizedModel:
+    """Gaussians merged per voxel, in Morton order, with their integer coordinates."""
+
+    model: GaussianModel  # means are voxel centers
+    coords: np.ndarray  # [M, 3] int64 voxel coordinates, Morton-sorted, unique
+    grid: VoxelGrid
+    source_index: np.ndarray  # [N] for each input Gaussian, the row of its voxel in ``model``
+
+    @property
+    def depth(self) -> int:
+        return self.grid.depth
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def voxelize(model: GaussianModel, depth: int, grid: Optional[VoxelGrid] = None) -> VoxelizedModel:
+    """Snap the Gaussians to voxel centers at ``depth`` and merge those sharing a voxel.
+
+    Merge rules (those of GPCC-GS): SH coefficients are averaged; opacity is averaged after
+    the sigmoid and mapped back to a logit; the scale is that of the Gaussian with the
+    largest volume (sum of log-scales); the rotation is the sign-aligned average of the
+    normalized quaternions, renormalized. Normals, if present, are averaged.
+    """
+    if len(model) == 0:
+        raise OctreeError("cannot voxelize an empty model")
+    model.check_finite()
+    grid = grid or VoxelGrid.bounding(model.means, depth)
+    coords = grid.quantize(model.means)
+    codes = morton_encode(coords)
+    uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    m = len(uniq)
+    cnt = counts.astype(np.float64)
+
+    def mean_rows(values: np.ndarray) -> np.ndarray:  # values [N, ...]
+        flat = values.reshape(len(values), -1).astype(np.float64)
+        out = np.zeros((m, flat.shape[1]))
+        np.add.at(out, inverse, flat)
+        return (out / cnt[:, None]).reshape((m,) + values.shape[1:])
+
+    sh = mean_rows(model.sh)
+    opacity = mean_rows(_sigmoid(model.opacity_logits.astype(np.float64))[:, None])[:, 0]
+    # Largest volume per voxel: sort by (voxel, volume) and take the last of each run.
+    volume = model.log_scales.astype(np.float64).sum(axis=1)
+    order = np.lexsort((volume, inverse))
+    last = order[np.cumsum(counts) - 1]
+    log_scales = model.log_scales[last]
+    q = model.quats.astype(np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    ref = q[last][inverse]  # align signs with the largest Gaussian's quaternion
+    q = np.where((q * ref).sum(axis=1, keepdims=True) < 0, -q, q)
+    quats = mean_rows(q)
+    norm = np.linalg.norm(quats, axis=1, keepdims=True)
+    quats = np.where(norm > 1e-12, quats / np.maximum(norm, 1e-12), q[last])
+    normals = None if model.normals is None else mean_rows(model.normals)
+    vcoords = morton_decode(uniq)
+    merged = GaussianModel(
+        means=grid.centers(vcoords),
+        log_scales=log_scales,
+        quats=quats,
+        opacity_logits=_logit(opacity),
+        sh=sh,
+        normals=normals,
+    )
+    return VoxelizedModel(model=merged, coords=vcoords, grid=grid, source_index=inverse.astype(np.int64))
+
+
+def occupied_voxel_count(means: np.ndarray, depth: int) -> int:
+    """How many voxels of the bounding cube at ``depth`` hold at least one of ``means``."""
+    grid = VoxelGrid.bounding(means, depth)
+    return int(len(np.unique(morton_encode(grid.quantize(means)))))
+
+
+def choose_depth(means: np.ndarray, max_merge_fraction: float = 0.05, min_depth: int = 8,
+                 max_depth: int = 18) -> int:
+    """Smallest depth in [min_depth, max_depth] at which at most ``max_merge_fraction`` of
+    the Gaussians are merged away (1 - voxels / Gaussians); ``max_depth`` if none is."""
+    n = len(means)
+    if n == 0:
+        raise OctreeError("cannot choose a depth for an empty model")
+    if not 0.0 <= max_merge_fraction < 1.0:
+        raise OctreeError(f"max_merge_fraction must be in [0, 1), got {max_merge_fraction}")
+    for depth in range(min_depth, max_depth + 1):
+        if 1.0 - occupied_voxel_count(means, depth) / n <= max_merge_fraction:
+            return depth
+    return max_depth
+
+
+# ---------------------------------------------------------------- levels
+
+@dataclass
+class OctreeLevels:
+    """The L-level hierarchy of Morton-sorted unique voxels ``coords`` at depth J.
+
+    ``coords[l]`` [M_l, 3] are the occupied voxels of level l (finest-grid coordinates
+    shifted right by l) in Morton order; ``point_to_voxel[l]`` [M_0] gives, for each
+    finest-level voxel, the row of its ancestor at level l.
+    """
+
+    coords: List[np.ndarray]
+    point_to_voxel: List[np.ndarray]
+    depth: int
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.coords)
+
+    @property
+    def sizes(self) -> List[int]:
+        return [len(c) for c in self.coords]
+
+    @classmethod
+    def build(cls, coords: np.ndarray, num_levels: int, depth: int) -> "OctreeLevels":
+        """``coords`` [M, 3] must be unique and in Morton order (as :func:`voxelize` returns)."""
+        if num_levels < 1:
+            raise OctreeError(f"num_levels must be >= 1, got {num_levels}")
+        if num_levels > depth + 1:
+            raise OctreeError(f"num_levels={num_levels} exceeds depth + 1 = {depth + 1}")
+        codes = morton_encode(coords)
+        if len(codes) > 1 and not np.all(codes[1:] > codes[:-1]):
+            raise OctreeError("coords must be unique and sorted in Morton order")
+        level_coords, p2v = [], []
+        for level in range(num_levels):
+            shifted = codes >> (3 * level)
+            # shifted is sorted, so unique-with-inverse is a run-length labelling.
+            starts = np.ones(len(shifted), dtype=bool)
+            starts[1:] = shifted[1:] != shifted[:-1]
+            level_coords.append(morton_decode(shifted[starts]))
+            p2v.append(np.cumsum(starts) - 1)
+        return cls(coords=level_coords, point_to_voxel=p2v, depth=depth)
+
+    def parent_index(self, level: int) -> np.ndarray:
+        """For each voxel of ``level`` (< L-1), the row of its parent at ``level + 1``."""
+        first = np.searchsorted(self.point_to_voxel[level], np.arange(len(self.coords[level])))
+        return self.point_to_voxel[level + 1][first]
+
+    def sparse_tensors(self, features: Optional[List["np.ndarray"]] = None):
+        """The levels as MinkowskiEngine sparse tensors (tensor stride 2^l, batch 0) sharing
+        one coordinate manager; ``features[l]`` [M_l, C] defaults to ones."""
+        import torch
+
+        from .compat import import_minkowski
+
+        me = import_minkowski()
+        manager = None
+        out = []
+        for level, c in enumerate(self.coords):
+            stride = 1 << level
+            bc = np.concatenate([np.zeros((len(c), 1), np.int64), c * stride], axis=1)
+            feats = np.ones((len(c), 1), np.float32) if features is None else features[level]
+            st = me.SparseTensor(
+                features=torch.as_tensor(feats, dtype=torch.float32),
+                coordinates=torch.as_tensor(bc, dtype=torch.int32),
+                tensor_stride=stride,
+                coordinate_manager=manager,
+            )
+            manager = st.coordinate_manager
+            out.append(st)
+        return out
+
+
+def with_model(vox: VoxelizedModel, model: GaussianModel) -> VoxelizedModel:
+    """``vox`` with its attributes replaced by ``model`` (same voxels, e.g. after finetuning)."""
+    if len(model) != len(vox.coords):
+        raise OctreeError(f"model has {len(model)} Gaussians, the voxel grid {len(vox.coords)}")
+    return replace(vox, model=model)

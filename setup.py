@@ -1,0 +1,42 @@
+"""RALHE-ME: learned hierarchical compression of 3D Gaussian Splatting models.
+
+Install with ``bash scripts/setup.sh`` (pip, builds MinkowskiEngine) or ``conda env create``
+(environment.yml). The package needs torch at build time for its CPU rasterizer extension,
+so install it with ``pip install --no-build-isolation -e .`` after torch.
+"""
+import os
+
+from setuptools import find_packages, setup
+
+ext_modules, cmdclass = [], {}
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    src = os.path.join("ralhe_me", "render", "csrc")
+    sources = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".cpp")) if os.path.isdir(src) else []
+    if sources:
+        ext_modules.append(
+            CppExtension(
+                "ralhe_me.render._rasterize_cpu",
+                sources,
+                extra_compile_args=["-O3", "-fopenmp", "-march=x86-64-v2"],
+                extra_link_args=["-fopenmp"],
+            )
+        )
+        cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=False)
+except ImportError:  # torch missing: the pure-PyTorch renderer is used instead
+    pass
+
+setup(
+    name="ralhe_me",
+    version="0.1.0",
+    description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
+    packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
+    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h"]},
+    python_requires=">=3.9",
+    install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],
+    extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"]},
+    entry_points={"console_scripts": ["ralhe=ralhe_me.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
