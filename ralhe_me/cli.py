@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import List, Optional
 
 
@@ -60,6 +61,89 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _codec_config(args):
+    from .config import load_preset
+
+    config = load_preset(args.preset)
+    if args.lmbda is not None:
+        if not args.lmbda > 0:
+            raise CliError(f"--lambda must be positive, got {args.lmbda}")
+        config.lmbda = args.lmbda
+    if args.depth is not None:
+        config.depth = args.depth
+    if args.steps is not None:
+        config.training.steps = args.steps
+    if args.codebook is not None:
+        config.covariance_codebook = args.codebook
+    return config
+
+
+def cmd_encode(args) -> int:
+    from .encoder import encode_file
+
+    config = _codec_config(args)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.training.steps, desc="training", unit="step")
+
+    def progress(step, record):
+        if bar is not None:
+            bar.n = step + 1
+            bar.set_postfix(bpp=f"{record['bits_per_point']:.2f}", D=f"{record['distortion']:.2e}")
+            bar.refresh()
+
+    result = encode_file(args.input, args.output, config, progress=progress)
+    if bar is not None:
+        bar.close()
+    n = result.header["num_points"]
+    print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels "
+          f"({8 * len(result.data) / n:.2f} bits/voxel), depth {result.header['depth']}, "
+          f"lambda {config.lmbda:g}, encoded in {sum(result.seconds.values()):.1f} s")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from .decoder import decode_file
+
+    start = time.perf_counter()
+    result = decode_file(args.input, args.output, threads=args.threads)
+    print(f"wrote {args.output}: {len(result.model)} Gaussians, SH degree {result.header['sh_degree']}, "
+          f"decoded in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .bitstream import FORMAT_VERSION, unpack
+    from .codec import SECTION_LATENTS
+
+    with open(args.input, "rb") as fh:
+        data = fh.read()
+    container = unpack(data)
+    h = container.header
+    n = int(h.get("num_points", 0)) or 1
+    print(f"{args.input}: RALHE format v{FORMAT_VERSION}, {len(data)} bytes, {h.get('num_points')} voxels, "
+          f"depth {h.get('depth')}, SH degree {h.get('sh_degree')}, lambda {h.get('lambda')}")
+    print(f"{'section':<12}{'bytes':>10}{'bits/voxel':>12}")
+    for name, size in container.section_sizes():
+        print(f"{name:<12}{size:>10}{8 * size / n:>12.3f}")
+    if args.per_attribute:
+        from .entropy.integer_arm import QuantizedArm
+        from .entropy.latent_coder import decode_latents, estimate_bits
+        from .codec import architecture_from_header, table_config_from_header
+
+        arch, tc = architecture_from_header(h), table_config_from_header(h)
+        arms = QuantizedArm.from_bytes(container.section("arms"))
+        latents = decode_latents(container.section(SECTION_LATENTS), h["level_sizes"], arms.num_attributes,
+                                 arms, arch.segment_length, tc)
+        bits = estimate_bits(latents, arms, arch.segment_length, tc, per_attribute=True)
+        print(f"{'attribute':<12}{'latent bytes':>14}{'bits/voxel':>12}")
+        for name, b in zip(h["attributes"], bits):
+            print(f"{name:<12}{b / 8:>14.0f}{b / n:>12.3f}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +181,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render size WxH (default 800x800 for orbits, the images' size for datasets)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("encode", help="compress an INRIA .ply into a .ralhe file",
+                       description="Voxelize, code positions losslessly and covariances by VQ, and train "
+                                   "the RALHE attribute model at one rate-distortion trade-off.")
+    p.add_argument("input", help="input INRIA 3DGS .ply")
+    p.add_argument("output", help="output .ralhe file")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=None,
+                   help="rate weight: larger gives smaller files (default: the preset's, 1e-3)")
+    p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
+    p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--codebook", type=_positive_int, default=None,
+                   help="covariance VQ codebook size (default: smallest keeping renders within 42 dB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="decompress a .ralhe file into an INRIA .ply",
+                       description="Decode a .ralhe file; the output is a standard INRIA 3DGS .ply.")
+    p.add_argument("input", help="input .ralhe file")
+    p.add_argument("output", help="output .ply")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("info", help="print the header and the bytes of each section of a .ralhe file")
+    p.add_argument("input", help=".ralhe file")
+    p.add_argument("--per-attribute", action="store_true", help="also decode the latents and print "
+                                                                "their bits per attribute")
+    p.set_defaults(func=cmd_info)
     return parser
 
 

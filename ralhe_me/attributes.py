@@ -1,0 +1,79 @@
+"""The coded attributes of a voxelized model: SH triplets and opacity, as signals on voxels.
+
+Each SH coefficient k is one attribute (an RGB triplet, d=3) and opacity is one more (d=1),
+so SH degree 3 gives 17. Opacity is coded after the sigmoid, where errors act on the image
+linearly. The SH basis is orthonormal on the sphere and ``Y_00^2 = 1/(4 pi)``, so a
+coefficient error ``e`` costs ``e^2 / (4 pi)`` of direction-averaged color MSE whatever its
+band: every SH attribute gets that same distortion weight. An opacity error moves a pixel
+by about ``e * |color - background|``; it gets the weight ``opacity_weight``.
+
+Signals are normalized per attribute (mean and standard deviation, stored in the header)
+so one decoder initialization and learning rate suit all of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+
+from .gaussians import GaussianModel
+
+SH_WEIGHT = 1.0 / (4.0 * np.pi)
+OPACITY_EPS = 1e-4
+
+
+def attribute_names(sh_degree: int) -> List[str]:
+    """``sh0 .. sh{K-1}`` then ``opacity``."""
+    return [f"sh{k}" for k in range((sh_degree + 1) ** 2)] + ["opacity"]
+
+
+@dataclass
+class AttributeSignals:
+    """Normalized attribute signals in voxel (Morton) order."""
+
+    sh: np.ndarray  # [K, N, 3] normalized SH coefficients
+    opacity: np.ndarray  # [1, N, 1] normalized opacity (after the sigmoid)
+    mean: np.ndarray  # [K + 1, 3] per-attribute channel means (opacity uses column 0)
+    std: np.ndarray  # [K + 1] per-attribute scale
+    weight: np.ndarray  # [K + 1] distortion weight of a unit error in normalized units
+
+    @property
+    def names(self) -> List[str]:
+        return attribute_names(int(round(np.sqrt(self.sh.shape[0]))) - 1)
+
+
+def extract_signals(model: GaussianModel, opacity_weight: float = 0.25) -> AttributeSignals:
+    """Split ``model`` (already in voxel order) into normalized per-attribute signals."""
+    sh = np.transpose(model.sh.astype(np.float64), (1, 0, 2))  # [K, N, 3]
+    alpha = model.opacities[None, :, None]  # [1, N, 1]
+    k = sh.shape[0]
+    mean = np.zeros((k + 1, 3))
+    std = np.ones(k + 1)
+    mean[:k] = sh.mean(axis=1)
+    std[:k] = np.maximum(sh.std(axis=(1, 2)), 1e-4)
+    mean[k, 0] = alpha.mean()
+    std[k] = max(alpha.std(), 1e-4)
+    # float32 so that the header's stored values equal the ones used here
+    mean = mean.astype(np.float32).astype(np.float64)
+    std = std.astype(np.float32).astype(np.float64)
+    weight = np.concatenate([np.full(k, SH_WEIGHT), [opacity_weight]]) * std ** 2
+    return AttributeSignals(
+        sh=((sh - mean[:k, None, :]) / std[:k, None, None]).astype(np.float32),
+        opacity=((alpha - mean[k, 0]) / std[k]).astype(np.float32),
+        mean=mean, std=std, weight=weight,
+    )
+
+
+def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[K, N, 3] normalized -> [N, K, 3] SH coefficients."""
+    k = sh_norm.shape[0]
+    sh = sh_norm.astype(np.float64) * std[:k, None, None] + mean[:k, None, :]
+    return np.transpose(sh, (1, 0, 2)).astype(np.float32)
+
+
+def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[1, N, 1] normalized opacity -> [N] logits, clamped away from 0 and 1."""
+    k = len(std) - 1
+    alpha = np.clip(op_norm.reshape(-1).astype(np.float64) * std[k] + mean[k, 0], OPACITY_EPS, 1 - OPACITY_EPS)
+    return (np.log(alpha) - np.log1p(-alpha)).astype(np.float32)

@@ -1,0 +1,90 @@
+"""What encoder and decoder share: the header schema and the reconstruction path.
+
+The encoder builds its reconstruction with :func:`reconstruct_attributes` from the very
+integers and weights it writes, and the decoder calls the same function on what it reads,
+so "what the encoder predicted" and "what the decoder outputs" are one computation.
+Decode side: imports nothing of the encoder, optimizers or renderer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .attributes import denormalize_opacity_logits, denormalize_sh
+from .config import ArchitectureConfig
+from .entropy.laplace import LaplaceTableConfig
+from .octree import OctreeLevels, VoxelGrid
+from .synthesis import AttributeSynthesis
+from .weights import dequantize, quantize
+
+SECTION_POSITIONS = "positions"
+SECTION_COVARIANCE = "covariance"
+SECTION_DECODERS = "decoders"
+SECTION_ARMS = "arms"
+SECTION_LATENTS = "latents"
+SECTIONS = (SECTION_POSITIONS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_ARMS, SECTION_LATENTS)
+
+
+def decoder_parameters(synthesis: AttributeSynthesis) -> List[Tuple[str, torch.nn.Parameter]]:
+    return synthesis.decoder_parameters()
+
+
+def quantize_decoders(synthesis: AttributeSynthesis, shift: int) -> List[np.ndarray]:
+    return [quantize(p, shift) for _, p in decoder_parameters(synthesis)]
+
+
+def load_decoders(synthesis: AttributeSynthesis, ints: Sequence[np.ndarray], shift: int) -> None:
+    """Set the decoders to the fixed-point weights ``ints`` (step 2**-shift)."""
+    with torch.no_grad():
+        for (_, p), v in zip(decoder_parameters(synthesis), ints):
+            p.copy_(dequantize(v, shift).reshape(p.shape))
+
+
+def architecture_from_header(header: dict) -> ArchitectureConfig:
+    values = dict(header["architecture"])
+    values["decoder_linear"] = tuple(values["decoder_linear"])
+    return ArchitectureConfig(**values)
+
+
+def table_config_from_header(header: dict) -> LaplaceTableConfig:
+    return LaplaceTableConfig(**header["table_config"])
+
+
+def grid_from_header(header: dict) -> VoxelGrid:
+    return VoxelGrid(origin=np.asarray(header["origin"], dtype=np.float64), extent=float(header["extent"]),
+                     depth=int(header["depth"]))
+
+
+def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequence[str],
+                arch: ArchitectureConfig, table_config: LaplaceTableConfig, level_sizes: Sequence[int],
+                mean: np.ndarray, std: np.ndarray, decoder_shift: int, lmbda: float) -> dict:
+    return {
+        "num_points": int(num_points), "depth": int(grid.depth),
+        "origin": [float(v) for v in grid.origin], "extent": float(grid.extent),
+        "sh_degree": int(sh_degree), "attributes": list(names),
+        "architecture": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(arch).items()},
+        "table_config": dataclasses.asdict(table_config),
+        "level_sizes": [int(n) for n in level_sizes],
+        "signal_mean": np.asarray(mean, np.float64).tolist(), "signal_std": np.asarray(std, np.float64).tolist(),
+        "decoder_shift": int(decoder_shift), "lambda": float(lmbda),
+    }
+
+
+@torch.no_grad()
+def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.ndarray],
+                           mean: np.ndarray, std: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Integer latent planes [A, n] -> SH [N, K, 3] and opacity logits [N]."""
+    sh_norm, op_norm = synthesis.decode([torch.as_tensor(l, dtype=torch.float32) for l in latents])
+    return denormalize_sh(sh_norm.numpy(), mean, std), denormalize_opacity_logits(op_norm.numpy(), mean, std)
+
+
+def levels_for(coords: np.ndarray, header: dict) -> OctreeLevels:
+    return OctreeLevels.build(coords, int(header["architecture"]["num_levels"]), int(header["depth"]))
+
+
+def section_report(container) -> Dict[str, int]:
+    """Bytes per section (framing included) of a container."""
+    return dict(container.section_sizes())

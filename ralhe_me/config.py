@@ -1,0 +1,93 @@
+"""Codec configuration as dataclasses, and the YAML presets under ``models/``."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ConfigError(ValueError):
+    """A preset or option is invalid; the message names the key."""
+
+
+@dataclass
+class ArchitectureConfig:
+    """What the decoder must know to rebuild the networks (all of it goes in the header)."""
+
+    num_levels: int = 7  # L octree levels of latents, finest (0) to coarsest (L-1)
+    latent_channels: int = 3  # latents per voxel per level per attribute (the paper: 1)
+    skip: bool = True  # add a point-wise linear path from latents to output (the paper: no)
+    decoder_linear: Tuple[int, int] = (12, 4)  # widths of the two point-wise layers
+    decoder_conv: int = 2  # width of the first 3x3x3 sparse convolution
+    arm_context: int = 16  # K latents before, in Morton order
+    arm_hidden: int = 16
+    segment_length: int = 512  # contexts restart every this many latents (lockstep decoding)
+
+
+@dataclass
+class TrainingConfig:
+    """The overfitting schedule: noise phase, then straight-through rounding."""
+
+    steps: int = 1500
+    hard_rounding_fraction: float = 0.2  # final fraction of the steps with STE rounding
+    learning_rate: float = 1e-2
+    final_learning_rate: float = 1e-4
+    opacity_weight: float = 0.25  # distortion weight of opacity (see attributes.py)
+    rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per step
+    distortion_subsample: float = 1.0  # fraction of voxels decoded per step (Morton runs)
+    subsample_chunk: int = 512  # length of those runs
+    seed: int = 0
+    threads: Optional[int] = None
+
+
+@dataclass
+class CodecConfig:
+    lmbda: float = 1e-3  # rate weight: loss = D + lmbda * bits per Gaussian
+    depth: Optional[int] = None  # octree depth J; None: choose automatically
+    max_merge_fraction: float = 0.05  # rule of the automatic depth choice
+    covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen by rendering PSNR
+    covariance_min_psnr: float = 42.0  # automatic size: renders of the VQ'd model vs unquantized, dB
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+def _merge(obj, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} must be a mapping")
+            _merge(current, value, f"{where}.{key}")
+        else:
+            if isinstance(current, tuple):
+                value = tuple(value)
+            setattr(obj, key, value)
+    return obj
+
+
+def list_presets():
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> CodecConfig:
+    """A :class:`CodecConfig` from ``models/<name>.yaml`` or a YAML path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset '{name_or_path}' (available: {', '.join(list_presets())})")
+    with open(path) as fh:
+        values = yaml.safe_load(fh) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping")
+    values.pop("description", None)
+    return _merge(CodecConfig(), values, os.fspath(path.name))

@@ -1,0 +1,120 @@
+"""Decode a ``.ralhe`` file into a 3DGS model.
+
+Decode side only: imports no encoder, optimizer or renderer. Every failure on a bad file is
+a :class:`~ralhe_me.bitstream.BitstreamError` naming the problem, and output files are
+written atomically (never a partial file).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict
+
+import numpy as np
+import torch
+
+from .bitstream import BitstreamError, CorruptDataError, unpack
+from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_LATENTS, SECTION_POSITIONS,
+                    architecture_from_header, decoder_parameters, grid_from_header, levels_for, load_decoders,
+                    reconstruct_attributes, table_config_from_header)
+from .entropy.integer_arm import QuantizedArm
+from .entropy.latent_coder import decode_latents
+from .gaussians import GaussianModel, write_ply
+from .geometry.covariance_vq import decode_covariance
+from .geometry.occupancy import decode_positions
+from .synthesis import AttributeSynthesis, plane_sizes
+from .weights import decode_int_tensors
+
+
+@dataclass
+class DecodeResult:
+    model: GaussianModel
+    header: dict
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def _checked(header: dict) -> dict:
+    required = ("num_points", "depth", "origin", "extent", "sh_degree", "attributes", "architecture",
+                "table_config", "level_sizes", "signal_mean", "signal_std", "decoder_shift")
+    missing = [k for k in required if k not in header]
+    if missing:
+        raise CorruptDataError(f"header lacks {', '.join(missing)}")
+    if not 0 <= int(header["sh_degree"]) <= 3:
+        raise CorruptDataError(f"invalid SH degree {header['sh_degree']}")
+    if not 1 <= int(header["depth"]) <= 21:
+        raise CorruptDataError(f"invalid depth {header['depth']}")
+    return header
+
+
+def decode_bytes(data: bytes) -> DecodeResult:
+    """Decode the bytes of a ``.ralhe`` file; raise a BitstreamError subclass if invalid."""
+    container = unpack(data)
+    try:
+        return _decode(container)
+    except BitstreamError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as exc:
+        # Checksums passed, so this is a consistent but invalid file (or a CRC collision).
+        raise CorruptDataError(f"inconsistent file content ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(container) -> DecodeResult:
+    header = _checked(container.header)
+    times = {}
+    t0 = time.perf_counter()
+    n = int(header["num_points"])
+    coords = decode_positions(container.section(SECTION_POSITIONS), int(header["depth"]))
+    if len(coords) != n:
+        raise CorruptDataError(f"positions hold {len(coords)} points, the header says {n}")
+    levels = levels_for(coords, header)
+    arch = architecture_from_header(header)
+    planes = plane_sizes(levels.sizes, arch)
+    if planes != [int(s) for s in header["level_sizes"]]:
+        raise CorruptDataError("latent plane sizes differ from the header")
+    times["positions"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log_scales, quats = decode_covariance(container.section(SECTION_COVARIANCE))
+    if len(log_scales) != n:
+        raise CorruptDataError(f"covariance holds {len(log_scales)} entries, the header says {n}")
+    times["covariance"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    table_config = table_config_from_header(header)
+    num_sh = (int(header["sh_degree"]) + 1) ** 2
+    synthesis = AttributeSynthesis(num_sh, arch, table_config)
+    shapes = [tuple(p.shape) for _, p in decoder_parameters(synthesis)]
+    ints = decode_int_tensors(container.section(SECTION_DECODERS), shapes)
+    load_decoders(synthesis, ints, int(header["decoder_shift"]))
+    arms = QuantizedArm.from_bytes(container.section(SECTION_ARMS))
+    if arms.num_attributes != num_sh + 1:
+        raise CorruptDataError(f"{arms.num_attributes} ARMs for {num_sh + 1} attributes")
+    latents = decode_latents(container.section(SECTION_LATENTS), planes, num_sh + 1, arms,
+                             arch.segment_length, table_config)
+    times["latents"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    synthesis.bind(levels)
+    mean = np.asarray(header["signal_mean"], dtype=np.float64)
+    std = np.asarray(header["signal_std"], dtype=np.float64)
+    sh, opacity_logits = reconstruct_attributes(synthesis, latents, mean, std)
+    times["attributes"] = time.perf_counter() - t0
+
+    grid = grid_from_header(header)
+    model = GaussianModel(means=grid.centers(coords), log_scales=log_scales, quats=quats,
+                          opacity_logits=opacity_logits, sh=sh)
+    return DecodeResult(model=model, header=header, seconds=times)
+
+
+def decode_file(path_in: str, path_out: str, threads: int | None = None) -> DecodeResult:
+    """Decode ``path_in`` and write the INRIA ``.ply`` ``path_out`` (atomically)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if not os.path.isfile(path_in):
+        raise FileNotFoundError(f"{path_in}: no such file")
+    with open(path_in, "rb") as fh:
+        data = fh.read()
+    result = decode_bytes(data)
+    write_ply(result.model, path_out)
+    return result

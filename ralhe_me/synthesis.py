@@ -1,0 +1,151 @@
+"""From latents to attributes, and the rate of the latents: the networks of one model.
+
+One :class:`AttributeSynthesis` holds the decoders of all attributes (the SH triplets as one
+grouped decoder, opacity as another) and their ARMs (one batched module). Both the training
+loop and the file decoder use it, so what the encoder optimizes is what the decoder runs.
+
+Latent planes. Each attribute has ``C = latent_channels`` latents per voxel per level
+(the paper: C = 1), stored as ``C * L`` planes in channel-major order (plane ``c * L + l``
+holds channel ``c`` of level ``l``). The entropy coder sees planes exactly like levels: the
+contexts of a latent are the K before it in its own plane. With C = 3 an RGB triplet is
+not squeezed through one scalar per voxel.
+
+Decoder. The paper's 4-layer decoder (two point-wise layers, two 3x3x3 sparse
+convolutions) plus, when ``skip`` is set, a point-wise linear map from the upsampled latents
+to the output added to it: the classical "sum of the pyramid" reconstruction is then exactly
+representable, training starts from it, and the 4 layers learn what it misses.
+
+Decode side: no optimizer, no renderer, no encoder import.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .config import ArchitectureConfig
+from .entropy.laplace import LaplaceTableConfig, laplace_rate_bits
+from .nn.arm import ArmConfig, BatchedArm
+from .nn.grouped_decoder import GroupedSparseDecoder
+from .nn.neighbors import NeighborMap
+from .nn.sparse_decoder import DecoderConfig
+from .octree import OctreeLevels
+
+
+def decoder_configs(arch: ArchitectureConfig) -> Tuple[DecoderConfig, DecoderConfig]:
+    """The decoder shapes of an SH triplet (d=3) and of opacity (d=1)."""
+    common = dict(in_channels=arch.num_levels * arch.latent_channels, hidden_linear=tuple(arch.decoder_linear),
+                  hidden_conv=arch.decoder_conv)
+    return DecoderConfig(out_channels=3, **common), DecoderConfig(out_channels=1, **common)
+
+
+def arm_config(arch: ArchitectureConfig) -> ArmConfig:
+    return ArmConfig(context_size=arch.arm_context, hidden=arch.arm_hidden)
+
+
+def plane_sizes(level_sizes, arch: ArchitectureConfig) -> List[int]:
+    """Sizes of the ``C * L`` latent planes (channel-major)."""
+    return [int(n) for n in level_sizes] * arch.latent_channels
+
+
+class AttributeSynthesis(nn.Module):
+    """Decoders and ARMs of ``num_sh`` SH attributes plus opacity."""
+
+    def __init__(self, num_sh: int, arch: ArchitectureConfig,
+                 table_config: LaplaceTableConfig = LaplaceTableConfig()):
+        super().__init__()
+        self.arch = arch
+        self.num_sh = num_sh
+        sh_cfg, op_cfg = decoder_configs(arch)
+        self.sh_decoder = GroupedSparseDecoder(num_sh, sh_cfg)
+        self.opacity_decoder = GroupedSparseDecoder(1, op_cfg)
+        if arch.skip:
+            self.sh_skip = nn.Parameter(torch.zeros(num_sh, sh_cfg.in_channels, 3))
+            self.sh_skip_bias = nn.Parameter(torch.zeros(num_sh, 1, 3))
+            self.opacity_skip = nn.Parameter(torch.zeros(1, op_cfg.in_channels, 1))
+            self.opacity_skip_bias = nn.Parameter(torch.zeros(1, 1, 1))
+        self.arm = BatchedArm(num_sh + 1, arm_config(arch), table_config)
+        self._plane_p2v: List[Tensor] = []
+        self._neighbors: Optional[NeighborMap] = None
+        self._segment_start: Optional[Tensor] = None
+
+    @property
+    def num_attributes(self) -> int:
+        return self.num_sh + 1
+
+    def decoder_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        """The decoding networks' parameters in file order (SH group, opacity, skips)."""
+        params = [(f"sh.{n}", p) for n, p in self.sh_decoder.named_parameters()]
+        params += [(f"opacity.{n}", p) for n, p in self.opacity_decoder.named_parameters()]
+        if self.arch.skip:
+            params += [("sh.skip", self.sh_skip), ("sh.skip_bias", self.sh_skip_bias),
+                       ("opacity.skip", self.opacity_skip), ("opacity.skip_bias", self.opacity_skip_bias)]
+        return params
+
+    def bind(self, levels: OctreeLevels) -> None:
+        """Attach the geometry: upsampling maps, the finest voxels' 3x3x3 neighbour map and
+        the segment starts of the latent planes."""
+        if levels.num_levels != self.arch.num_levels:
+            raise ValueError(f"levels has {levels.num_levels} levels, the architecture {self.arch.num_levels}")
+        p2v = [torch.as_tensor(p, dtype=torch.int64) for p in levels.point_to_voxel]
+        self._plane_p2v = p2v * self.arch.latent_channels
+        self._neighbors = NeighborMap.from_coords(levels.coords[0])
+        starts, offset, seg = [], 0, self.arch.segment_length
+        for n in plane_sizes(levels.sizes, self.arch):
+            starts.append(offset + (torch.arange(n) // seg) * seg)
+            offset += n
+        self._segment_start = torch.cat(starts)
+
+    def upsample(self, planes: List[Tensor]) -> Tensor:
+        """Copy each plane's latents [A, n_l] to the finest voxels -> [A, N, C * L]."""
+        return torch.stack([lat[:, p2v] for lat, p2v in zip(planes, self._plane_p2v)], dim=-1)
+
+    def decode(self, planes: List[Tensor], rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Latent planes [A, n] -> normalized SH [K, N, 3] and opacity [1, N, 1], or only the
+        finest voxels ``rows`` (sorted, unique) -> [K, S, 3] and [1, S, 1]."""
+        if self._neighbors is None:
+            raise RuntimeError("bind() the octree levels before decoding")
+        up = self.upsample(planes)
+        plan = self._neighbors if rows is None else self._neighbors.subset_plan(rows)
+        up_sh, up_op = up[: self.num_sh].contiguous(), up[self.num_sh:].contiguous()
+        sh = self.sh_decoder(up_sh, plan)
+        opacity = self.opacity_decoder(up_op, plan)
+        if self.arch.skip:
+            at = up_sh if rows is None else up_sh[:, rows]
+            ao = up_op if rows is None else up_op[:, rows]
+            sh = sh + torch.baddbmm(self.sh_skip_bias, at, self.sh_skip)
+            opacity = opacity + torch.baddbmm(self.opacity_skip_bias, ao, self.opacity_skip)
+        return sh, opacity
+
+    def contexts(self, values: Tensor, positions: Tensor) -> Tensor:
+        """Contexts [A, P, K] of ``positions`` [P] in the concatenation ``values`` [A, T] of
+        all planes: the K latents before, zero where they fall before the segment start."""
+        k = self.arch.arm_context
+        src = positions[:, None] - k + torch.arange(k)[None, :]  # [P, K]
+        valid = src >= self._segment_start[positions][:, None]
+        return values[:, src.clamp(min=0)] * valid.to(values.dtype)
+
+    def rate_bits(self, planes: List[Tensor], subsample: float = 1.0,
+                  generator: Optional[torch.Generator] = None) -> Tensor:
+        """Estimated bits of all latents under the float ARM (an unbiased estimate when
+        only a random ``subsample`` fraction of the latents is evaluated)."""
+        values = torch.cat(planes, dim=1)  # [A, T]
+        total = values.shape[1]
+        if subsample < 1.0:
+            keep = max(1, int(total * subsample))
+            positions = torch.randperm(total, generator=generator)[:keep]
+        else:
+            keep, positions = total, torch.arange(total)
+        mu, log_scale = self.arm(self.contexts(values, positions))
+        return laplace_rate_bits(values[:, positions], mu, log_scale).sum() * (total / keep)
+
+
+def sample_rows(num_points: int, fraction: float, chunk: int, generator: torch.Generator) -> Optional[Tensor]:
+    """About ``fraction`` of ``num_points`` voxels as random Morton-contiguous runs of
+    ``chunk`` (spatially compact, so few extra neighbours are needed); None for all."""
+    if fraction >= 1.0 or num_points <= chunk:
+        return None
+    count = max(1, int(round(fraction * num_points / chunk)))
+    starts = torch.randint(0, num_points - chunk + 1, (count,), generator=generator)
+    return torch.unique((starts[:, None] + torch.arange(chunk)[None, :]).reshape(-1))

@@ -1,0 +1,168 @@
+"""The overfitting loop: latents, decoders and ARMs of all attributes trained jointly.
+
+loss = sum_k w_k MSE_k + lambda * (bits of all latents) / N
+
+Latents are real-valued parameters made quantization-aware by additive uniform noise, then,
+for the last ``hard_rounding_fraction`` of the steps, rounded with a straight-through
+gradient, so the decoder and ARMs finish on the integer latents the file will hold.
+This module is encoder-only: it imports the optimizer.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+
+from .attributes import AttributeSignals
+from .config import ArchitectureConfig, TrainingConfig
+from .octree import OctreeLevels
+from .synthesis import AttributeSynthesis, sample_rows
+
+
+@dataclass
+class TrainingResult:
+    synthesis: AttributeSynthesis
+    latents: List[torch.Tensor]  # per level [A, n_l] float, integer-valued after training
+    history: List[dict]
+    seconds: float
+
+
+def pyramid_latents(values: np.ndarray, levels: OctreeLevels) -> List[np.ndarray]:
+    """A Haar-like pyramid of ``values`` [A, N] on the octree: level L-1 holds voxel means,
+    each finer level the difference between its voxel mean and its parent's, so that
+    summing a point's latents over all levels gives back its value exactly."""
+    a, n = values.shape
+    means = []
+    for p2v, size in zip(levels.point_to_voxel, levels.sizes):
+        total = np.zeros((a, size))
+        for i in range(a):
+            total[i] = np.bincount(p2v, weights=values[i], minlength=size)
+        means.append(total / np.bincount(p2v, minlength=size)[None, :])
+    out = [None] * len(means)
+    out[-1] = means[-1]
+    for level in range(len(means) - 2, -1, -1):
+        out[level] = means[level] - means[level + 1][:, levels.parent_index(level)]
+    return out
+
+
+def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, levels: OctreeLevels,
+                  lmbda: float) -> List[torch.Tensor]:
+    """Start from the classical solution: per attribute, its channels rotated to their
+    principal axes, each a pyramid of latent planes scaled by the high-rate optimal quantizer
+    step for ``lmbda``; the skip path sums the pyramid back and rotates it to RGB, and the
+    4-layer branch starts at zero output (its last kernel zero) to learn what this misses.
+
+    For entropy-coded uniform quantization with step s, D + lambda R is minimal at
+    s^2 = 6 lambda / (w ln 2) (w: distortion weight per unit of the signal), so each
+    attribute gets its own step; with one latent channel only the principal axis is kept.
+    """
+    arch = synthesis.arch
+    c_lat = arch.latent_channels
+    num_sh = synthesis.num_sh
+    a = num_sh + 1
+    # rotations [A, 3, 3]: rows are the principal axes (opacity: identity on channel 0)
+    rot = np.zeros((a, 3, 3))
+    for k, x in enumerate(signals.sh):
+        _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+        rot[k] = vt
+    rot[-1] = np.eye(3)
+    values = np.zeros((a, 3, signals.sh.shape[1]))
+    values[:num_sh] = np.einsum("knc,kjc->kjn", signals.sh.astype(np.float64), rot[:num_sh])
+    values[-1, 0] = signals.opacity[0, :, 0]
+    step = np.clip(np.sqrt(6.0 * lmbda / (np.maximum(signals.weight, 1e-12) * np.log(2.0))), 1e-3, 10.0)
+    planes = []
+    for c in range(c_lat):
+        pyramid = pyramid_latents(values[:, c], levels)
+        planes += [torch.as_tensor(p / step[:, None], dtype=torch.float32) for p in pyramid]
+    with torch.no_grad():  # the ARMs start at the latents' typical magnitude
+        spread = torch.stack([torch.cat([p[i] for p in planes]).abs().mean() for i in range(a)])
+        tc = synthesis.arm.table_config
+        synthesis.arm.biases[-1][:, 1] = torch.log(spread.clamp(min=0.05)).clamp(tc.log_scale_min, tc.log_scale_max)
+    if arch.skip:
+        L = arch.num_levels
+        with torch.no_grad():
+            for skip, sl, d in ((synthesis.sh_skip, slice(0, num_sh), 3), (synthesis.opacity_skip, slice(num_sh, a), 1)):
+                w = np.zeros(skip.shape)
+                for c in range(c_lat):
+                    # output channel j gets step * rot[c, j] from each plane of channel c
+                    w[:, c * L:(c + 1) * L, :] = (step[sl, None] * rot[sl, c, :d])[:, None, :]
+                skip.copy_(torch.as_tensor(w, dtype=torch.float32))
+            for dec in (synthesis.sh_decoder, synthesis.opacity_decoder):
+                dec.conv1_kernel.zero_()
+                dec.conv1_bias.zero_()
+    return planes
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: ArchitectureConfig,
+                     training: TrainingConfig, lmbda: float,
+                     init: Optional[TrainingResult] = None,
+                     progress: Optional[Callable[[int, dict], None]] = None) -> TrainingResult:
+    """Fit latents + networks to ``signals`` on ``levels``; warm-start from ``init`` if given."""
+    torch.manual_seed(training.seed)
+    gen = torch.Generator().manual_seed(training.seed)
+    start = time.perf_counter()
+    if init is not None:
+        synthesis = init.synthesis
+        latents = [torch.nn.Parameter(l.detach().clone()) for l in init.latents]
+    else:
+        synthesis = AttributeSynthesis(signals.sh.shape[0], arch)
+        synthesis.bind(levels)
+        latents = [torch.nn.Parameter(l) for l in initial_state(synthesis, signals, levels, lmbda)]
+    synthesis.bind(levels)
+    targets_sh = torch.as_tensor(signals.sh)
+    targets_op = torch.as_tensor(signals.opacity)
+    weight = torch.as_tensor(signals.weight, dtype=torch.float32)
+    n_points = levels.sizes[0]
+
+    params = [{"params": latents, "lr": training.learning_rate},
+              {"params": list(synthesis.parameters()), "lr": training.learning_rate}]
+    opt = torch.optim.Adam(params)
+    steps = training.steps
+    hard_from = int(round(steps * (1.0 - training.hard_rounding_fraction)))
+    history = []
+    for step in range(steps):
+        frac = step / max(1, steps - 1)
+        lr = training.final_learning_rate + 0.5 * (training.learning_rate - training.final_learning_rate) * (
+            1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if step < hard_from:
+            q = [l + (torch.rand(l.shape, generator=gen) - 0.5) for l in latents]
+        else:
+            q = [_ste_round(l) for l in latents]
+        rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
+        pred_sh, pred_op = synthesis.decode(q, rows)
+        t_sh, t_op = (targets_sh, targets_op) if rows is None else (targets_sh[:, rows], targets_op[:, rows])
+        mse = torch.cat([((pred_sh - t_sh) ** 2).mean(dim=(1, 2)),
+                         ((pred_op - t_op) ** 2).mean(dim=(1, 2))])
+        distortion = (weight * mse).sum()
+        bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)
+        loss = distortion + lmbda * bits / n_points
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == steps - 1:
+            record = {"step": step, "loss": loss.item(), "distortion": distortion.item(),
+                      "bits_per_point": bits.item() / n_points, "hard": step >= hard_from}
+            history.append(record)
+            if progress is not None:
+                progress(step, record)
+    with torch.no_grad():
+        final = [torch.round(l.detach()) for l in latents]
+    return TrainingResult(synthesis=synthesis, latents=final, history=history,
+                          seconds=time.perf_counter() - start)
+
+
+def attribute_mse(pred_sh: torch.Tensor, pred_op: torch.Tensor, signals: AttributeSignals) -> np.ndarray:
+    """Per-attribute MSE in original units (SH coefficients; opacity after the sigmoid)."""
+    mse = torch.cat([((pred_sh - torch.as_tensor(signals.sh)) ** 2).mean(dim=(1, 2)),
+                     ((pred_op - torch.as_tensor(signals.opacity)) ** 2).mean(dim=(1, 2))])
+    return mse.detach().double().numpy() * signals.std ** 2
