@@ -73,6 +73,12 @@ def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequ
     }
 
 
+def baseline_header(kind: str, *, num_points: int, grid: VoxelGrid, sh_degree: int) -> dict:
+    """Header of a file whose attributes a classical coder (``kind``) wrote."""
+    return {"attribute_codec": kind, "num_points": int(num_points), "depth": int(grid.depth),
+            "origin": [float(v) for v in grid.origin], "extent": float(grid.extent), "sh_degree": int(sh_degree)}
+
+
 @torch.no_grad()
 def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.ndarray],
                            mean: np.ndarray, std: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -35,8 +35,10 @@ class DecodeResult:
 
 
 def _checked(header: dict) -> dict:
-    required = ("num_points", "depth", "origin", "extent", "sh_degree", "attributes", "architecture",
-                "table_config", "level_sizes", "signal_mean", "signal_std", "decoder_shift")
+    required = ("num_points", "depth", "origin", "extent", "sh_degree")
+    if header.get("attribute_codec", "ralhe") == "ralhe":
+        required += ("attributes", "architecture", "table_config", "level_sizes", "signal_mean", "signal_std",
+                     "decoder_shift")
     missing = [k for k in required if k not in header]
     if missing:
         raise CorruptDataError(f"header lacks {', '.join(missing)}")
@@ -67,11 +69,6 @@ def _decode(container) -> DecodeResult:
     coords = decode_positions(container.section(SECTION_POSITIONS), int(header["depth"]))
     if len(coords) != n:
         raise CorruptDataError(f"positions hold {len(coords)} points, the header says {n}")
-    levels = levels_for(coords, header)
-    arch = architecture_from_header(header)
-    planes = plane_sizes(levels.sizes, arch)
-    if planes != [int(s) for s in header["level_sizes"]]:
-        raise CorruptDataError("latent plane sizes differ from the header")
     times["positions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -80,7 +77,22 @@ def _decode(container) -> DecodeResult:
         raise CorruptDataError(f"covariance holds {len(log_scales)} entries, the header says {n}")
     times["covariance"] = time.perf_counter() - t0
 
+    kind = header.get("attribute_codec", "ralhe")
+    grid = grid_from_header(header)
+    if kind != "ralhe":
+        t0 = time.perf_counter()
+        sh, opacity_logits = _decode_baseline(kind, container, coords, header)
+        times["attributes"] = time.perf_counter() - t0
+        model = GaussianModel(means=grid.centers(coords), log_scales=log_scales, quats=quats,
+                              opacity_logits=opacity_logits, sh=sh)
+        return DecodeResult(model=model, header=header, seconds=times)
+
     t0 = time.perf_counter()
+    levels = levels_for(coords, header)
+    arch = architecture_from_header(header)
+    planes = plane_sizes(levels.sizes, arch)
+    if planes != [int(s) for s in header["level_sizes"]]:
+        raise CorruptDataError("latent plane sizes differ from the header")
     table_config = table_config_from_header(header)
     num_sh = (int(header["sh_degree"]) + 1) ** 2
     synthesis = AttributeSynthesis(num_sh, arch, table_config)
@@ -101,10 +113,18 @@ def _decode(container) -> DecodeResult:
     sh, opacity_logits = reconstruct_attributes(synthesis, latents, mean, std)
     times["attributes"] = time.perf_counter() - t0
 
-    grid = grid_from_header(header)
     model = GaussianModel(means=grid.centers(coords), log_scales=log_scales, quats=quats,
                           opacity_logits=opacity_logits, sh=sh)
     return DecodeResult(model=model, header=header, seconds=times)
+
+
+def _decode_baseline(kind: str, container, coords, header):
+    from .baselines.attribute_codecs import decode_attributes
+
+    if kind not in ("raht", "scalar"):
+        raise CorruptDataError(f"unknown attribute codec {kind!r}")
+    num_sh = (int(header["sh_degree"]) + 1) ** 2
+    return decode_attributes(kind, container.section("attributes"), coords, int(header["depth"]), num_sh)
 
 
 def decode_file(path_in: str, path_out: str, threads: int | None = None) -> DecodeResult:

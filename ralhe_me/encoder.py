@@ -39,6 +39,32 @@ class EncodeError(ValueError):
 
 
 @dataclass
+class GeometryCode:
+    """The coded positions and covariances of a voxelized model (shared by every rate)."""
+
+    positions: bytes
+    covariance: bytes
+    codebook_size: int
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def encode_geometry(vox: VoxelizedModel, config: CodecConfig) -> GeometryCode:
+    """Positions losslessly (octree occupancy), covariances by VQ (size chosen by rendering PSNR
+    unless ``config.covariance_codebook`` fixes it)."""
+    t0 = time.perf_counter()
+    positions = encode_positions(vox.coords, vox.depth)
+    t1 = time.perf_counter()
+    target = vox.model
+    size = config.covariance_codebook or choose_covariance_codebook(target, config.covariance_min_psnr,
+                                                                     seed=config.training.seed)
+    size = min(size, len(target))
+    codebook = fit_codebook(target.log_scales, target.quats, size, seed=config.training.seed)
+    covariance = encode_covariance(target.log_scales, target.quats, codebook)
+    return GeometryCode(positions, covariance, size,
+                        {"positions": t1 - t0, "covariance": time.perf_counter() - t1})
+
+
+@dataclass
 class EncodeResult:
     data: bytes
     header: dict
@@ -130,9 +156,10 @@ def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_len
 
 
 def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Optional[VoxelizedModel] = None,
-                 warm_start: Optional[TrainingResult] = None,
+                 warm_start: Optional[TrainingResult] = None, geometry: Optional[GeometryCode] = None,
                  progress: Optional[Callable[[int, dict], None]] = None) -> EncodeResult:
-    """Encode ``model`` (or its ready ``voxelized`` version, e.g. finetuned) at ``config.lmbda``."""
+    """Encode ``model`` (or its ready ``voxelized`` version, e.g. finetuned) at ``config.lmbda``;
+    ``geometry`` reuses positions and covariances already coded for this voxelization."""
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     times = {}
@@ -143,16 +170,9 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     levels = OctreeLevels.build(vox.coords, arch.num_levels, vox.depth)
     times["voxelize"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    positions = encode_positions(vox.coords, vox.depth)
-    times["positions"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    size = config.covariance_codebook or choose_covariance_codebook(target, config.covariance_min_psnr,
-                                                                     seed=config.training.seed)
-    codebook = fit_codebook(target.log_scales, target.quats, min(size, len(target)), seed=config.training.seed)
-    covariance = encode_covariance(target.log_scales, target.quats, codebook)
-    times["covariance"] = time.perf_counter() - t0
+    geometry = geometry or encode_geometry(vox, config)
+    times.update(geometry.seconds)
+    positions, covariance = geometry.positions, geometry.covariance
 
     t0 = time.perf_counter()
     signals = extract_signals(target, config.training.opacity_weight)

@@ -20,7 +20,7 @@ import torch
 
 from .config import load_preset
 from .decoder import decode_bytes
-from .encoder import encode_model, prepare
+from .encoder import encode_geometry, encode_model, prepare
 from .evaluation import dataset_views, orbit_views, score_views
 from .gaussians import GaussianModel, read_ply, write_ply
 from .octree import with_model
@@ -106,13 +106,16 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     prep_seconds = time.perf_counter() - t0
     reference_psnr = score_views(vox.model, views).psnr
 
+    geometry = encode_geometry(vox, config)
+    _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "
+         f"(codebook {geometry.codebook_size})")
     rows, ralhe_results = [], []
     warm = None
     for lmbda in sorted(settings.lambdas):
         cfg = dataclasses.replace(config, lmbda=lmbda)
         _log(f"RALHE lambda={lmbda:g}: training {cfg.training.steps} steps")
         t0 = time.perf_counter()
-        result = encode_model(original, cfg, voxelized=vox, warm_start=warm)
+        result = encode_model(original, cfg, voxelized=vox, warm_start=warm, geometry=geometry)
         enc_s = time.perf_counter() - t0
         warm = result.training
         path = out / f"ralhe_lambda{lmbda:g}.ralhe"
@@ -129,7 +132,7 @@ def run_experiment(settings: ExperimentSettings) -> dict:
         _log(f"  {len(result.data)} bytes, PSNR {score.psnr:.2f} dB, encode {enc_s:.1f} s, decode {dec_s:.2f} s")
 
     for kind in settings.baselines:
-        rows += _run_baseline(kind, vox, settings, views, config)
+        rows += _run_baseline(kind, vox, settings, views, config, geometry)
 
     _write_tables(out, rows)
     summary = _summaries(out, rows, settings, reference_psnr, scene_name)
@@ -153,16 +156,16 @@ def _row(codec, parameter, total, section_bytes, score, enc_s, dec_s, n):
             "encode_seconds": enc_s, "decode_seconds": dec_s}
 
 
-def _run_baseline(kind, vox, settings, views, config):
+def _run_baseline(kind, vox, settings, views, config, geometry):
     try:
-        from .baseline_codec import encode_baseline
+        from .baseline_codec import encode_baseline  # noqa: F401
     except ImportError:
         _log(f"baseline {kind} is not available in this version; skipped")
         return []
     rows = []
     for step in settings.baseline_steps:
         t0 = time.perf_counter()
-        data, section_bytes = encode_baseline(kind, vox, step, config)
+        data, section_bytes = encode_baseline(kind, vox, step, config, geometry)
         enc_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = decode_bytes(data).model

@@ -18,10 +18,10 @@ from ralhe_me.gaussians import write_ply
 @pytest.fixture(scope="module")
 def encoded():
     config = load_preset("fast")
-    config.training.steps = 40
+    config.training.steps = 15
     config.covariance_codebook = 64
     config.lmbda = 2e-3
-    model = make_default_scene(1500, seed=2)
+    model = make_default_scene(1000, seed=2)
     return model, config, encode_model(model, config)
 
 
