@@ -204,6 +204,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     p.set_defaults(func=cmd_decode)
 
+    from .finetune import add_finetune_arguments, run_finetune_command
+    from .fit import add_fit_arguments, run_fit_command
+
+    p = sub.add_parser("finetune", help="optimize a voxelized model's attributes (positions fixed)",
+                       description="Finetune every parameter but the positions of a voxelized model against "
+                                   "a NeRF-synthetic dataset's training images or, for a model without images, "
+                                   "against renders of the original model (distillation).")
+    add_finetune_arguments(p)
+    p.set_defaults(func=run_finetune_command)
+
+    p = sub.add_parser("fit", help="train a 3DGS model from a NeRF-synthetic dataset",
+                       description="Fit a 3DGS model (SH degree up to 3, densification, pruning, opacity "
+                                   "reset) to a NeRF-synthetic dataset; resumable from a checkpoint.")
+    add_fit_arguments(p)
+    p.set_defaults(func=run_fit_command)
+
     p = sub.add_parser("info", help="print the header and the bytes of each section of a .ralhe file")
     p.add_argument("input", help=".ralhe file")
     p.add_argument("--per-attribute", action="store_true", help="also decode the latents and print "

@@ -34,6 +34,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .laplace import load_rans
+
 PRECISION = 16  # CompressAI's probability precision (fixed in its C++ code)
 TOTAL_FREQ = 1 << PRECISION
 SEGMENT_SYMBOLS = 1 << 20  # symbols per rANS segment (bounds the decoder's over-read padding)
@@ -262,7 +264,7 @@ class RansStreamWriter:
 
     def finish(self) -> bytes:
         """Segment lengths (varints, all but the last) followed by the segments."""
-        from compressai.ans import RansEncoder
+        RansEncoder = load_rans().RansEncoder
 
         if self.num_symbols == 0:
             return b""
@@ -296,7 +298,7 @@ class RansStreamReader:
     """Decodes what :class:`RansStreamWriter` wrote, batch by batch, given the total symbol count."""
 
     def __init__(self, data: bytes, num_symbols: int, alphabet_size: int):
-        from compressai.ans import RansDecoder
+        RansDecoder = load_rans().RansDecoder
 
         self._decoder_cls = RansDecoder
         self.alphabet_size = int(alphabet_size)
