@@ -24,7 +24,7 @@ class ArchitectureConfig:
     decoder_linear: Tuple[int, int] = (12, 4)  # widths of the two point-wise layers
     decoder_conv: int = 2  # width of the first 3x3x3 sparse convolution
     arm_context: int = 16  # K latents before, in Morton order
-    arm_hidden: int = 16
+    arm_hidden: int = 8  # the paper: 16; 8 keeps 3 latent channels as cheap to decode as its 1
     segment_length: int = 512  # contexts restart every this many latents (lockstep decoding)
 
 
@@ -34,7 +34,8 @@ class TrainingConfig:
 
     steps: int = 1500
     hard_rounding_fraction: float = 0.2  # final fraction of the steps with STE rounding
-    learning_rate: float = 1e-2
+    learning_rate: float = 1e-2  # latents and ARMs
+    network_learning_rate: float = 1e-3  # decoders (small weights near the initial solution: Adam steps are ~lr)
     final_learning_rate: float = 1e-4
     opacity_weight: float = 0.25  # distortion weight of opacity (see attributes.py)
     rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per step

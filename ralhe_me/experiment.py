@@ -110,14 +110,12 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "
          f"(codebook {geometry.codebook_size})")
     rows, ralhe_results = [], []
-    warm = None
     for lmbda in sorted(settings.lambdas):
         cfg = dataclasses.replace(config, lmbda=lmbda)
         _log(f"RALHE lambda={lmbda:g}: training {cfg.training.steps} steps")
         t0 = time.perf_counter()
-        result = encode_model(original, cfg, voxelized=vox, warm_start=warm, geometry=geometry)
+        result = encode_model(original, cfg, voxelized=vox, geometry=geometry)
         enc_s = time.perf_counter() - t0
-        warm = result.training
         path = out / f"ralhe_lambda{lmbda:g}.ralhe"
         path.write_bytes(result.data)
         t0 = time.perf_counter()

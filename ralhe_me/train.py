@@ -74,10 +74,15 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     values[:num_sh] = np.einsum("knc,kjc->kjn", signals.sh.astype(np.float64), rot[:num_sh])
     values[-1, 0] = signals.opacity[0, :, 0]
     step = np.clip(np.sqrt(6.0 * lmbda / (np.maximum(signals.weight, 1e-12) * np.log(2.0))), 1e-3, 10.0)
+    # A latent of level l is shared by the ~N/n_l voxels below it, so its error counts that many
+    # times: the RD-optimal step shrinks by the square root of that count (as in an orthonormal
+    # Haar transform, where the coefficient of a merged block carries sqrt(count) of its mean).
+    share = np.array([levels.sizes[0] / n for n in levels.sizes], dtype=np.float64)
+    level_step = step[:, None] / np.sqrt(share)[None, :]  # [A, L]
     planes = []
     for c in range(c_lat):
         pyramid = pyramid_latents(values[:, c], levels)
-        planes += [torch.as_tensor(p / step[:, None], dtype=torch.float32) for p in pyramid]
+        planes += [torch.as_tensor(p / level_step[:, l, None], dtype=torch.float32) for l, p in enumerate(pyramid)]
     with torch.no_grad():  # the ARMs start at the latents' typical magnitude
         spread = torch.stack([torch.cat([p[i] for p in planes]).abs().mean() for i in range(a)])
         tc = synthesis.arm.table_config
@@ -88,8 +93,8 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
             for skip, sl, d in ((synthesis.sh_skip, slice(0, num_sh), 3), (synthesis.opacity_skip, slice(num_sh, a), 1)):
                 w = np.zeros(skip.shape)
                 for c in range(c_lat):
-                    # output channel j gets step * rot[c, j] from each plane of channel c
-                    w[:, c * L:(c + 1) * L, :] = (step[sl, None] * rot[sl, c, :d])[:, None, :]
+                    # output channel j gets level_step * rot[c, j] from each plane of channel c
+                    w[:, c * L:(c + 1) * L, :] = level_step[sl, :, None] * rot[sl, c, None, :d]
                 skip.copy_(torch.as_tensor(w, dtype=torch.float32))
             for dec in (synthesis.sh_decoder, synthesis.opacity_decoder):
                 dec.conv1_kernel.zero_()
@@ -122,18 +127,21 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     weight = torch.as_tensor(signals.weight, dtype=torch.float32)
     n_points = levels.sizes[0]
 
-    params = [{"params": latents, "lr": training.learning_rate},
-              {"params": list(synthesis.parameters()), "lr": training.learning_rate}]
+    params = [{"params": latents, "lr": training.learning_rate, "base": training.learning_rate},
+              {"params": list(synthesis.arm.parameters()), "lr": training.learning_rate,
+               "base": training.learning_rate},
+              {"params": [p for _, p in synthesis.decoder_parameters()], "lr": training.network_learning_rate,
+               "base": training.network_learning_rate}]
     opt = torch.optim.Adam(params)
     steps = training.steps
     hard_from = int(round(steps * (1.0 - training.hard_rounding_fraction)))
     history = []
     for step in range(steps):
         frac = step / max(1, steps - 1)
-        lr = training.final_learning_rate + 0.5 * (training.learning_rate - training.final_learning_rate) * (
-            1 + math.cos(math.pi * frac))
+        decay = 0.5 * (1 + math.cos(math.pi * frac))  # cosine from 1 to 0
+        floor = training.final_learning_rate / training.learning_rate
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = g["base"] * (floor + (1 - floor) * decay)
         if step < hard_from:
             q = [l + (torch.rand(l.shape, generator=gen) - 0.5) for l in latents]
         else:

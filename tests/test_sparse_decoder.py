@@ -1,0 +1,337 @@
+"""The sparse attribute decoder: MinkowskiEngine layers against a dense conv3d reference,
+the grouped torch decoder against single decoders, neighbour maps against brute force."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ralhe_me.nn.grouped_decoder import GroupedSparseDecoder, grouped_conv
+from ralhe_me.nn.neighbors import NeighborMap, NeighborMapError, brute_force_table, kernel_offsets
+from ralhe_me.nn.sparse_decoder import (DecoderConfig, DecoderError, DecoderInputError,
+                                        DecoderWeightsError)
+
+ME = pytest.importorskip("ralhe_me.compat").import_minkowski()
+from ralhe_me.nn.sparse_decoder import SparseAttributeDecoder  # noqa: E402
+
+
+def random_cloud(n: int, side: int, seed: int, low: int = 0) -> torch.Tensor:
+    """Unique integer voxels [M, 3] (M <= n) in [low, low + side)^3, in random order."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randint(low, low + side, (n, 3), generator=g).unique(dim=0)
+    return c[torch.randperm(len(c), generator=g)]
+
+
+def sparse_tensor(coords: torch.Tensor, feats: torch.Tensor, stride: int = 1):
+    bc = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int32), coords.int()], dim=1)
+    return ME.SparseTensor(features=feats, coordinates=bc, tensor_stride=stride)
+
+
+def dense_reference(decoder: SparseAttributeDecoder, coords: torch.Tensor, feats: torch.Tensor):
+    """The decoder computed on a dense grid with torch conv3d: voxels scattered into a
+    [C, X, Y, Z] grid (zeros elsewhere), point-wise layers on the voxels, conv3d with the
+    MinkowskiEngine kernel slice k = (dx+1) + 3(dy+1) + 9(dz+1) placed at [dx+1, dy+1, dz+1],
+    empty voxels re-zeroed after each convolution, outputs read back at the voxels."""
+    sd = decoder.state_dict()
+    lo = coords.min(0).values
+    c = (coords - lo).long()
+    size = [int(s) + 1 for s in c.max(0).values]
+    occupied = torch.zeros(size, dtype=torch.bool)
+    occupied[c[:, 0], c[:, 1], c[:, 2]] = True
+
+    def to_grid(v):  # [N, C] -> [1, C, X, Y, Z]
+        g = torch.zeros([v.shape[1]] + size)
+        g[:, c[:, 0], c[:, 1], c[:, 2]] = v.t()
+        return g[None]
+
+    def dense_kernel(kernel):  # [27, in, out] -> [out, in, 3, 3, 3]
+        w = torch.zeros(kernel.shape[2], kernel.shape[1], 3, 3, 3)
+        for dz in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    k = (dx + 1) + 3 * (dy + 1) + 9 * (dz + 1)
+                    w[:, :, dx + 1, dy + 1, dz + 1] = kernel[k].t()
+        return w
+
+    h = torch.relu(feats @ sd["linear0.linear.weight"].t() + sd["linear0.linear.bias"])
+    h = torch.relu(h @ sd["linear1.linear.weight"].t() + sd["linear1.linear.bias"])
+    g = F.conv3d(to_grid(h), dense_kernel(sd["conv0.kernel"]), sd["conv0.bias"][0], padding=1)
+    g = torch.relu(g) * occupied
+    g = F.conv3d(g, dense_kernel(sd["conv1.kernel"]), sd["conv1.bias"][0], padding=1)
+    return g[0][:, c[:, 0], c[:, 1], c[:, 2]].t()
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_default_config_matches_paper_parameter_count():
+    assert DecoderConfig().num_parameters() == 639  # Table 1
+    assert SparseAttributeDecoder(DecoderConfig()).num_parameters == 639
+    one = DecoderConfig(out_channels=1)
+    assert one.num_parameters() == SparseAttributeDecoder(one).num_parameters == 529
+    assert GroupedSparseDecoder(5, one).parameters().__next__().shape[0] == 5
+    assert sum(p.numel() for p in GroupedSparseDecoder(5, one).parameters()) == 5 * 529
+
+
+def test_bad_config_is_named_error():
+    with pytest.raises(DecoderError, match="kernel_size"):
+        DecoderConfig(kernel_size=2)
+    with pytest.raises(DecoderError, match="widths"):
+        DecoderConfig(hidden_linear=(0, 4))
+
+
+# ---------------------------------------------------------------- neighbour maps
+
+
+def test_neighbor_map_matches_brute_force_and_minkowski():
+    coords = random_cloud(400, 8, seed=1, low=-3)  # negative coordinates too
+    table = NeighborMap.from_coords(coords).table
+    assert torch.equal(table, brute_force_table(coords))
+    x = sparse_tensor(coords, torch.zeros(len(coords), 1))
+    assert torch.equal(x.C[:, 1:].long(), coords.long())  # ME keeps the row order
+    assert torch.equal(NeighborMap.from_sparse_tensor(x).table, table)
+    assert (table < len(coords)).sum() > 3 * len(coords)  # the cloud has real neighbours
+
+
+def test_neighbor_map_with_tensor_stride():
+    coords = random_cloud(200, 6, seed=2) * 4
+    x = sparse_tensor(coords, torch.zeros(len(coords), 1), stride=4)
+    nm = NeighborMap.from_coords(coords, tensor_stride=4)
+    assert torch.equal(nm.table, brute_force_table(coords, tensor_stride=4))
+    assert torch.equal(NeighborMap.from_sparse_tensor(x).table, nm.table)
+    with pytest.raises(NeighborMapError, match="multiples"):
+        NeighborMap.from_coords(coords + 1, tensor_stride=4)
+
+
+def test_neighbor_map_bad_input():
+    with pytest.raises(NeighborMapError, match="unique"):
+        NeighborMap.from_coords(torch.tensor([[0, 0, 0], [0, 0, 0]]))
+    with pytest.raises(NeighborMapError, match=r"\[N, 3\]"):
+        NeighborMap.from_coords(torch.zeros(4, 2, dtype=torch.int64))
+    with pytest.raises(NeighborMapError, match="integers"):
+        NeighborMap.from_coords(torch.zeros(4, 3))
+
+
+def test_kernel_offsets_are_antisymmetric():
+    off = kernel_offsets()
+    assert torch.equal(off.flip(0), -off)
+    assert torch.equal(off[13], torch.zeros(3, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------- single decoder
+
+
+@pytest.mark.parametrize("out_channels", [3, 1])
+def test_sparse_decoder_matches_dense_conv3d(out_channels):
+    torch.manual_seed(0)
+    coords = random_cloud(500, 10, seed=3)
+    feats = torch.randn(len(coords), 7)
+    decoder = SparseAttributeDecoder(DecoderConfig(out_channels=out_channels))
+    with torch.no_grad():  # larger kernels than the default init so the test has teeth
+        for p in decoder.parameters():
+            p.normal_()
+    y = decoder(sparse_tensor(coords, feats))
+    assert y.F.shape == (len(coords), out_channels)
+    assert torch.equal(y.C[:, 1:].long(), coords.long())
+    ref = dense_reference(decoder, coords, feats)
+    torch.testing.assert_close(y.F, ref, rtol=1e-4, atol=1e-4)
+    # The reference does tell kernel orientations apart: a mirrored kernel differs.
+    with torch.no_grad():
+        decoder.conv1.kernel.copy_(decoder.conv1.kernel.flip(0))
+    assert (decoder(sparse_tensor(coords, feats)).F - ref).abs().max() > 1e-2
+
+
+def test_sparse_decoder_rejects_wrong_input():
+    decoder = SparseAttributeDecoder()
+    coords = random_cloud(50, 5, seed=4)
+    with pytest.raises(DecoderInputError, match="7 input channels"):
+        decoder(sparse_tensor(coords, torch.randn(len(coords), 6)))
+    with pytest.raises(DecoderInputError, match="SparseTensor"):
+        decoder(torch.randn(len(coords), 7))
+
+
+def test_weights_round_trip_and_bad_weights():
+    torch.manual_seed(1)
+    coords = random_cloud(200, 8, seed=5)
+    x = sparse_tensor(coords, torch.randn(len(coords), 7))
+    decoder = SparseAttributeDecoder(DecoderConfig(out_channels=1))
+    weights = decoder.export_weights()
+    assert all(isinstance(v, torch.Tensor) for v in weights.values())
+    clone = SparseAttributeDecoder.from_weights(weights)
+    assert clone.config == decoder.config
+    assert torch.equal(clone(x).F, decoder(x).F)
+    bad = dict(weights)
+    bad["conv0.kernel"] = torch.zeros(27, 4, 3)
+    with pytest.raises(DecoderWeightsError, match="conv0.kernel"):
+        decoder.load_weights(bad)
+    del bad["conv0.kernel"]
+    with pytest.raises(DecoderWeightsError, match="missing"):
+        decoder.load_weights(bad)
+
+
+# ---------------------------------------------------------------- grouped decoder
+
+
+def naive_conv(x, kernel, fwd):
+    """Autograd-differentiated reference on point-major features: the sum over the 27
+    offsets of gathered rows times each attribute's kernel slice.
+    x [M, A, C_in], kernel [A, 27, C_in, C_out], fwd [N, 27] with M meaning empty."""
+    xp = torch.cat([x, x.new_zeros(1, x.shape[1], x.shape[2])], dim=0)
+    return sum(torch.einsum("nac,aco->nao", xp[fwd[:, k]], kernel[:, k]) for k in range(27))
+
+
+@pytest.mark.parametrize("c_in,c_out", [(4, 2), (2, 3)])
+def test_grouped_conv_gradients(c_in, c_out):
+    """The pair-wise convolution against autograd on a naive gather reference and against
+    numerical Jacobians, on the full map and on a restricted (subset) map, with a budget
+    small enough to split the pairs into several groups."""
+    torch.manual_seed(5)
+    coords = random_cloud(300, 7, seed=6)
+    nm = NeighborMap.from_coords(coords)
+    plan = nm.subset_plan(torch.tensor([3, 10, 11, 40]))
+    for cmap in (nm.conv_map(), plan.conv0):
+        x = torch.randn(cmap.num_in, 3, c_in, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(3, 27, c_in, c_out, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(cmap.num_out, 3, c_out, dtype=torch.float64)
+        budget = 3 * max(c_in, c_out) * 60
+        assert len(cmap.pair_plan(60).groups) > 2
+        out = grouped_conv(x, w, cmap, budget=budget)
+        ref = naive_conv(x, w, cmap.fwd)
+        torch.testing.assert_close(out, ref)
+        gx, gw = torch.autograd.grad(out, (x, w), g)
+        rx, rw = torch.autograd.grad(ref, (x, w), g)
+        torch.testing.assert_close(gx, rx)
+        torch.testing.assert_close(gw, rw)
+    small = NeighborMap.from_coords(random_cloud(40, 4, seed=11)).conv_map()
+    x = torch.randn(small.num_in, 1, c_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 27, c_in, c_out, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: grouped_conv(x, w, small, budget=50), (x, w),
+                                    fast_mode=True)
+
+
+def test_pair_plan_covers_every_pair_once():
+    coords = random_cloud(300, 7, seed=12)
+    nm = NeighborMap.from_coords(coords)
+    cmap = nm.conv_map()
+    plan = cmap.pair_plan(50)
+    assert plan.dense_center
+    got = torch.stack([plan.out_rows, plan.in_rows], 1)
+    table = brute_force_table(coords)
+    n, k = torch.nonzero(table < len(coords), as_tuple=True)
+    keep = k != 13
+    want = torch.stack([n[keep], table[n[keep], k[keep]]], 1)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
+    assert [g.lo for g in plan.groups][0] == 0 and plan.groups[-1].hi == len(got)
+    for g0, g1 in zip(plan.groups, plan.groups[1:]):
+        assert g0.hi == g1.lo
+
+
+def test_grouped_decoder_matches_single_decoders_forward_and_backward():
+    torch.manual_seed(2)
+    a = 3
+    coords = random_cloud(600, 9, seed=7)
+    n = len(coords)
+    cfg = DecoderConfig(out_channels=3)
+    singles = [SparseAttributeDecoder(cfg) for _ in range(a)]
+    grouped = GroupedSparseDecoder.from_state_dicts([d.state_dict() for d in singles], budget=5000)
+    nm = NeighborMap.from_coords(coords)
+    latents = torch.randn(a, n, 7)
+    target = torch.randn(a, n, 3)
+
+    lat_g = latents.clone().requires_grad_()
+    out_g = grouped(lat_g, nm)
+    ((out_g - target) ** 2).sum().backward()
+
+    for i, dec in enumerate(singles):
+        lat_s = latents[i].clone().requires_grad_()
+        out_s = dec(sparse_tensor(coords, lat_s)).F
+        torch.testing.assert_close(out_g[i], out_s, rtol=1e-4, atol=1e-5)
+        ((out_s - target[i]) ** 2).sum().backward()
+        torch.testing.assert_close(lat_g.grad[i], lat_s.grad, rtol=1e-4, atol=1e-4)
+        grads = {k: p.grad for k, p in dec.named_parameters()}
+        torch.testing.assert_close(grouped.conv0_kernel.grad[i], grads["conv0.kernel"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(grouped.conv1_kernel.grad[i], grads["conv1.kernel"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(grouped.conv1_bias.grad[i], grads["conv1.bias"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(grouped.linear0_weight.grad[i].t(), grads["linear0.linear.weight"],
+                                   rtol=1e-4, atol=1e-3)
+
+
+def test_grouped_state_dicts_round_trip():
+    torch.manual_seed(3)
+    grouped = GroupedSparseDecoder(4, DecoderConfig(out_channels=1))
+    sds = grouped.state_dicts()
+    again = GroupedSparseDecoder.from_state_dicts(sds)
+    for name, p in grouped.named_parameters():
+        assert torch.equal(p, getattr(again, name)), name
+    coords = random_cloud(150, 6, seed=8)
+    latents = torch.randn(4, len(coords), 7)
+    out = grouped(latents, NeighborMap.from_coords(coords))
+    for i, dec in enumerate(grouped.to_decoders()):
+        torch.testing.assert_close(dec(sparse_tensor(coords, latents[i])).F, out[i], rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_subset_equals_full_rows_and_gradients():
+    torch.manual_seed(4)
+    coords = random_cloud(700, 10, seed=9)
+    nm = NeighborMap.from_coords(coords)
+    grouped = GroupedSparseDecoder(2, DecoderConfig(out_channels=3), budget=3000)
+    latents = torch.randn(2, len(coords), 7)
+    rows = torch.arange(100, 180)
+    plan = nm.subset_plan(rows)
+    assert len(plan.in_rows) < len(coords)  # the test exercises a real restriction
+
+    lat_sub = latents.clone().requires_grad_()
+    out_sub = grouped(lat_sub, plan)
+    out_sub.square().sum().backward()
+    grad_sub = lat_sub.grad.clone()
+    kgrad_sub = grouped.conv0_kernel.grad.clone()
+    grouped.zero_grad()
+
+    lat_full = latents.clone().requires_grad_()
+    out_full = grouped(lat_full, nm)
+    torch.testing.assert_close(out_sub, out_full[:, rows], rtol=1e-5, atol=1e-6)
+    out_full[:, rows].square().sum().backward()
+    torch.testing.assert_close(grad_sub, lat_full.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(kgrad_sub, grouped.conv0_kernel.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_decoder_rejects_wrong_input():
+    grouped = GroupedSparseDecoder(3)
+    coords = random_cloud(60, 5, seed=10)
+    nm = NeighborMap.from_coords(coords)
+    with pytest.raises(DecoderInputError, match=r"\[3, N, 7\]"):
+        grouped(torch.randn(3, len(coords), 6), nm)
+    with pytest.raises(DecoderInputError, match=r"\[3, N, 7\]"):
+        grouped(torch.randn(2, len(coords), 7), nm)
+    with pytest.raises(DecoderInputError, match="neighbour map"):
+        grouped(torch.randn(3, len(coords) + 1, 7), nm)
+    with pytest.raises(DecoderWeightsError, match="expected 3"):
+        grouped.load_state_dicts(grouped.state_dicts()[:2])
+
+
+# ---------------------------------------------------------------- reuse
+
+
+def test_sparse_decoder_import_is_isolated():
+    """Importing the reusable decoder pulls in no encoder, trainer, renderer or optimizer code."""
+    code = textwrap.dedent("""
+        import sys
+        import ralhe_me.nn.sparse_decoder as m
+        m.SparseAttributeDecoder(m.DecoderConfig())   # also imports MinkowskiEngine
+        import ralhe_me.nn.grouped_decoder
+        bad = sorted(k for k in sys.modules if k.startswith(("ralhe_me.train", "ralhe_me.render",
+                     "ralhe_me.codec", "ralhe_me.encoder", "ralhe_me.nn.arm", "ralhe_me.entropy",
+                     "ralhe_me.geometry", "ralhe_me.bitstream", "ralhe_me.gaussians", "ralhe_me.octree")))
+        mine = sorted(k for k in sys.modules if k.startswith("ralhe_me"))
+        print("BAD", bad)
+        print("MINE", mine)
+        assert not bad, bad
+        assert "ralhe_me.render" not in sys.modules and "ralhe_me.train" not in sys.modules
+        assert "ralhe_me.codec_encoder" not in sys.modules
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "MINE ['ralhe_me', 'ralhe_me.compat', 'ralhe_me.nn', 'ralhe_me.nn.grouped_decoder', " \
+           "'ralhe_me.nn.neighbors', 'ralhe_me.nn.sparse_decoder']" in res.stdout, res.stdout
