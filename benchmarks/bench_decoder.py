@@ -9,7 +9,8 @@
   occupied neighbours per voxel, the costly case for the convolutions);
 * sparse-N: N voxels of the same surface sampled about once per voxel (~3-4 neighbours).
 
-For each cloud it prints the one-off set-up (neighbour map, pair plans), the grouped
+For each cloud it prints the one-off set-up (neighbour map; first forward, which builds and
+caches the pair plans), the grouped
 forward (no autograd) and forward+backward (sum of squares loss), and the same for 17
 SparseAttributeDecoder modules looped (skipped above --me-max-points, where it takes
 minutes). Wall time and process CPU time (all threads) are both printed: on a shared
@@ -160,7 +161,7 @@ def main():
         nm, grouped, t_map, t_plan, pairs, fwd, fb = bench_grouped(coords, args.repeats)
         print(f"\n{name}: {nm.num_points} voxels, {pairs:.2f} occupied neighbours per voxel "
               f"(of 27, itself included)")
-        print(f"  set-up: neighbour map {t_map:.2f} s, pair plans {t_plan:.2f} s (once per cloud)")
+        print(f"  set-up: neighbour map {t_map:.2f} s, first forward with pair plans {t_plan:.2f} s (once per cloud)")
         print(f"  grouped  forward {fwd[0]:7.3f} ({fwd[1]:.3f})   forward+backward {fb[0]:7.3f} ({fb[1]:.3f})")
         if nm.num_points <= args.me_max_points:
             (w, c), (wb, cb), outs = bench_minkowski(coords, grouped)

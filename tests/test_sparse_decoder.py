@@ -335,3 +335,15 @@ def test_sparse_decoder_import_is_isolated():
     assert res.returncode == 0, res.stdout + res.stderr
     assert "MINE ['ralhe_me', 'ralhe_me.compat', 'ralhe_me.nn', 'ralhe_me.nn.grouped_decoder', " \
            "'ralhe_me.nn.neighbors', 'ralhe_me.nn.sparse_decoder']" in res.stdout, res.stdout
+
+
+def test_usage_snippet_in_docstring_runs():
+    """The README snippet (module docstring of sparse_decoder) executes as written."""
+    import ralhe_me.nn.sparse_decoder as module
+
+    doc = module.__doc__
+    code = textwrap.dedent(doc[doc.index("    import torch"):doc.index("The defaults")])
+    scope = {}
+    exec(code, scope)
+    assert scope["y"].F.shape == (len(scope["coords"]), 3)
+    assert torch.equal(scope["clone"](scope["x"]).F, scope["y"].F)

@@ -16,7 +16,17 @@ weights carry a leading attribute axis ([A, ...]) and:
 The block-diagonal products spend A times the arithmetic of separate products, which is
 cheap at A <= 16 and tiny channel counts, where memory traffic is what costs.
 Weights convert both ways to the state dicts of single :class:`SparseAttributeDecoder`
-modules, so the codec trains grouped and users reuse single decoders with the same numbers.
+modules, so the codec trains grouped and users reuse single decoders with the same numbers::
+
+    nm = NeighborMap.from_coords(coords)                 # [N, 3] int voxels, once per cloud
+    sh = GroupedSparseDecoder(16, DecoderConfig(out_channels=3))
+    rgb = sh(latents, nm)                                # [16, N, 7] -> [16, N, 3]
+    singles = sh.to_decoders()                           # 16 SparseAttributeDecoder, same weights
+    sh2 = GroupedSparseDecoder.from_state_dicts([d.state_dict() for d in singles])
+
+Note: creating a MinkowskiEngine coordinate manager (any new ``ME.SparseTensor`` without one)
+resets the OpenMP thread count to ``os.cpu_count()`` (or ``$OMP_NUM_THREADS``); call
+``torch.set_num_threads`` again afterwards if you chose another count.
 """
 from __future__ import annotations
 
