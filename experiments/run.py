@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--resolution", type=int, default=400, help="render size in pixels (default 400)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default automatic)")
     p.add_argument("--steps", type=int, default=None, help="training steps per rate (default: the preset's)")
-    p.add_argument("--finetune-iters", type=int, default=100, help="finetuning iterations (0 to skip)")
+    p.add_argument("--finetune-iters", type=int, default=60, help="finetuning iterations (0 to skip)")
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
     p.add_argument("--codebook", type=int, default=None, help="covariance codebook size (default automatic)")
     p.add_argument("--target-kb", type=float, default=None,
