@@ -8,7 +8,7 @@ Decode side: imports nothing of the encoder, optimizers or renderer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,18 +28,14 @@ SECTION_LATENTS = "latents"
 SECTIONS = (SECTION_POSITIONS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_ARMS, SECTION_LATENTS)
 
 
-def decoder_parameters(synthesis: AttributeSynthesis) -> List[Tuple[str, torch.nn.Parameter]]:
-    return synthesis.decoder_parameters()
-
-
 def quantize_decoders(synthesis: AttributeSynthesis, shift: int) -> List[np.ndarray]:
-    return [quantize(p, shift) for _, p in decoder_parameters(synthesis)]
+    return [quantize(p, shift) for _, p in synthesis.decoder_parameters()]
 
 
 def load_decoders(synthesis: AttributeSynthesis, ints: Sequence[np.ndarray], shift: int) -> None:
     """Set the decoders to the fixed-point weights ``ints`` (step 2**-shift)."""
     with torch.no_grad():
-        for (_, p), v in zip(decoder_parameters(synthesis), ints):
+        for (_, p), v in zip(synthesis.decoder_parameters(), ints):
             p.copy_(dequantize(v, shift).reshape(p.shape))
 
 
@@ -90,7 +86,3 @@ def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.n
 def levels_for(coords: np.ndarray, header: dict) -> OctreeLevels:
     return OctreeLevels.build(coords, int(header["architecture"]["num_levels"]), int(header["depth"]))
 
-
-def section_report(container) -> Dict[str, int]:
-    """Bytes per section (framing included) of a container."""
-    return dict(container.section_sizes())

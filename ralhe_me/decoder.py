@@ -16,7 +16,7 @@ import torch
 
 from .bitstream import BitstreamError, CorruptDataError, unpack
 from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_LATENTS, SECTION_POSITIONS,
-                    architecture_from_header, decoder_parameters, grid_from_header, levels_for, load_decoders,
+                    architecture_from_header, grid_from_header, levels_for, load_decoders,
                     reconstruct_attributes, table_config_from_header)
 from .entropy.integer_arm import QuantizedArm
 from .entropy.latent_coder import decode_latents
@@ -96,7 +96,7 @@ def _decode(container) -> DecodeResult:
     table_config = table_config_from_header(header)
     num_sh = (int(header["sh_degree"]) + 1) ** 2
     synthesis = AttributeSynthesis(num_sh, arch, table_config)
-    shapes = [tuple(p.shape) for _, p in decoder_parameters(synthesis)]
+    shapes = [tuple(p.shape) for _, p in synthesis.decoder_parameters()]
     ints = decode_int_tensors(container.section(SECTION_DECODERS), shapes)
     load_decoders(synthesis, ints, int(header["decoder_shift"]))
     arms = QuantizedArm.from_bytes(container.section(SECTION_ARMS))

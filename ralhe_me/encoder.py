@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .attributes import AttributeSignals, attribute_names, extract_signals
+from .attributes import attribute_names, extract_signals
+from .baselines.attribute_codecs import weighted_attribute_mse
 from .bitstream import Container, pack
 from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_LATENTS, SECTION_POSITIONS,
                     load_decoders, make_header, quantize_decoders, reconstruct_attributes)
@@ -111,16 +112,7 @@ def choose_covariance_codebook(target: GaussianModel, min_psnr: float, seed: int
     return candidates[-1]
 
 
-def _weighted_mse(sh: np.ndarray, opacity_logits: np.ndarray, target: GaussianModel, signals: AttributeSignals) -> float:
-    k = sh.shape[1]
-    mse_sh = ((sh.astype(np.float64) - target.sh) ** 2).mean(axis=(0, 2))
-    alpha = 1 / (1 + np.exp(-opacity_logits.astype(np.float64)))
-    mse_op = ((alpha - target.opacities) ** 2).mean()
-    w = signals.weight / signals.std ** 2
-    return float((w[:k] * mse_sh).sum() + w[k] * mse_op)
-
-
-def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n) -> tuple:
+def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n, opacity_weight) -> tuple:
     """The weight step 2**-shift minimizing D + lambda * (weight bits) / N."""
     synthesis = training.synthesis
     float_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
@@ -130,7 +122,8 @@ def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n) -
         load_decoders(synthesis, ints, shift)
         sh, op = reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std)
         bits = 8 * len(encode_int_tensors(ints))
-        cost = _weighted_mse(sh, op, target, signals) + lmbda * bits / n
+        distortion, _ = weighted_attribute_mse(target.sh, target.opacity_logits, sh, op, opacity_weight)
+        cost = distortion + lmbda * bits / n
         if best is None or cost < best[0]:
             best = (cost, shift, ints)
         synthesis.load_state_dict(float_state)
@@ -184,7 +177,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     n = len(target)
     latents = [l.numpy().astype(np.int64) for l in training.latents]
     table_config = training.synthesis.arm.table_config
-    decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, target, config.lmbda, n)
+    decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, target, config.lmbda, n,
+                                                        config.training.opacity_weight)
     arms = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
     estimated = float(estimate_bits(latents, arms, arch.segment_length, table_config))

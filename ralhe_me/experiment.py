@@ -54,7 +54,7 @@ def _log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
 
 
-def _finetune(vox, original: GaussianModel, settings: ExperimentSettings, views):
+def _finetune(vox, original: GaussianModel, settings: ExperimentSettings):
     """Finetune the voxelized attributes if the finetuning module is present."""
     if settings.finetune_iters <= 0:
         return vox, None
@@ -100,11 +100,11 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     vox = prepare(original, config)
     vox_score = score_views(vox.model, views)
     _log(f"voxelized at depth {vox.depth}: {len(vox.model)} voxels, PSNR {vox_score.psnr:.2f} dB")
-    vox, ft_report = _finetune(vox, original, settings, views)
+    vox, ft_report = _finetune(vox, original, settings)
+    reference_psnr = vox_score.psnr if ft_report is None else score_views(vox.model, views).psnr
     if ft_report is not None:
-        _log(f"finetuned: PSNR {score_views(vox.model, views).psnr:.2f} dB")
+        _log(f"finetuned: PSNR {reference_psnr:.2f} dB")
     prep_seconds = time.perf_counter() - t0
-    reference_psnr = score_views(vox.model, views).psnr
 
     geometry = encode_geometry(vox, config)
     _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "

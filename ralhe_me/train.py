@@ -168,9 +168,3 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     return TrainingResult(synthesis=synthesis, latents=final, history=history,
                           seconds=time.perf_counter() - start)
 
-
-def attribute_mse(pred_sh: torch.Tensor, pred_op: torch.Tensor, signals: AttributeSignals) -> np.ndarray:
-    """Per-attribute MSE in original units (SH coefficients; opacity after the sigmoid)."""
-    mse = torch.cat([((pred_sh - torch.as_tensor(signals.sh)) ** 2).mean(dim=(1, 2)),
-                     ((pred_op - torch.as_tensor(signals.opacity)) ** 2).mean(dim=(1, 2))])
-    return mse.detach().double().numpy() * signals.std ** 2
