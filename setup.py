@@ -6,11 +6,11 @@ so install it with ``pip install --no-build-isolation -e .`` after torch.
 """
 import os
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 ext_modules, cmdclass = [], {}
 try:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
 
     src = os.path.join("ralhe_me", "render", "csrc")
     sources = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".cpp")) if os.path.isdir(src) else []
@@ -23,6 +23,18 @@ try:
                 extra_link_args=["-fopenmp"],
             )
         )
+    # The latent decoder's lockstep loop (integer ARM + calls into CompressAI's rANS decoder);
+    # pybind11 only (no libtorch); latent_coder.py falls back to numpy/torch without it.
+    ext_modules.append(
+        Extension(
+            "ralhe_me.entropy._lockstep_cpu",
+            [os.path.join("ralhe_me", "entropy", "csrc", "lockstep.cpp")],
+            include_dirs=include_paths(),  # torch ships pybind11's headers
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
+        )
+    )
+    if ext_modules:
         cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=False)
 except ImportError:  # torch missing: the pure-PyTorch renderer is used instead
     pass
@@ -32,7 +44,7 @@ setup(
     version="0.1.0",
     description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
     packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
-    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h"]},
+    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],
     extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"]},

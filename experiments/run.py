@@ -40,6 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--finetune-iters", type=int, default=60, help="finetuning iterations (0 to skip)")
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
     p.add_argument("--codebook", type=int, default=None, help="covariance codebook size (default automatic)")
+    p.add_argument("--covariance-step", type=float, default=None,
+                   help="covariance residual log-scale step, 0 for plain VQ (default: chosen for 42 dB)")
+    p.add_argument("--importance-views", type=int, default=None,
+                   help="views weighting each voxel's attribute errors by how much it shows (0: uniform; "
+                        "default: the preset's, 24)")
     p.add_argument("--target-kb", type=float, default=None,
                    help="size at which the Table-2 line compares PSNRs (default: the middle of the RALHE curve)")
     return p.parse_args(argv)
@@ -62,7 +67,8 @@ def main(argv=None) -> int:
         num_gaussians=args.num_gaussians, views=args.views, resolution=args.resolution, depth=args.depth,
         steps=args.steps, finetune_iters=args.finetune_iters,
         baselines=[b for b in args.baselines.split(",") if b.strip()], codebook=args.codebook,
-        target_kb=args.target_kb,
+        covariance_step=args.covariance_step,
+        importance_views=args.importance_views, target_kb=args.target_kb,
     )
     try:
         run_experiment(settings)

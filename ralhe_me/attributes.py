@@ -9,11 +9,16 @@ by about ``e * |color - background|``; it gets the weight ``opacity_weight``.
 
 Signals are normalized per attribute (mean and standard deviation, stored in the header)
 so one decoder initialization and learning rate suit all of them.
+
+An optional per-point weight (mean 1; see ``importance.py``) says how much each voxel's errors
+show in the renders; the distortion is then a weighted mean over points. An optional per-point
+gain (``gain_map.py``) divides the normalized signal, so that one latent step means a finer
+quantizer where the gain is small; the decoder multiplies it back.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -37,14 +42,26 @@ class AttributeSignals:
     mean: np.ndarray  # [K + 1, 3] per-attribute channel means (opacity uses column 0)
     std: np.ndarray  # [K + 1] per-attribute scale
     weight: np.ndarray  # [K + 1] distortion weight of a unit error in normalized units
+    point_weight: Optional[np.ndarray] = None  # [N] distortion weight of a unit error of the coded signal
+    gain: Optional[np.ndarray] = None  # [N] the decoder's per-point gain (None: 1)
 
     @property
     def names(self) -> List[str]:
         return attribute_names(int(round(np.sqrt(self.sh.shape[0]))) - 1)
 
 
-def extract_signals(model: GaussianModel, opacity_weight: float = 0.25) -> AttributeSignals:
-    """Split ``model`` (already in voxel order) into normalized per-attribute signals."""
+def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,
+                    point_weight: Optional[np.ndarray] = None, gain: Optional[np.ndarray] = None) -> AttributeSignals:
+    """Split ``model`` (already in voxel order) into normalized per-attribute signals, divided by
+    ``gain`` [N] if given; ``point_weight`` [N] (rescaled to mean 1) weights each point's errors
+    in the original units (so a coded unit at point i weighs ``point_weight_i gain_i^2``)."""
+    if point_weight is not None:
+        point_weight = np.asarray(point_weight, dtype=np.float64)
+        if point_weight.shape != (len(model),) or not np.all(np.isfinite(point_weight)) or point_weight.min() < 0:
+            raise ValueError(f"point weights must be [{len(model)}] finite and >= 0, got shape {point_weight.shape}")
+        if not point_weight.sum() > 0:
+            raise ValueError("point weights are all zero")
+        point_weight = point_weight / point_weight.mean()
     sh = np.transpose(model.sh.astype(np.float64), (1, 0, 2))  # [K, N, 3]
     alpha = model.opacities[None, :, None]  # [1, N, 1]
     k = sh.shape[0]
@@ -58,22 +75,35 @@ def extract_signals(model: GaussianModel, opacity_weight: float = 0.25) -> Attri
     mean = mean.astype(np.float32).astype(np.float64)
     std = std.astype(np.float32).astype(np.float64)
     weight = np.concatenate([np.full(k, SH_WEIGHT), [opacity_weight]]) * std ** 2
+    g = np.ones(len(model)) if gain is None else np.asarray(gain, dtype=np.float64)
+    if g.shape != (len(model),) or not np.all(g > 0):
+        raise ValueError(f"gains must be [{len(model)}] and positive")
+    if gain is not None:
+        point_weight = (np.ones(len(model)) if point_weight is None else point_weight) * g * g
     return AttributeSignals(
-        sh=((sh - mean[:k, None, :]) / std[:k, None, None]).astype(np.float32),
-        opacity=((alpha - mean[k, 0]) / std[k]).astype(np.float32),
-        mean=mean, std=std, weight=weight,
+        sh=((sh - mean[:k, None, :]) / (std[:k, None, None] * g[None, :, None])).astype(np.float32),
+        opacity=((alpha - mean[k, 0]) / (std[k] * g[None, :, None])).astype(np.float32),
+        mean=mean, std=std, weight=weight, point_weight=point_weight,
+        gain=None if gain is None else g,
     )
 
 
-def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """[K, N, 3] normalized -> [N, K, 3] SH coefficients."""
+def _gained(x: np.ndarray, gain: Optional[np.ndarray]) -> np.ndarray:  # [A, N, C] -> float64
+    x = x.astype(np.float64)
+    return x if gain is None else x * np.asarray(gain, dtype=np.float64)[None, :, None]
+
+
+def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   gain: Optional[np.ndarray] = None) -> np.ndarray:
+    """[K, N, 3] normalized (times ``gain`` [N] if given) -> [N, K, 3] SH coefficients."""
     k = sh_norm.shape[0]
-    sh = sh_norm.astype(np.float64) * std[:k, None, None] + mean[:k, None, :]
+    sh = _gained(sh_norm, gain) * std[:k, None, None] + mean[:k, None, :]
     return np.transpose(sh, (1, 0, 2)).astype(np.float32)
 
 
-def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """[1, N, 1] normalized opacity -> [N] logits, clamped away from 0 and 1."""
+def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                               gain: Optional[np.ndarray] = None) -> np.ndarray:
+    """[1, N, 1] normalized opacity (times ``gain`` [N] if given) -> [N] logits, clamped away from 0 and 1."""
     k = len(std) - 1
-    alpha = np.clip(op_norm.reshape(-1).astype(np.float64) * std[k] + mean[k, 0], OPACITY_EPS, 1 - OPACITY_EPS)
+    alpha = np.clip(_gained(op_norm, gain).reshape(-1) * std[k] + mean[k, 0], OPACITY_EPS, 1 - OPACITY_EPS)
     return (np.log(alpha) - np.log1p(-alpha)).astype(np.float32)

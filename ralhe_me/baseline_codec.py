@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 
 from .baselines.attribute_codecs import encode_attributes
 from .bitstream import Container, pack
-from .codec import SECTION_COVARIANCE, SECTION_POSITIONS, baseline_header
+from .codec import baseline_header
 from .config import CodecConfig
 from .encoder import GeometryCode, encode_geometry
 from .octree import VoxelizedModel
@@ -27,8 +27,7 @@ def encode_baseline(kind: str, vox: VoxelizedModel, base_step: float, config: Co
     target = vox.model
     attributes = encode_attributes(kind, vox.coords, vox.depth, target.sh, target.opacity_logits, base_step,
                                    config.training.opacity_weight)
-    header = baseline_header(kind, num_points=len(target), grid=vox.grid, sh_degree=target.sh_degree)
-    container = Container(header=header, sections={SECTION_POSITIONS: geometry.positions,
-                                                   SECTION_COVARIANCE: geometry.covariance,
-                                                   SECTION_ATTRIBUTES: attributes})
+    header = baseline_header(kind, num_points=len(target), grid=vox.grid, sh_degree=target.sh_degree,
+                             gain_level=geometry.gain_level)
+    container = Container(header=header, sections={**geometry.sections(), SECTION_ATTRIBUTES: attributes})
     return pack(container), dict(container.section_sizes())

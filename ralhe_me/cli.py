@@ -75,6 +75,14 @@ def _codec_config(args):
         config.training.steps = args.steps
     if args.codebook is not None:
         config.covariance_codebook = args.codebook
+    if args.importance_views is not None:
+        if args.importance_views < 0:
+            raise CliError(f"--importance-views must be >= 0, got {args.importance_views}")
+        config.importance_views = args.importance_views
+    if args.covariance_step is not None:
+        if not 0 <= args.covariance_step <= 2.5:
+            raise CliError(f"--covariance-step must be in [0, 2.5], got {args.covariance_step}")
+        config.covariance_step = args.covariance_step
     return config
 
 
@@ -183,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("encode", help="compress an INRIA .ply into a .ralhe file",
-                       description="Voxelize, code positions losslessly and covariances by VQ, and train "
+                       description="Voxelize, code positions losslessly and covariances by VQ plus a "
+                                   "scalar residual, and train "
                                    "the RALHE attribute model at one rate-distortion trade-off.")
     p.add_argument("input", help="input INRIA 3DGS .ply")
     p.add_argument("output", help="output .ralhe file")
@@ -193,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
     p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--codebook", type=_positive_int, default=None,
-                   help="covariance VQ codebook size (default: smallest keeping renders within 42 dB)")
+                   help="covariance VQ codebook size (default: the one giving the fewest bytes)")
+    p.add_argument("--covariance-step", type=float, default=None,
+                   help="log-scale step of the covariance residual, the quaternion's is a fifth of it; 0 sends "
+                        "plain VQ (default: the coarsest step keeping renders within 42 dB of unquantized)")
+    p.add_argument("--importance-views", type=int, default=None,
+                   help="random views that weight each voxel's attribute errors by how much it shows in "
+                        "renders (0: every voxel alike; default 24)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 

@@ -8,7 +8,7 @@ Decode side: imports nothing of the encoder, optimizers or renderer.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ SECTION_COVARIANCE = "covariance"
 SECTION_DECODERS = "decoders"
 SECTION_ARMS = "arms"
 SECTION_LATENTS = "latents"
-SECTIONS = (SECTION_POSITIONS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_ARMS, SECTION_LATENTS)
+SECTION_GAINS = "gains"  # only with a gain map (header "gain_level")
+SECTIONS = (SECTION_POSITIONS, SECTION_COVARIANCE, SECTION_GAINS, SECTION_DECODERS, SECTION_ARMS, SECTION_LATENTS)
 
 
 def quantize_decoders(synthesis: AttributeSynthesis, shift: int) -> List[np.ndarray]:
@@ -56,7 +57,9 @@ def grid_from_header(header: dict) -> VoxelGrid:
 
 def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequence[str],
                 arch: ArchitectureConfig, table_config: LaplaceTableConfig, level_sizes: Sequence[int],
-                mean: np.ndarray, std: np.ndarray, decoder_shift: int, lmbda: float) -> dict:
+                mean: np.ndarray, std: np.ndarray, decoder_shift: int, lmbda: float,
+                gain_level: Optional[int] = None) -> dict:
+    """``gain_level``: the octree level of the gain map (section ``gains``), None without one."""
     return {
         "num_points": int(num_points), "depth": int(grid.depth),
         "origin": [float(v) for v in grid.origin], "extent": float(grid.extent),
@@ -66,21 +69,27 @@ def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequ
         "level_sizes": [int(n) for n in level_sizes],
         "signal_mean": np.asarray(mean, np.float64).tolist(), "signal_std": np.asarray(std, np.float64).tolist(),
         "decoder_shift": int(decoder_shift), "lambda": float(lmbda),
+        "gain_level": None if gain_level is None else int(gain_level),
     }
 
 
-def baseline_header(kind: str, *, num_points: int, grid: VoxelGrid, sh_degree: int) -> dict:
-    """Header of a file whose attributes a classical coder (``kind``) wrote."""
+def baseline_header(kind: str, *, num_points: int, grid: VoxelGrid, sh_degree: int,
+                    gain_level: Optional[int] = None) -> dict:
+    """Header of a file whose attributes a classical coder (``kind``) wrote (same geometry)."""
     return {"attribute_codec": kind, "num_points": int(num_points), "depth": int(grid.depth),
-            "origin": [float(v) for v in grid.origin], "extent": float(grid.extent), "sh_degree": int(sh_degree)}
+            "origin": [float(v) for v in grid.origin], "extent": float(grid.extent), "sh_degree": int(sh_degree),
+            "gain_level": None if gain_level is None else int(gain_level)}
 
 
 @torch.no_grad()
 def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.ndarray],
-                           mean: np.ndarray, std: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Integer latent planes [A, n] -> SH [N, K, 3] and opacity logits [N]."""
+                           mean: np.ndarray, std: np.ndarray,
+                           gain: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Integer latent planes [A, n] -> SH [N, K, 3] and opacity logits [N] (``gain`` [N]: the
+    gain map's per-point gains)."""
     sh_norm, op_norm = synthesis.decode([torch.as_tensor(l, dtype=torch.float32) for l in latents])
-    return denormalize_sh(sh_norm.numpy(), mean, std), denormalize_opacity_logits(op_norm.numpy(), mean, std)
+    return (denormalize_sh(sh_norm.numpy(), mean, std, gain),
+            denormalize_opacity_logits(op_norm.numpy(), mean, std, gain))
 
 
 def levels_for(coords: np.ndarray, header: dict) -> OctreeLevels:

@@ -50,8 +50,12 @@ class CodecConfig:
     lmbda: float = 1e-3  # rate weight: loss = D + lmbda * bits per Gaussian
     depth: Optional[int] = None  # octree depth J; None: choose automatically
     max_merge_fraction: float = 0.05  # rule of the automatic depth choice
-    covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen by rendering PSNR
-    covariance_min_psnr: float = 42.0  # automatic size: renders of the VQ'd model vs unquantized, dB
+    covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen (fewest bytes, or by PSNR at step 0)
+    covariance_step: Optional[float] = None  # residual log-scale step (0: plain VQ); None: chosen by PSNR
+    covariance_min_psnr: float = 42.0  # automatic choice: renders of the quantized model vs unquantized, dB
+    importance_views: int = 24  # random orbit views weighting each voxel's distortion (0: uniform weights)
+    importance_resolution: int = 256  # their size in pixels
+    gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

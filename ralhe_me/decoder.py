@@ -9,20 +9,23 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from .bitstream import BitstreamError, CorruptDataError, unpack
-from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_LATENTS, SECTION_POSITIONS,
+from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
+                    SECTION_POSITIONS,
                     architecture_from_header, grid_from_header, levels_for, load_decoders,
                     reconstruct_attributes, table_config_from_header)
 from .entropy.integer_arm import QuantizedArm
-from .entropy.latent_coder import decode_latents
+from .entropy.latent_coder import _intra_op_threads, decode_latents
+from .gain_map import decode_gain_map, gain_voxels, point_gains
 from .gaussians import GaussianModel, write_ply
-from .geometry.covariance_vq import decode_covariance
-from .geometry.occupancy import decode_positions
+from .geometry.covariance_code import decode_shapes
+from .geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions
+from .nn.neighbors import NeighborMap
 from .synthesis import AttributeSynthesis, plane_sizes
 from .weights import decode_int_tensors
 
@@ -49,11 +52,19 @@ def _checked(header: dict) -> dict:
     return header
 
 
-def decode_bytes(data: bytes) -> DecodeResult:
-    """Decode the bytes of a ``.ralhe`` file; raise a BitstreamError subclass if invalid."""
+# The decoder runs many small tensor operations; on a machine shared with other jobs more intra-op
+# threads mostly wait on each other (2 threads measured 2x slower than 1 on a busy 2-core machine).
+# Results do not depend on it where they must be exact (entropy coding); see decode_bytes.
+DEFAULT_DECODE_THREADS = 1
+
+
+def decode_bytes(data: bytes, num_threads: Optional[int] = DEFAULT_DECODE_THREADS) -> DecodeResult:
+    """Decode the bytes of a ``.ralhe`` file; raise a BitstreamError subclass if invalid.
+    ``num_threads``: torch intra-op threads while decoding (restored after; None: leave as set)."""
     container = unpack(data)
     try:
-        return _decode(container)
+        with _intra_op_threads(num_threads):
+            return _decode(container)
     except BitstreamError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as exc:
@@ -66,13 +77,24 @@ def _decode(container) -> DecodeResult:
     times = {}
     t0 = time.perf_counter()
     n = int(header["num_points"])
-    coords = decode_positions(container.section(SECTION_POSITIONS), int(header["depth"]))
+    coords, neighbour_rows = decode_positions(container.section(SECTION_POSITIONS), int(header["depth"]),
+                                              with_neighbours=True)
     if len(coords) != n:
         raise CorruptDataError(f"positions hold {len(coords)} points, the header says {n}")
     times["positions"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    log_scales, quats = decode_covariance(container.section(SECTION_COVARIANCE))
+    gain = None
+    gain_level = header.get("gain_level")
+    if gain_level is not None:
+        if not 0 <= int(gain_level) <= int(header["depth"]):
+            raise CorruptDataError(f"invalid gain level {gain_level}")
+        p2v, count = gain_voxels(coords, int(gain_level))
+        gain = point_gains(decode_gain_map(container.section(SECTION_GAINS), count), p2v)
+    times["gains"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    log_scales, quats = decode_shapes(container.section(SECTION_COVARIANCE), gain)
     if len(log_scales) != n:
         raise CorruptDataError(f"covariance holds {len(log_scales)} entries, the header says {n}")
     times["covariance"] = time.perf_counter() - t0
@@ -107,10 +129,10 @@ def _decode(container) -> DecodeResult:
     times["latents"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    synthesis.bind(levels)
+    synthesis.bind(levels, NeighborMap.from_neighbour_rows(neighbour_rows, NEIGHBOUR_OFFSETS))
     mean = np.asarray(header["signal_mean"], dtype=np.float64)
     std = np.asarray(header["signal_std"], dtype=np.float64)
-    sh, opacity_logits = reconstruct_attributes(synthesis, latents, mean, std)
+    sh, opacity_logits = reconstruct_attributes(synthesis, latents, mean, std, gain)
     times["attributes"] = time.perf_counter() - t0
 
     model = GaussianModel(means=grid.centers(coords), log_scales=log_scales, quats=quats,
@@ -135,6 +157,6 @@ def decode_file(path_in: str, path_out: str, threads: int | None = None) -> Deco
         raise FileNotFoundError(f"{path_in}: no such file")
     with open(path_in, "rb") as fh:
         data = fh.read()
-    result = decode_bytes(data)
+    result = decode_bytes(data, num_threads=threads or DEFAULT_DECODE_THREADS)
     write_ply(result.model, path_out)
     return result

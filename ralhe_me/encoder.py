@@ -18,13 +18,16 @@ import torch
 from .attributes import attribute_names, extract_signals
 from .baselines.attribute_codecs import weighted_attribute_mse
 from .bitstream import Container, pack
-from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_LATENTS, SECTION_POSITIONS,
+from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
+                    SECTION_POSITIONS,
                     load_decoders, make_header, quantize_decoders, reconstruct_attributes)
 from .config import CodecConfig
 from .entropy.integer_arm import ArmQuantizationError, QuantizedArm
 from .entropy.latent_coder import encode_latents, estimate_bits
+from .gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
 from .gaussians import GaussianModel
-from .geometry.covariance_vq import encode_covariance, fit_codebook
+from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
+from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
 from .octree import OctreeLevels, VoxelizedModel, choose_depth, voxelize
 from .synthesis import plane_sizes
@@ -40,29 +43,105 @@ class EncodeError(ValueError):
 
 
 @dataclass
+class GainMap:
+    """The importance gain map of a voxelization (see ``gain_map.py``)."""
+
+    level: int
+    exponents: np.ndarray  # [V] int64
+    gains: np.ndarray  # [N] float64 per point
+    data: bytes
+
+
+def make_gain_map(vox: VoxelizedModel, importance: Optional[np.ndarray], config: CodecConfig) -> Optional[GainMap]:
+    """The gain map at ``config.gain_level`` from per-voxel ``importance`` (None: no map)."""
+    if importance is None or config.gain_level is None:
+        return None
+    level = int(config.gain_level)
+    if not 0 <= level <= vox.depth:
+        raise EncodeError(f"gain_level must be in [0, {vox.depth}] for depth {vox.depth}, got {level}")
+    p2v, count = gain_voxels(vox.coords, level)
+    exponents = gain_exponents(importance, p2v, count)
+    return GainMap(level, exponents, point_gains(exponents, p2v), encode_gain_map(exponents))
+
+
+@dataclass
 class GeometryCode:
-    """The coded positions and covariances of a voxelized model (shared by every rate)."""
+    """The coded positions, gain map and covariances of a voxelized model (shared by every rate)."""
 
     positions: bytes
     covariance: bytes
     codebook_size: int
+    covariance_code: Optional[CovarianceCode] = None  # what ``covariance`` holds (for finetuning)
+    gain_map: Optional[GainMap] = None
+    importance: Optional[np.ndarray] = None  # [N] per-voxel distortion weights (mean 1) behind the map
     seconds: Dict[str, float] = field(default_factory=dict)
 
+    def sections(self) -> Dict[str, bytes]:
+        out = {SECTION_POSITIONS: self.positions}
+        if self.gain_map is not None:
+            out[SECTION_GAINS] = self.gain_map.data
+        out[SECTION_COVARIANCE] = self.covariance
+        return out
 
-def encode_geometry(vox: VoxelizedModel, config: CodecConfig) -> GeometryCode:
-    """Positions losslessly (octree occupancy), covariances by VQ (size chosen by rendering PSNR
-    unless ``config.covariance_codebook`` fixes it)."""
+    @property
+    def gain_level(self) -> Optional[int]:
+        return None if self.gain_map is None else self.gain_map.level
+
+    @property
+    def gains(self) -> Optional[np.ndarray]:
+        return None if self.gain_map is None else self.gain_map.gains
+
+
+def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[np.ndarray] = None) -> CovarianceCode:
+    """Quantize the shapes of ``target``: residual step by rendering quality (unless
+    ``config.covariance_step`` fixes it), then the codebook size that minimizes the bytes at
+    that step (unless ``config.covariance_codebook`` fixes it); ``gains`` [N] scale each
+    point's steps (the gain map)."""
+    seed = config.training.seed
+    step = config.covariance_step
+    if step is None:
+        step = choose_covariance_step(target, config.covariance_min_psnr, seed=seed, gains=gains)
+    steps = ResidualSteps.from_ratio(step)
+    if config.covariance_codebook:
+        sizes = [min(config.covariance_codebook, len(target))]
+    elif step == 0:
+        sizes = [choose_covariance_codebook(target, config.covariance_min_psnr, seed=seed)]
+    else:
+        sizes = sorted({min(s, len(target)) for s in RESIDUAL_CODEBOOK_CANDIDATES})
+    best = None
+    for size in sizes:
+        book = fit_codebook(target.log_scales, target.quats, size, seed=seed)
+        code = quantize_shapes(target.log_scales, target.quats, book, steps, point_scale=gains)
+        nbytes = len(encode_shapes(code))
+        if best is None or nbytes < best[0]:
+            best = (nbytes, code)
+    return best[1]
+
+
+def encode_geometry(vox: VoxelizedModel, config: CodecConfig, covariance: Optional[CovarianceCode] = None,
+                    importance: Optional[np.ndarray] = None) -> GeometryCode:
+    """Positions losslessly (octree occupancy); the gain map from ``importance`` [N] (computed per
+    ``config`` if not given); covariances as ``covariance`` if given (e.g. after finetuning with
+    it; its per-point scale must be the map's gains), else quantized by :func:`code_covariance`."""
     t0 = time.perf_counter()
     positions = encode_positions(vox.coords, vox.depth)
     t1 = time.perf_counter()
-    target = vox.model
-    size = config.covariance_codebook or choose_covariance_codebook(target, config.covariance_min_psnr,
-                                                                     seed=config.training.seed)
-    size = min(size, len(target))
-    codebook = fit_codebook(target.log_scales, target.quats, size, seed=config.training.seed)
-    covariance = encode_covariance(target.log_scales, target.quats, codebook)
-    return GeometryCode(positions, covariance, size,
-                        {"positions": t1 - t0, "covariance": time.perf_counter() - t1})
+    if importance is None:
+        importance = attribute_importance(vox.model, config)
+    gain_map = make_gain_map(vox, importance, config)
+    gains = None if gain_map is None else gain_map.gains
+    t2 = time.perf_counter()
+    code = covariance if covariance is not None else code_covariance(vox.model, config, gains)
+    if len(code.indices) != len(vox.model):
+        raise EncodeError(f"the covariance code holds {len(code.indices)} shapes, the model {len(vox.model)}")
+    same = (code.point_scale is None and gains is None) or (
+        code.point_scale is not None and gains is not None
+        and np.array_equal(np.asarray(code.point_scale, np.float32), gains.astype(np.float32)))
+    if not same:
+        raise EncodeError("the covariance code's per-point scale is not this geometry's gain map")
+    data = encode_shapes(code)
+    return GeometryCode(positions, data, code.codebook.size, code, gain_map, importance,
+                        {"positions": t1 - t0, "importance": t2 - t1, "covariance": time.perf_counter() - t2})
 
 
 @dataclass
@@ -88,6 +167,37 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
 
 
 COVARIANCE_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+RESIDUAL_CODEBOOK_CANDIDATES = (64, 256, 1024)  # with a residual the size only trades index for residual bits
+COVARIANCE_STEPS = (0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05)  # log-scale residual steps, coarse to fine
+
+
+def _coded_psnr(target: GaussianModel, shapes, reference) -> float:
+    from dataclasses import replace
+
+    from .evaluation import score_views
+
+    log_scales, quats = shapes
+    return score_views(replace(target, log_scales=log_scales, quats=quats), reference).psnr
+
+
+def choose_covariance_step(target: GaussianModel, min_psnr: float, seed: int = 0, views: int = 6,
+                           resolution: int = 192, codebook_size: int = 256,
+                           gains: Optional[np.ndarray] = None) -> float:
+    """The coarsest residual step whose quantized shapes keep the renders within ``min_psnr`` dB
+    of the unquantized model's (one against the other, ``views`` orbit views at ``resolution``
+    px). The error depends on the step only, so one codebook serves every candidate; the finest
+    step is the fallback."""
+    from .evaluation import orbit_views
+
+    reference = orbit_views(target, views, (resolution, resolution))
+    book = fit_codebook(target.log_scales, target.quats, min(codebook_size, len(target)), seed=seed)
+    indices = book.assign(target.log_scales, target.quats)
+    for step in COVARIANCE_STEPS:
+        code = quantize_shapes(target.log_scales, target.quats, book, ResidualSteps.from_ratio(step), indices,
+                               point_scale=gains)
+        if _coded_psnr(target, code.shapes(), reference) >= min_psnr:
+            return step
+    return COVARIANCE_STEPS[-1]
 
 
 def choose_covariance_codebook(target: GaussianModel, min_psnr: float, seed: int = 0,
@@ -97,22 +207,28 @@ def choose_covariance_codebook(target: GaussianModel, min_psnr: float, seed: int
     ``resolution`` px). At 42 dB the VQ error is a tenth of the error of a 32 dB codec, which
     it lowers by about 0.4 dB. Sizes above a quarter of the Gaussians are not tried (such a
     codebook costs about as much as the indices save); the largest tried is the fallback."""
-    from dataclasses import replace
-
-    from .evaluation import orbit_views, score_views
+    from .evaluation import orbit_views
 
     candidates = [c for c in COVARIANCE_CANDIDATES if c <= max(64, len(target) // 4)]
     reference = orbit_views(target, views, (resolution, resolution))
     for size in candidates:
         book = fit_codebook(target.log_scales, target.quats, size, seed=seed)
         idx = book.assign(target.log_scales, target.quats)
-        quantized = replace(target, log_scales=book.log_scales[idx], quats=book.quats[idx])
-        if score_views(quantized, reference).psnr >= min_psnr:
+        if _coded_psnr(target, (book.log_scales[idx], book.quats[idx]), reference) >= min_psnr:
             return size
     return candidates[-1]
 
 
-def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n, opacity_weight) -> tuple:
+def attribute_importance(target: GaussianModel, config: CodecConfig) -> Optional[np.ndarray]:
+    """Per-voxel distortion weights [N] (mean 1) from renders, or None when turned off."""
+    from .importance import ImportanceConfig, rendering_importance
+
+    return rendering_importance(target, ImportanceConfig(views=config.importance_views,
+                                                         resolution=config.importance_resolution))
+
+
+def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n, opacity_weight,
+                          importance) -> tuple:
     """The weight step 2**-shift minimizing D + lambda * (weight bits) / N."""
     synthesis = training.synthesis
     float_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
@@ -120,9 +236,10 @@ def _choose_decoder_shift(training: TrainingResult, signals, target, lmbda, n, o
     for shift in DECODER_SHIFTS:
         ints = quantize_decoders(synthesis, shift)
         load_decoders(synthesis, ints, shift)
-        sh, op = reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std)
+        sh, op = reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std, signals.gain)
         bits = 8 * len(encode_int_tensors(ints))
-        distortion, _ = weighted_attribute_mse(target.sh, target.opacity_logits, sh, op, opacity_weight)
+        distortion, _ = weighted_attribute_mse(target.sh, target.opacity_logits, sh, op, opacity_weight,
+                                               importance)
         cost = distortion + lmbda * bits / n
         if best is None or cost < best[0]:
             best = (cost, shift, ints)
@@ -152,7 +269,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
                  warm_start: Optional[TrainingResult] = None, geometry: Optional[GeometryCode] = None,
                  progress: Optional[Callable[[int, dict], None]] = None) -> EncodeResult:
     """Encode ``model`` (or its ready ``voxelized`` version, e.g. finetuned) at ``config.lmbda``;
-    ``geometry`` reuses positions and covariances already coded for this voxelization."""
+    ``geometry`` reuses the positions, gain map and covariances already coded for this
+    voxelization (and the importance behind the map)."""
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     times = {}
@@ -165,10 +283,10 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
 
     geometry = geometry or encode_geometry(vox, config)
     times.update(geometry.seconds)
-    positions, covariance = geometry.positions, geometry.covariance
+    importance, gains = geometry.importance, geometry.gains
 
     t0 = time.perf_counter()
-    signals = extract_signals(target, config.training.opacity_weight)
+    signals = extract_signals(target, config.training.opacity_weight, importance, gains)
     training = train_attributes(signals, levels, arch, config.training, config.lmbda, init=warm_start,
                                 progress=progress)
     times["train"] = time.perf_counter() - t0
@@ -178,27 +296,24 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     latents = [l.numpy().astype(np.int64) for l in training.latents]
     table_config = training.synthesis.arm.table_config
     decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, target, config.lmbda, n,
-                                                        config.training.opacity_weight)
+                                                        config.training.opacity_weight, importance)
     arms = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
     estimated = float(estimate_bits(latents, arms, arch.segment_length, table_config))
-    sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std)
+    sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
     times["quantize_and_code"] = time.perf_counter() - t0
 
-    from .geometry.covariance_vq import decode_covariance
-
-    log_scales, quats = decode_covariance(covariance)
+    log_scales, quats = decode_shapes(geometry.covariance, gains)
     reconstruction = GaussianModel(means=target.means, log_scales=log_scales, quats=quats,
                                    opacity_logits=opacity_logits, sh=sh)
     header = make_header(num_points=n, grid=vox.grid, sh_degree=target.sh_degree,
                          names=attribute_names(target.sh_degree), arch=arch, table_config=table_config,
                          level_sizes=plane_sizes(levels.sizes, arch), mean=signals.mean, std=signals.std,
-                         decoder_shift=decoder_shift, lmbda=config.lmbda)
-    container = Container(header=header, sections={
-        SECTION_POSITIONS: positions, SECTION_COVARIANCE: covariance,
-        SECTION_DECODERS: encode_int_tensors(decoder_ints), SECTION_ARMS: arms.to_bytes(),
-        SECTION_LATENTS: latent_bytes,
-    })
+                         decoder_shift=decoder_shift, lmbda=config.lmbda, gain_level=geometry.gain_level)
+    sections = geometry.sections()
+    sections.update({SECTION_DECODERS: encode_int_tensors(decoder_ints), SECTION_ARMS: arms.to_bytes(),
+                     SECTION_LATENTS: latent_bytes})
+    container = Container(header=header, sections=sections)
     data = pack(container)
     return EncodeResult(data=data, header=header, section_bytes=dict(container.section_sizes()), voxelized=vox,
                         reconstruction=reconstruction, training=training, estimated_latent_bits=estimated,

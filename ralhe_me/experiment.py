@@ -20,7 +20,7 @@ import torch
 
 from .config import load_preset
 from .decoder import decode_bytes
-from .encoder import encode_geometry, encode_model, prepare
+from .encoder import attribute_importance, code_covariance, encode_geometry, encode_model, make_gain_map, prepare
 from .evaluation import dataset_views, orbit_views, score_views
 from .gaussians import GaussianModel, read_ply, write_ply
 from .octree import with_model
@@ -42,6 +42,8 @@ class ExperimentSettings:
     baselines: List[str] = field(default_factory=lambda: ["raht", "scalar"])
     baseline_steps: List[float] = field(default_factory=lambda: [0.4, 0.2, 0.1, 0.05, 0.025])
     codebook: Optional[int] = None
+    covariance_step: Optional[float] = None
+    importance_views: Optional[int] = None
     target_kb: Optional[float] = None
     threads: int = 2
 
@@ -54,20 +56,17 @@ def _log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
 
 
-def _finetune(vox, original: GaussianModel, settings: ExperimentSettings):
-    """Finetune the voxelized attributes if the finetuning module is present."""
+def _finetune(vox, original: GaussianModel, settings: ExperimentSettings, covariance):
+    """Finetune the voxelized attributes with the coded covariances in the loop (their
+    codewords learn too); returns (model, report or None, the covariance code to send)."""
     if settings.finetune_iters <= 0:
-        return vox, None
-    try:
-        from . import finetune as ft
-    except ImportError:
-        _log("finetuning is not available in this version; skipped")
-        return vox, None
+        return vox, None, covariance
+    from . import finetune as ft
+
     teacher = None if settings.dataset else original
-    dataset = settings.dataset
-    model, report = ft.finetune(vox.model, teacher=teacher, dataset=dataset, iters=settings.finetune_iters,
-                                progress=True)
-    return with_model(vox, model), report
+    model, report = ft.finetune(vox.model, teacher=teacher, dataset=settings.dataset,
+                                iters=settings.finetune_iters, covariance=covariance, progress=True)
+    return with_model(vox, model), report, report.covariance
 
 
 def run_experiment(settings: ExperimentSettings) -> dict:
@@ -88,6 +87,9 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     config = load_preset(settings.preset)
     config.depth = settings.depth
     config.covariance_codebook = settings.codebook
+    config.covariance_step = settings.covariance_step
+    if settings.importance_views is not None:
+        config.importance_views = settings.importance_views
     if settings.steps:
         config.training.steps = settings.steps
 
@@ -100,13 +102,23 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     vox = prepare(original, config)
     vox_score = score_views(vox.model, views)
     _log(f"voxelized at depth {vox.depth}: {len(vox.model)} voxels, PSNR {vox_score.psnr:.2f} dB")
-    vox, ft_report = _finetune(vox, original, settings)
-    reference_psnr = vox_score.psnr if ft_report is None else score_views(vox.model, views).psnr
+    importance = attribute_importance(vox.model, config)
+    gain_map = make_gain_map(vox, importance, config)
+    if gain_map is not None:
+        _log(f"gain map at level {gain_map.level}: {len(gain_map.exponents)} voxels, {len(gain_map.data)} bytes")
+    covariance = code_covariance(vox.model, config, None if gain_map is None else gain_map.gains)
+    coded = with_model(vox, dataclasses.replace(vox.model, log_scales=covariance.shapes()[0],
+                                                quats=covariance.shapes()[1]))
+    coded_psnr = score_views(coded.model, views).psnr
+    _log(f"covariance coded (codebook {covariance.codebook.size}, residual step {covariance.steps.log_scale:g}): "
+         f"PSNR {coded_psnr:.2f} dB")
+    vox, ft_report, covariance = _finetune(coded, original, settings, covariance)
+    reference_psnr = coded_psnr if ft_report is None else score_views(vox.model, views).psnr
     if ft_report is not None:
         _log(f"finetuned: PSNR {reference_psnr:.2f} dB")
     prep_seconds = time.perf_counter() - t0
 
-    geometry = encode_geometry(vox, config)
+    geometry = encode_geometry(vox, config, covariance, importance)
     _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "
          f"(codebook {geometry.codebook_size})")
     rows, ralhe_results = [], []
@@ -139,6 +151,7 @@ def run_experiment(settings: ExperimentSettings) -> dict:
         _plot_latents(out / "latents.png", vox, [ralhe_results[0], ralhe_results[-1]])
     summary["preprocess_seconds"] = prep_seconds
     summary["voxelized_psnr"] = vox_score.psnr
+    summary["covariance_coded_psnr"] = coded_psnr
     summary["finetuned_psnr"] = reference_psnr
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _log(f"wrote results to {out}")

@@ -259,6 +259,7 @@ class FinetuneReport:
     eval_source: str  # "dataset test split", "teacher orbit", "given test views" or "training views"
     resolution: Tuple[int, int]  # (width, height) of the training renders
     loss_history: List[float] = field(default_factory=list)  # per step
+    covariance: Optional[object] = None  # the tuned CovarianceCode when one was given
 
 
 def _prepare_targets(dataset, cameras, images, teacher, test_cameras, test_images, cfg, device):
@@ -306,7 +307,7 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
              images: Optional[Sequence[np.ndarray]] = None, teacher: Optional[GaussianModel] = None,
              test_cameras: Optional[Sequence] = None, test_images: Optional[Sequence[np.ndarray]] = None,
              iters: int = 300, config: Optional[FinetuneConfig] = None,
-             progress: bool = True) -> Tuple[GaussianModel, FinetuneReport]:
+             covariance=None, progress: bool = True) -> Tuple[GaussianModel, FinetuneReport]:
     """Optimize every attribute of ``model`` but the means against one kind of target.
 
     Targets: ``dataset`` (a NeRF-synthetic folder: train split at ``config.resolution``, PSNR on
@@ -314,6 +315,12 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
     ``test_cameras`` + ``test_images`` if given, else on the training views), or ``teacher``
     (renders of the teacher from ``teacher_views`` random views; PSNR on a fixed orbit).
     The returned model has the input's means, bit for bit, and the same Gaussian count.
+
+    With ``covariance`` (a :class:`~ralhe_me.geometry.covariance_code.CovarianceCode`), the shapes
+    are the coded ones: codebook[indices] + fixed residuals. Indices and residuals stay fixed
+    while the codewords, opacities and SH learn together to make up for the quantization. The
+    tuned code (codewords rounded as stored) is in ``report.covariance`` and the returned model
+    holds exactly its shapes.
     """
     from .densify import GaussianParams
     from .render import render
@@ -331,9 +338,17 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
     with torch_threads(cfg.num_threads):
         cams, imgs, ecams, eimgs, source = _prepare_targets(dataset, cameras, images, teacher,
                                                             test_cameras, test_images, cfg, device)
+        vq = _CodedShapes(model, covariance, cfg, device) if covariance is not None else None
+        if vq is not None:
+            model = vq.quantized(model)
         psnr_before = mean_psnr(model, ecams, eimgs, cfg.background, device)
 
-        params = GaussianParams.from_model(model, cfg.learning_rates(), device=device)
+        lrs = cfg.learning_rates()
+        if vq is not None:
+            lrs = {k: v for k, v in lrs.items() if k not in ("log_scales", "quats")}
+        params = GaussianParams.from_model(model, lrs, device=device)
+        if vq is not None:
+            vq.attach(params.optimizer)
         targets = [torch.as_tensor(np.asarray(im, dtype=np.float32), device=device) for im in imgs]
         bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
         sampler = ViewSampler(len(cams), cfg.seed)
@@ -350,7 +365,8 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
             views = sampler.take(cfg.views_per_step)
             total, mse = 0.0, 0.0
             for v in views:
-                image = render(params["means"], params["quats"], params["log_scales"], params["opacity_logits"],
+                quats, log_scales = vq.shapes() if vq is not None else (params["quats"], params["log_scales"])
+                image = render(params["means"], quats, log_scales, params["opacity_logits"],
                                params.sh(degree), cams[v], background=bg)
                 loss = photometric_loss(image, targets[v], cfg.ssim_weight) / len(views)
                 loss.backward()
@@ -369,6 +385,10 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
         train_seconds = time.perf_counter() - t_train
 
         tuned = params.to_model()
+        tuned_code = None
+        if vq is not None:
+            tuned_code = vq.stored_code()
+            tuned = vq.quantized(tuned, tuned_code)
         out = GaussianModel(means=model.means.copy(), log_scales=tuned.log_scales, quats=tuned.quats,
                             opacity_logits=tuned.opacity_logits, sh=tuned.sh,
                             normals=None if model.normals is None else model.normals.copy())
@@ -376,8 +396,50 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
     report = FinetuneReport(psnr_before=psnr_before, psnr_after=psnr_after, seconds=time.perf_counter() - start,
                             train_seconds=train_seconds, iters=int(iters), num_gaussians=len(out),
                             eval_views=len(ecams), eval_source=source,
-                            resolution=(cams[0].width, cams[0].height), loss_history=history)
+                            resolution=(cams[0].width, cams[0].height), loss_history=history,
+                            covariance=tuned_code)
     return out, report
+
+
+class _CodedShapes:
+    """Trainable codewords gathered by fixed indices, plus fixed residuals (the covariance
+    quantization kept in the loop)."""
+
+    def __init__(self, model: GaussianModel, code, cfg: FinetuneConfig, device):
+        from .geometry.covariance_code import CovarianceCode
+
+        if not isinstance(code, CovarianceCode):
+            raise FinetuneError(f"covariance must be a CovarianceCode, got {type(code).__name__}")
+        if code.indices.shape != (len(model),):
+            raise FinetuneError(f"the covariance code holds {len(code.indices)} shapes, the model {len(model)}")
+        self.code = code
+        self.index = torch.as_tensor(code.indices, device=device)
+        ds, dq = code.offsets()
+        self.offsets = (torch.as_tensor(ds, device=device), torch.as_tensor(dq, device=device))
+        self.log_scales = torch.tensor(code.codebook.log_scales, dtype=torch.float32, device=device,
+                                       requires_grad=True)
+        self.quats = torch.tensor(code.codebook.quats, dtype=torch.float32, device=device, requires_grad=True)
+        self.lrs = (cfg.lr_scaling, cfg.lr_rotation)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.add_param_group({"params": [self.log_scales], "lr": self.lrs[0], "name": "codebook_log_scales"})
+        optimizer.add_param_group({"params": [self.quats], "lr": self.lrs[1], "name": "codebook_quats"})
+
+    def shapes(self) -> Tuple[torch.Tensor, torch.Tensor]:  # quats [N, 4], log_scales [N, 3]
+        return self.quats[self.index] + self.offsets[1], self.log_scales[self.index] + self.offsets[0]
+
+    def stored_code(self):
+        from dataclasses import replace
+
+        book = replace(self.code.codebook, log_scales=self.log_scales.detach().cpu().numpy(),
+                       quats=self.quats.detach().cpu().numpy())
+        return replace(self.code, codebook=book)
+
+    def quantized(self, model: GaussianModel, code=None) -> GaussianModel:
+        from dataclasses import replace
+
+        log_scales, quats = (code or self.code).shapes()
+        return replace(model, log_scales=log_scales, quats=quats)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class AttributeSynthesis(nn.Module):
         self._plane_p2v: List[Tensor] = []
         self._neighbors: Optional[NeighborMap] = None
         self._segment_start: Optional[Tensor] = None
+        self._gather_index = None
 
     @property
     def num_attributes(self) -> int:
@@ -83,14 +84,18 @@ class AttributeSynthesis(nn.Module):
                        ("opacity.skip", self.opacity_skip), ("opacity.skip_bias", self.opacity_skip_bias)]
         return params
 
-    def bind(self, levels: OctreeLevels) -> None:
-        """Attach the geometry: upsampling maps, the finest voxels' 3x3x3 neighbour map and
-        the segment starts of the latent planes."""
+    def bind(self, levels: OctreeLevels, neighbors: Optional[NeighborMap] = None) -> None:
+        """Attach the geometry: upsampling maps, the finest voxels' 3x3x3 neighbour map (built
+        from the coordinates unless given, e.g. by the octree decoder) and the segment starts
+        of the latent planes."""
         if levels.num_levels != self.arch.num_levels:
             raise ValueError(f"levels has {levels.num_levels} levels, the architecture {self.arch.num_levels}")
         p2v = [torch.as_tensor(p, dtype=torch.int64) for p in levels.point_to_voxel]
         self._plane_p2v = p2v * self.arch.latent_channels
-        self._neighbors = NeighborMap.from_coords(levels.coords[0])
+        self._gather_index = None
+        if neighbors is not None and neighbors.num_points != len(levels.coords[0]):
+            raise ValueError(f"neighbour map of {neighbors.num_points} voxels for {len(levels.coords[0])}")
+        self._neighbors = neighbors if neighbors is not None else NeighborMap.from_coords(levels.coords[0])
         starts, offset, seg = [], 0, self.arch.segment_length
         for n in plane_sizes(levels.sizes, self.arch):
             starts.append(offset + (torch.arange(n) // seg) * seg)
@@ -99,7 +104,20 @@ class AttributeSynthesis(nn.Module):
 
     def upsample(self, planes: List[Tensor]) -> Tensor:
         """Copy each plane's latents [A, n_l] to the finest voxels -> [A, N, C * L]."""
-        return torch.stack([lat[:, p2v] for lat, p2v in zip(planes, self._plane_p2v)], dim=-1)
+        if torch.is_grad_enabled():
+            return torch.stack([lat[:, p2v] for lat, p2v in zip(planes, self._plane_p2v)], dim=-1)
+        # inference: the same copies as one gather from the concatenated planes
+        if self._gather_index is None:
+            offsets, off = [], 0
+            for p2v, lat in zip(self._plane_p2v, planes):
+                offsets.append(p2v + off)
+                off += lat.shape[1]
+            self._gather_index = (torch.stack(offsets, dim=1).reshape(-1), off)  # [N * C * L]
+        index, total = self._gather_index
+        values = torch.cat(planes, dim=1)
+        if values.shape[1] != total:
+            raise ValueError(f"planes hold {values.shape[1]} latents, the levels {total}")
+        return values.index_select(1, index).view(values.shape[0], -1, len(planes))
 
     def decode(self, planes: List[Tensor], rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Latent planes [A, n] -> normalized SH [K, N, 3] and opacity [1, N, 1], or only the

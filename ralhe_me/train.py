@@ -2,6 +2,8 @@
 
 loss = sum_k w_k MSE_k + lambda * (bits of all latents) / N
 
+(MSE_k weighted per voxel by its rendering importance when the signals carry one.)
+
 Latents are real-valued parameters made quantization-aware by additive uniform noise, then,
 for the last ``hard_rounding_fraction`` of the steps, rounded with a straight-through
 gradient, so the decoder and ARMs finish on the integer latents the file will hold.
@@ -31,17 +33,20 @@ class TrainingResult:
     seconds: float
 
 
-def pyramid_latents(values: np.ndarray, levels: OctreeLevels) -> List[np.ndarray]:
-    """A Haar-like pyramid of ``values`` [A, N] on the octree: level L-1 holds voxel means,
-    each finer level the difference between its voxel mean and its parent's, so that
-    summing a point's latents over all levels gives back its value exactly."""
+def pyramid_latents(values: np.ndarray, levels: OctreeLevels,
+                    weights: Optional[np.ndarray] = None) -> List[np.ndarray]:
+    """A Haar-like pyramid of ``values`` [A, N] on the octree: level L-1 holds voxel means
+    (weighted by ``weights`` [N] if given), each finer level the difference between its voxel
+    mean and its parent's, so that summing a point's latents over all levels gives back its
+    value exactly."""
     a, n = values.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64) + 1e-9
     means = []
     for p2v, size in zip(levels.point_to_voxel, levels.sizes):
         total = np.zeros((a, size))
         for i in range(a):
-            total[i] = np.bincount(p2v, weights=values[i], minlength=size)
-        means.append(total / np.bincount(p2v, minlength=size)[None, :])
+            total[i] = np.bincount(p2v, weights=values[i] * w, minlength=size)
+        means.append(total / np.bincount(p2v, weights=w, minlength=size)[None, :])
     out = [None] * len(means)
     out[-1] = means[-1]
     for level in range(len(means) - 2, -1, -1):
@@ -81,7 +86,7 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     level_step = step[:, None] / np.sqrt(share)[None, :]  # [A, L]
     planes = []
     for c in range(c_lat):
-        pyramid = pyramid_latents(values[:, c], levels)
+        pyramid = pyramid_latents(values[:, c], levels, signals.point_weight)
         planes += [torch.as_tensor(p / level_step[:, l, None], dtype=torch.float32) for l, p in enumerate(pyramid)]
     with torch.no_grad():  # the ARMs start at the latents' typical magnitude
         spread = torch.stack([torch.cat([p[i] for p in planes]).abs().mean() for i in range(a)])
@@ -125,6 +130,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     targets_sh = torch.as_tensor(signals.sh)
     targets_op = torch.as_tensor(signals.opacity)
     weight = torch.as_tensor(signals.weight, dtype=torch.float32)
+    point_weight = None if signals.point_weight is None else torch.as_tensor(signals.point_weight, dtype=torch.float32)
     n_points = levels.sizes[0]
 
     params = [{"params": latents, "lr": training.learning_rate, "base": training.learning_rate},
@@ -149,8 +155,11 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
         t_sh, t_op = (targets_sh, targets_op) if rows is None else (targets_sh[:, rows], targets_op[:, rows])
-        mse = torch.cat([((pred_sh - t_sh) ** 2).mean(dim=(1, 2)),
-                         ((pred_op - t_op) ** 2).mean(dim=(1, 2))])
+        err_sh, err_op = (pred_sh - t_sh) ** 2, (pred_op - t_op) ** 2  # [K, n, 3], [1, n, 1]
+        if point_weight is not None:
+            pw = (point_weight if rows is None else point_weight[rows])[None, :, None]
+            err_sh, err_op = err_sh * pw, err_op * pw
+        mse = torch.cat([err_sh.mean(dim=(1, 2)), err_op.mean(dim=(1, 2))])
         distortion = (weight * mse).sum()
         bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)
         loss = distortion + lmbda * bits / n_points

@@ -119,3 +119,25 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 2 and "truncated" in r.stderr and not (tmp_path / "z.ply").exists()
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "nope")
     assert r.returncode == 2 and "no preset 'nope'" in r.stderr
+
+
+def test_inference_upsample_equals_training_upsample():
+    """The decoder's one-gather upsampling copies the same latents as the training path's stack."""
+    from ralhe_me.config import ArchitectureConfig
+    from ralhe_me.octree import OctreeLevels
+    from ralhe_me.synthesis import AttributeSynthesis, plane_sizes
+
+    rng = np.random.default_rng(0)
+    coords = np.unique(rng.integers(0, 64, (700, 3)), axis=0)
+    from ralhe_me.octree import morton_encode
+
+    coords = coords[np.argsort(morton_encode(coords))]
+    arch = ArchitectureConfig(num_levels=4, latent_channels=2)
+    levels = OctreeLevels.build(coords, 4, 6)
+    syn = AttributeSynthesis(4, arch)
+    syn.bind(levels)
+    planes = [torch.randn(5, n) for n in plane_sizes(levels.sizes, arch)]
+    with torch.no_grad():
+        fast = syn.upsample(planes)
+    slow = syn.upsample(planes)  # grad mode: the training path
+    assert torch.equal(fast, slow)

@@ -230,3 +230,90 @@ def test_named_errors():
         decode_latents(b"", [5], 2, q, 8)
     with pytest.raises(LatentStreamError):
         decode_latents(b"\0" * 10, [5], 2, q, 8)
+
+
+# ---------------------------------------------------------------------------------- native loop
+needs_native = pytest.mark.skipif(not latent_coder.native_available(), reason="_lockstep_cpu not built")
+
+
+def both_decoders(latents, q, s, cfg=LaplaceTableConfig()):
+    """Decode with the C++ loop and with the numpy/torch reference: both must give the latents."""
+    data = encode_latents(latents, q, s, cfg)
+    sizes = [x.shape[1] for x in latents]
+    fast = decode_latents(data, sizes, q.num_attributes, q, s, cfg, native=True)
+    slow = decode_latents(data, sizes, q.num_attributes, q, s, cfg, native=False)
+    for x, f, r in zip(latents, fast, slow):
+        assert f.dtype == np.int64 and f.shape == x.shape
+        assert np.array_equal(f, r) and np.array_equal(f, x)
+
+
+@needs_native
+@pytest.mark.parametrize("hidden,layers", [(8, 2), (16, 2), (5, 1), (3, 0), (12, 3)])
+def test_native_equals_reference_for_arm_shapes(hidden, layers):
+    """Fixed-width kernels (2, 8, 16 outputs), the generic one (5, 3, 12) and no hidden layer."""
+    from ralhe_me.nn.arm import ArmConfig
+
+    torch.manual_seed(hidden + layers)
+    cfg = ArmConfig(context_size=16 if layers != 3 else 7, hidden=hidden, num_hidden_layers=layers)
+    arm = BatchedArm(3, cfg)
+    with torch.no_grad():
+        arm.weights[0][:, -1, :] += 0.5
+    q = QuantizedArm.from_float(arm, [7, 10, 12])
+    both_decoders(ar_latents(3, [1500, 700, 90, 1], seed=hidden), q, 64)
+
+
+@needs_native
+def test_native_equals_reference_with_outliers_and_float64_path():
+    """Large latents push the context bound past the float32-exact limit mid-stream: the native
+    loop switches to float64 and still matches; contexts are clamped; escapes decode."""
+    q = make_arm(2, shift=14)
+    assert 0 <= q.float32_context_bound() < 40_000
+    lat = ar_latents(2, [900, 300, 7], seed=5)
+    lat[0][0, 400] = LATENT_LIMIT
+    lat[0][1, 401] = -LATENT_LIMIT
+    lat[1][0, :50] = np.arange(50) * 100_003 - 2_000_000
+    lat[2][1] = 40_000
+    both_decoders(lat, q, 128)
+
+
+@needs_native
+def test_native_equals_reference_other_table_config():
+    torch.manual_seed(2)
+    q = QuantizedArm.from_float(BatchedArm(3), [4, 9, 13], activation_frac_bits=3)
+    cfg = LaplaceTableConfig(log_scale_min=-2.0, log_scale_step_log2=2, num_scale_bins=30, mean_bins_log2=1)
+    both_decoders(ar_latents(3, [400, 100, 33], seed=7, scale=4.0), q, 50, cfg)
+
+
+@needs_native
+def test_native_equals_reference_on_zero_runs():
+    """All-zero context blocks take a shortcut (the ARM of a zero context, computed once)."""
+    q = make_arm(4)
+    lat = ar_latents(4, [5000, 1200, 30], seed=9)
+    lat[0][:, 1000:3000] = 0
+    lat[1][2:] = 0
+    both_decoders(lat, q, 256)
+
+
+def test_float32_context_bound_is_the_exactness_limit():
+    from ralhe_me.entropy.integer_arm import _EXACT_F32
+
+    for shift in (8, 12, 14):
+        q = make_arm(2, shift=shift)
+        b = q.float32_context_bound()
+        if b >= 0:
+            assert max(q._layer_bounds(b)) < _EXACT_F32
+        if b < CONTEXT_CLAMP_VALUE:
+            assert max(q._layer_bounds(b + 1)) >= _EXACT_F32 or b == -1
+
+
+CONTEXT_CLAMP_VALUE = (1 << 15) - 1
+
+
+def test_native_required_but_missing_raises(monkeypatch):
+    monkeypatch.setattr(latent_coder, "_native_module", lambda: None)
+    q = make_arm(2)
+    lat = ar_latents(2, [100], seed=1)
+    data = encode_latents(lat, q, 32)
+    with pytest.raises(ImportError):
+        decode_latents(data, [100], 2, q, 32, native=True)
+    assert np.array_equal(decode_latents(data, [100], 2, q, 32)[0], lat[0])  # falls back

@@ -187,3 +187,26 @@ def test_corrupt_streams_raise():
         junk = bytes([data[0]]) + np.random.default_rng(seed).integers(0, 256, 300).astype(np.uint8).tobytes()
         with pytest.raises(OccupancyStreamError):
             decode_positions(junk, 8)
+
+
+@pytest.mark.parametrize("depth,n,clustered", [(5, 300, False), (8, 3000, True), (3, 512, False), (6, 1, False)])
+def test_child_neighbours_equal_search_at_every_level(depth, n, clustered):
+    """The decoder derives each level's neighbour rows from its parents' (no search): they must
+    equal the binary-search reference at every level, and at the leaves decode_positions returns."""
+    from ralhe_me.geometry.occupancy import child_neighbours, search_neighbours
+
+    coords = _random_cloud(n, depth, seed=depth + n, clustered=clustered)
+    codes = np.sort(morton_encode(coords))
+    levels = [codes >> (3 * (depth - d)) for d in range(depth + 1)]
+    levels = [np.unique(c) for c in levels]  # levels[d]: node codes at depth d
+    nb = search_neighbours(levels[0], 0)
+    for d in range(depth):
+        nodes, children = levels[d], levels[d + 1]
+        parent = np.searchsorted(nodes, children >> 3)
+        occ = np.bincount(parent, weights=(1 << (children & 7)).astype(np.float64), minlength=len(nodes))
+        nb = child_neighbours(nb, occ.astype(np.int64))
+        np.testing.assert_array_equal(nb, search_neighbours(children, d + 1))
+    data = encode_positions(coords, depth)
+    out, rows = decode_positions(data, depth, with_neighbours=True)
+    np.testing.assert_array_equal(out, morton_decode(codes))
+    np.testing.assert_array_equal(rows, nb)

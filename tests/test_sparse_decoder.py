@@ -347,3 +347,18 @@ def test_usage_snippet_in_docstring_runs():
     exec(code, scope)
     assert scope["y"].F.shape == (len(scope["coords"]), 3)
     assert torch.equal(scope["clone"](scope["x"]).F, scope["y"].F)
+
+
+def test_neighbor_map_from_octree_rows_equals_from_coords():
+    """The decoder builds the finest voxels' map from the occupancy decoder's neighbour rows."""
+    import numpy as np
+
+    from ralhe_me.geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions, encode_positions
+
+    rng = np.random.default_rng(3)
+    coords = np.unique(np.clip(rng.normal(32, 6, (3000, 3)).round(), 0, 63).astype(np.int64), axis=0)
+    out, rows = decode_positions(encode_positions(coords, 6), 6, with_neighbours=True)
+    fast = NeighborMap.from_neighbour_rows(rows, NEIGHBOUR_OFFSETS)
+    assert torch.equal(fast.table, NeighborMap.from_coords(out).table)
+    with pytest.raises(NeighborMapError):
+        NeighborMap.from_neighbour_rows(rows[:, :25], NEIGHBOUR_OFFSETS[:25])

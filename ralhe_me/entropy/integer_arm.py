@@ -230,6 +230,31 @@ class QuantizedArm:
             for bd, bw in zip(bounds, big_w)
         )
 
+    def float32_context_bound(self) -> int:
+        """The largest context bound (<= CONTEXT_CLAMP) under which every layer, its weights and
+        its biases are exact in float32 (all partial sums below 2**24); -1 if none is.  The native
+        lockstep decoder evaluates in float32 up to this bound and in float64 beyond."""
+        return self._memo(("f32_bound",), self._find_float32_bound)
+
+    def _find_float32_bound(self) -> int:
+        big = max(float(np.abs(w).max(initial=0)) for w in self.weights)
+        big_b = max(float(np.abs(b).max(initial=0)) * 2.0 ** self._in_frac(i) for i, b in enumerate(self.biases))
+        if max(big, big_b) >= _EXACT_F32:
+            return -1
+
+        def ok(bound: int) -> bool:
+            return max(self._layer_bounds(bound)) < _EXACT_F32
+
+        if not ok(0):
+            return -1
+        lo, hi = 0, CONTEXT_CLAMP  # ok(lo) holds; bounds grow with the context bound
+        if ok(hi):
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
     # ---------------------------------------------------------------------------------- evaluation
     def _torch_params(self, dtype: torch.dtype) -> tuple:
         """Per layer (W [A, in, out], bias << in_frac [A, 1, out], 2**-k [A, 1, 1]) in ``dtype``."""

@@ -7,6 +7,11 @@ so step t is one batched integer-ARM evaluation over [A, active segments, K] con
 segment g with length > t, in ``SegmentLayout.coding_order`` (decreasing length, ties in level
 then position order, so the active segments are always a prefix): latent a at position t of g.
 
+The decoder's loop runs in C++ when the ``_lockstep_cpu`` extension is built (entropy/csrc/
+lockstep.cpp: the same integer ARM, exact in float32/float64 SIMD, and the same ``decode_stream``
+calls on CompressAI's decoder); ``_decode_steps`` below is the numpy/torch reference it is tested
+against, and the fallback without the extension.
+
 Residuals ``x - mu_int`` outside a table's support are coded by CompressAI's escape (bypass) mode,
 so every latent with |x| <= LATENT_LIMIT round-trips; larger ones raise LatentRangeError at encode
 time.  Only the rANS payload is returned; level sizes, A, the segment length and the table config
@@ -15,15 +20,16 @@ travel in the caller's header.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ralhe_me.entropy.contexts import SegmentLayout
-from ralhe_me.entropy.integer_arm import ArmPrediction, QuantizedArm, make_prediction
+from ralhe_me.entropy.integer_arm import MU_LIMIT, ArmPrediction, QuantizedArm, make_prediction
 from ralhe_me.entropy.laplace import LaplaceTableConfig, LaplaceTables, get_tables, load_rans, rans_encode
+from ralhe_me.nn.arm import CONTEXT_CLAMP
 
 LATENT_LIMIT = (1 << 24) - 1
 _CHUNK_ELEMENTS = 1 << 22  # contexts per batched ARM call in the encoder (A * G * T * K)
@@ -237,6 +243,19 @@ class _TableSubsets:
         )
 
 
+def native_available() -> bool:
+    """Whether the native lockstep loop (the ``_lockstep_cpu`` extension) is built."""
+    return _native_module() is not None
+
+
+def _native_module():
+    try:
+        from ralhe_me.entropy import _lockstep_cpu
+    except ImportError:
+        return None
+    return _lockstep_cpu
+
+
 def decode_latents(
     data: bytes,
     level_sizes: Sequence[int],
@@ -246,9 +265,12 @@ def decode_latents(
     table_config: LaplaceTableConfig = LaplaceTableConfig(),
     table_subsets: bool = True,
     num_threads=DEFAULT_CODING_THREADS,
+    native: Optional[bool] = None,
 ) -> list:
     """Inverse of encode_latents -> per level int64 numpy [A, n_l].  ``table_subsets``: hand
-    CompressAI only the tables each step uses (faster; same result)."""
+    CompressAI only the tables each step uses (faster; same result).  ``native``: run the loop in
+    the C++ extension (None: when it is built; True: require it; False: the numpy/torch reference).
+    Both give the same latents (exact integer ARM); the native loop always uses table subsets."""
     _check_arm(arms, num_attributes)
     layout = SegmentLayout(tuple(level_sizes), segment_length)
     a = num_attributes
@@ -257,8 +279,31 @@ def decode_latents(
     data = bytes(data)
     if len(data) < 8 or len(data) % 4:
         raise LatentStreamError(f"latent stream of {len(data)} bytes cannot hold {layout.total_size * a} symbols")
+    module = _native_module() if native is not False else None
+    if native and module is None:
+        raise ImportError("the native lockstep decoder (ralhe_me.entropy._lockstep_cpu) is not built")
+    if module is not None:
+        return _decode_native(module, data, layout, arms, table_config)
     with _intra_op_threads(num_threads):
         return _decode_steps(data, layout, arms, table_config, table_subsets)
+
+
+def _decode_native(module, data: bytes, layout: SegmentLayout, arms: QuantizedArm, table_config) -> list:
+    """The lockstep loop in C++: same steps, same decode_stream calls as _decode_steps."""
+    tables = get_tables(table_config)
+    core = module.Lockstep(
+        layout.total_segments, layout.segment_length, list(arms.weights), list(arms.biases),
+        list(arms.weight_shifts), arms.activation_frac_bits, arms.hidden_limit, CONTEXT_CLAMP,
+        table_config.mean_bins_log2, table_config.log_scale_step_log2, table_config.log_scale_min_units,
+        table_config.num_scale_bins, MU_LIMIT, arms.float32_context_bound(),
+        tables.cdfs, tables.cdf_lengths, tables.offsets,
+    )
+    dec = load_rans().RansDecoder()
+    dec.set_stream(data)
+    core.run(dec.decode_stream, layout.active_counts)
+    position = np.empty(layout.total_segments, np.int64)
+    position[layout.coding_order] = np.arange(layout.total_segments)
+    return list(core.levels(list(layout.level_sizes), position))
 
 
 def _decode_steps(data: bytes, layout: SegmentLayout, arms: QuantizedArm, table_config, table_subsets: bool) -> list:

@@ -27,6 +27,11 @@ child-level neighbours 8.83.  Richer contexts (level, parent's child count, 26-n
 or logistic models of the same features gained under 1% or lost: learning more contexts costs
 what they save.  ``benchmarks/bench_geometry.py --study`` prints the remaining switches.
 
+Decoding speed: a level's 26-neighbour rows are derived from its parents' (a child's neighbour
+is a child of its parent's neighbour: :func:`child_neighbours`), not searched for; the rows of the
+finest level are returned too (``decode_positions(..., with_neighbours=True)``) so the attribute
+decoder's 3x3x3 neighbour map needs no search either.
+
 Stream: mode byte, varints ``M`` (points) and ``S`` (coded bits), 16-bit check sum (of all the
 rest), rANS segments.
 ``depth`` is not stored; the caller's container stores it.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -81,7 +86,48 @@ def _octant_neighbours() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(face), np.array(corner), outward
 
 
+NEIGHBOUR_OFFSETS = _OFFSETS  # [26, 3] (dx, dy, dz): the column order of neighbour tables
 _FACE, _CORNER, _OUTWARD = _octant_neighbours()  # [8, 3], [8, 4], [8, 3] indices into _OFFSETS
+
+
+def _child_steps() -> Tuple[np.ndarray, np.ndarray]:
+    """For a child in octant ``o`` and neighbour offset ``j``: the parent's neighbour holding that
+    neighbour (index into _OFFSETS, 26 = the parent itself) and its octant there; [8, 26] each."""
+    index = {tuple(int(v) for v in off): j for j, off in enumerate(_OFFSETS)}
+    index[(0, 0, 0)] = len(_OFFSETS)
+    parent = np.zeros((8, len(_OFFSETS)), dtype=np.int64)
+    octant = np.zeros((8, len(_OFFSETS)), dtype=np.int64)
+    for o in range(8):
+        for j, off in enumerate(_OFFSETS):
+            s = [(1 if o & b else 0) + int(d) for b, d in zip(_AXIS_BITS, off)]  # each in -1..2
+            parent[o, j] = index[tuple(v >> 1 for v in s)]  # floor(s / 2)
+            octant[o, j] = sum(b for b, v in zip(_AXIS_BITS, s) if v & 1)
+    return parent, octant
+
+
+_CHILD_PARENT, _CHILD_OCTANT = _child_steps()
+
+
+def child_neighbours(neighbour: np.ndarray, occ: np.ndarray) -> np.ndarray:
+    """The 26-neighbour rows [m, 26] (-1: empty) of the children of a level, from the level's own
+    neighbour rows ``neighbour`` [n, 26] and occupancy bytes ``occ`` [n]: a child's neighbour is a
+    child of its parent's neighbour (or of its parent), so no search is needed.  Children are in
+    Morton order (parent, then octant), as the decoder creates them."""
+    n = len(occ)
+    rows, octant = np.nonzero((occ[:, None] >> np.arange(8)) & 1)
+    m = len(rows)
+    child_row = np.full((n + 1, 8), -1, dtype=np.int64)  # row n: the children of an empty neighbour
+    child_row[rows, octant] = np.arange(m)
+    ext = np.empty((n, len(_OFFSETS) + 1), dtype=np.int64)
+    ext[:, :-1] = neighbour
+    ext[:, -1] = np.arange(n)
+    ext[ext < 0] = n
+    # one gather each: the parent-level row of every (child, offset), then that row's child
+    width = len(_OFFSETS) + 1
+    par = np.take(ext, (rows * width)[:, None] + _CHILD_PARENT[octant])  # [m, 26]
+    par *= 8
+    par += _CHILD_OCTANT[octant]
+    return np.take(child_row, par)
 
 
 @dataclass(frozen=True)
@@ -119,21 +165,32 @@ def _axis_steps(codes: np.ndarray, depth: int, axis: int) -> dict:
     return {-1: (down, bits != 0), 0: (bits, True), 1: (up, bits != mask)}
 
 
+def search_neighbours(nodes: np.ndarray, depth: int) -> np.ndarray:
+    """Rows [n, 26] (-1: empty) of the 26 neighbours of the sorted node codes ``nodes`` at depth
+    ``depth``, by binary search (the reference of child_neighbours)."""
+    n = len(nodes)
+    neighbour = np.full((n, len(_OFFSETS)), -1, dtype=np.int64)
+    if n > 1:
+        steps = [_axis_steps(nodes, depth, axis) for axis in range(3)]  # per axis: {-1, 0, +1}
+        for j, (dx, dy, dz) in enumerate(_OFFSETS):
+            (cx, vx), (cy, vy), (cz, vz) = steps[0][dx], steps[1][dy], steps[2][dz]
+            code = cx | cy | cz
+            row = np.minimum(np.searchsorted(nodes, code), n - 1)
+            neighbour[:, j] = np.where(vx & vy & vz & (nodes[row] == code), row, -1)
+    return neighbour
+
+
 class _LevelContexts:
     """Neighbourhood of the occupied nodes of one level (codes [n] sorted) and the context of each
     (node, octant) bit given the occupancy decoded so far."""
 
-    def __init__(self, nodes: np.ndarray, depth: int, config: OccupancyConfig):
+    def __init__(self, nodes: np.ndarray, depth: int, config: OccupancyConfig,
+                 neighbour: Optional[np.ndarray] = None):
+        """``neighbour`` [n, 26]: the rows of the neighbours if known (child_neighbours), else
+        they are searched for."""
         self.config = config
         n = len(nodes)
-        self.neighbour = np.full((n, len(_OFFSETS)), -1, dtype=np.int64)  # [n, 26] row or -1
-        if n > 1:
-            steps = [_axis_steps(nodes, depth, axis) for axis in range(3)]  # per axis: {-1, 0, +1}
-            for j, (dx, dy, dz) in enumerate(_OFFSETS):
-                (cx, vx), (cy, vy), (cz, vz) = steps[0][dx], steps[1][dy], steps[2][dz]
-                code = cx | cy | cz
-                row = np.minimum(np.searchsorted(nodes, code), n - 1)
-                self.neighbour[:, j] = np.where(vx & vy & vz & (nodes[row] == code), row, -1)
+        self.neighbour = neighbour if neighbour is not None else search_neighbours(nodes, depth)
         present = self.neighbour >= 0
         self.faces = present[:, _FACE].sum(axis=2)  # [n, 8] face neighbours touching octant k
         self.corners = present[:, _CORNER].sum(axis=2)  # [n, 8] edge + vertex neighbours
@@ -230,8 +287,10 @@ def encode_positions(coords: np.ndarray, depth: int, config: OccupancyConfig = O
     return head + _check16(head + payload) + payload
 
 
-def decode_positions(data: bytes, depth: int) -> np.ndarray:
-    """Positions [M, 3] int64 in Morton order from :func:`encode_positions`'s output."""
+def decode_positions(data: bytes, depth: int, with_neighbours: bool = False):
+    """Positions [M, 3] int64 in Morton order from :func:`encode_positions`'s output; with
+    ``with_neighbours`` also the rows [M, 26] of each point's 26 neighbours (-1: empty; offsets in
+    ``NEIGHBOUR_OFFSETS`` order), which the octree gives for free."""
     depth = _check_depth(depth)
     data = bytes(data)
     if not data:
@@ -252,14 +311,16 @@ def decode_positions(data: bytes, depth: int) -> np.ndarray:
     if num_points == 0 or depth == 0:
         if num_bits or payload or num_points > 1:
             raise OccupancyStreamError("occupancy stream has data an empty or depth-0 cloud cannot have")
-        return np.zeros((num_points, 3), dtype=np.int64)
+        coords = np.zeros((num_points, 3), dtype=np.int64)
+        return (coords, np.full((num_points, len(_OFFSETS)), -1, dtype=np.int64)) if with_neighbours else coords
     try:
         dec = AdaptiveBatchDecoder(payload, num_bits, config.num_contexts, 2)
         nodes = np.zeros(1, dtype=np.int64)
+        neighbour = np.full((1, len(_OFFSETS)), -1, dtype=np.int64)  # the root has none
         for d in range(depth):
             if d:
                 dec.decay(config.decay_shift)
-            ctx = _LevelContexts(nodes, d, config)
+            ctx = _LevelContexts(nodes, d, config, neighbour)
             occ = np.zeros(len(nodes), dtype=np.int64)
             for g in GROUP_ORDER:
                 sel_all = ctx.members[g]
@@ -273,6 +334,8 @@ def decode_positions(data: bytes, depth: int) -> np.ndarray:
             if len(nodes) > num_points:
                 raise OccupancyStreamError(
                     f"level {d + 1} decodes {len(nodes)} nodes, more than the {num_points} points")
+            if d + 1 < depth or with_neighbours:
+                neighbour = child_neighbours(ctx.neighbour, occ)
         dec.finish()
     except OccupancyStreamError:
         raise
@@ -280,4 +343,6 @@ def decode_positions(data: bytes, depth: int) -> np.ndarray:
         raise OccupancyStreamError(f"occupancy payload: {err}") from None
     if len(nodes) != num_points:
         raise OccupancyStreamError(f"decoded {len(nodes)} points, the header says {num_points}")
+    if with_neighbours:
+        return morton_decode(nodes), neighbour
     return morton_decode(nodes)

@@ -208,6 +208,29 @@ class NeighborMap:
         return cls(table, s)
 
     @classmethod
+    def from_neighbour_rows(cls, rows, offsets, tensor_stride: int = 1) -> "NeighborMap":
+        """Build from known neighbour rows [N, 26] (-1: empty) at the 26 nonzero ``offsets``
+        [26, 3] (in units of the stride, any order), e.g. what the octree occupancy decoder
+        derives level by level (geometry.occupancy.decode_positions), with no search."""
+        rows = np.asarray(rows)
+        offsets = np.asarray(offsets)
+        if rows.ndim != 2 or rows.shape[1] != KERNEL_VOLUME - 1 or offsets.shape != (KERNEL_VOLUME - 1, 3):
+            raise NeighborMapError(f"rows must be [N, 26] with offsets [26, 3], got {rows.shape}, {offsets.shape}")
+        column = {tuple(int(v) for v in o): j for j, o in enumerate(offsets)}
+        off = kernel_offsets(1).tolist()
+        try:
+            perm = [column[tuple(off[k])] for k in range(KERNEL_VOLUME) if k != CENTER]
+        except KeyError:
+            raise NeighborMapError("offsets must be the 26 nonzero offsets of a 3x3x3 kernel") from None
+        n = len(rows)
+        table = np.empty((n, KERNEL_VOLUME), dtype=np.int64)
+        others = [k for k in range(KERNEL_VOLUME) if k != CENTER]
+        table[:, others] = rows[:, perm]
+        table[:, CENTER] = np.arange(n)
+        table[table < 0] = n
+        return cls(torch.from_numpy(table), int(tensor_stride))
+
+    @classmethod
     def from_sparse_tensor(cls, x) -> "NeighborMap":
         """Build from MinkowskiEngine's own ``kernel_map`` of a stride-1 3x3x3 convolution
         on ``x`` (an ``ME.SparseTensor``, one batch); rows follow ``x.F``."""

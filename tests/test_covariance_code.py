@@ -1,0 +1,124 @@
+"""Covariance section (VQ codeword + scalar residual): exact round trips, the error bound the
+steps promise, plain VQ at step 0, named errors on bad input and corrupt streams, and the
+finetuning that keeps indices and residuals fixed."""
+import numpy as np
+import pytest
+
+from ralhe_me.geometry.covariance_code import (CovarianceCode, ResidualSteps, decode_shapes, decode_shapes_code,
+                                               encode_shapes, quantize_shapes)
+from ralhe_me.geometry.covariance_vq import (CovarianceStreamError, CovarianceVQError, canonical_quats,
+                                             fit_codebook)
+
+
+def shapes(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    s = (rng.normal(size=(n, 3)) * 0.8 - 4).astype(np.float32)
+    q = rng.normal(size=(n, 4)).astype(np.float32)
+    return s, q
+
+
+def test_round_trip_is_exact_and_error_is_within_half_a_step():
+    s, q = shapes()
+    book = fit_codebook(s, q, 64)
+    steps = ResidualSteps(0.1, 0.02)
+    code = quantize_shapes(s, q, book, steps)
+    data = encode_shapes(code)
+    back = decode_shapes_code(data)  # the stream stores used codewords by decreasing use
+    assert np.array_equal(back.codebook.log_scales[back.indices], code.codebook.log_scales[code.indices])
+    assert np.array_equal(back.residual_log_scales, code.residual_log_scales)
+    assert np.array_equal(back.residual_quats, code.residual_quats)
+    assert back.steps == code.steps
+    ls, qs = decode_shapes(data)
+    ls0, qs0 = code.shapes()
+    assert np.array_equal(ls, ls0) and np.array_equal(qs, qs0) and ls.dtype == np.float32
+    assert np.abs(ls - s).max() <= 0.05 + 1e-5
+    qc = canonical_quats(q)
+    err = np.minimum(np.abs(qs - qc).max(axis=1), np.abs(qs + qc).max(axis=1))  # q and -q are one rotation
+    assert err.max() <= 0.01 + 1e-5
+    # the residual pays for itself: finer steps, more bytes; plain VQ is smallest
+    plain = encode_shapes(quantize_shapes(s, q, book))
+    finer = encode_shapes(quantize_shapes(s, q, book, ResidualSteps(0.05, 0.01)))
+    assert len(plain) < len(data) < len(finer)
+
+
+def test_step_zero_is_plain_vq():
+    s, q = shapes(500)
+    book = fit_codebook(s, q, 32)
+    code = quantize_shapes(s, q, book)
+    ls, qs = decode_shapes(encode_shapes(code))
+    idx = book.assign(s, q)
+    assert np.array_equal(ls, book.log_scales[idx]) and np.array_equal(qs, book.quats[idx])
+    # only the log-scales refined
+    code = quantize_shapes(s, q, book, ResidualSteps(0.1, 0.0))
+    ls, qs = decode_shapes(encode_shapes(code))
+    assert np.array_equal(qs, book.quats[idx]) and np.abs(ls - s).max() <= 0.05 + 1e-5
+
+
+def test_given_indices_are_kept():
+    s, q = shapes(400)
+    book = fit_codebook(s, q, 16)
+    idx = np.arange(400) % 16
+    code = quantize_shapes(s, q, book, ResidualSteps(0.2, 0.04), indices=idx)
+    back = decode_shapes_code(encode_shapes(code))
+    assert np.array_equal(back.codebook.quats[back.indices], book.quats[idx])
+    with pytest.raises(CovarianceVQError, match="indices"):
+        quantize_shapes(s, q, book, indices=np.full(400, 16))
+    with pytest.raises(CovarianceVQError, match="shape"):
+        quantize_shapes(s, q, book, indices=idx[:5])
+
+
+def test_bad_steps_and_empty_input():
+    with pytest.raises(CovarianceVQError, match="quaternion step"):
+        ResidualSteps(0.1, 0.9)
+    with pytest.raises(CovarianceVQError, match=">= 0"):
+        ResidualSteps(-0.1, 0.0)
+    s, q = shapes(200)
+    book = fit_codebook(s, q, 8)
+    with pytest.raises(CovarianceVQError, match="too small"):
+        encode_shapes(quantize_shapes(s, q, book, ResidualSteps(1e-6, 0.0)))
+    empty = quantize_shapes(np.zeros((0, 3), np.float32), np.zeros((0, 4), np.float32), book, ResidualSteps(0.1, 0.02))
+    ls, qs = decode_shapes(encode_shapes(empty))
+    assert ls.shape == (0, 3) and qs.shape == (0, 4)
+
+
+def test_corrupt_sections_raise_the_named_error():
+    s, q = shapes(800)
+    data = encode_shapes(quantize_shapes(s, q, fit_codebook(s, q, 32), ResidualSteps(0.1, 0.02)))
+    good = decode_shapes(data)
+    rng = np.random.default_rng(0)
+    for cut in [0, 1, 5, 9, len(data) // 2, len(data) - 1]:
+        with pytest.raises(CovarianceStreamError):
+            decode_shapes(data[:cut])
+    with pytest.raises(CovarianceStreamError, match="version"):
+        decode_shapes(b"\x07" + data[1:])
+    for _ in range(150):  # bit flips: a named error, or a decode of the right size
+        bad = bytearray(data)
+        i = int(rng.integers(len(bad)))
+        bad[i] ^= 1 << int(rng.integers(8))
+        try:
+            ls, qs = decode_shapes(bytes(bad))
+        except CovarianceStreamError:
+            continue
+        assert ls.shape == good[0].shape and qs.shape == good[1].shape
+
+
+def test_finetune_keeps_indices_and_residuals_and_returns_the_coded_shapes():
+    from test_finetune import SMALL, tiny_scene
+
+    from ralhe_me.finetune import FinetuneConfig, FinetuneError, finetune
+
+    teacher = tiny_scene(n=200)
+    book = fit_codebook(teacher.log_scales, teacher.quats, 8)
+    code = quantize_shapes(teacher.log_scales, teacher.quats, book, ResidualSteps(0.4, 0.08))
+    out, rep = finetune(teacher, teacher=teacher, iters=40, config=FinetuneConfig(**SMALL), covariance=code,
+                        progress=False)
+    tuned = rep.covariance
+    assert isinstance(tuned, CovarianceCode)
+    assert np.array_equal(tuned.indices, code.indices)
+    assert np.array_equal(tuned.residual_quats, code.residual_quats)
+    assert not np.array_equal(tuned.codebook.log_scales, book.log_scales)  # the codewords learned
+    ls, qs = decode_shapes(encode_shapes(tuned))  # what a decoder gets is what was trained and scored
+    assert np.array_equal(out.log_scales, ls) and np.array_equal(out.quats, qs)
+    assert rep.psnr_after > rep.psnr_before
+    with pytest.raises(FinetuneError, match="CovarianceCode"):
+        finetune(teacher, teacher=teacher, iters=1, config=FinetuneConfig(**SMALL), covariance=book, progress=False)

@@ -1,0 +1,98 @@
+"""Attribute training pieces: the latent pyramid (reference sums), per-voxel importance
+weights (validation, the weighted distortion, and that training follows them)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ralhe_me.attributes import extract_signals
+from ralhe_me.baselines.attribute_codecs import weighted_attribute_mse
+from ralhe_me.config import load_preset
+from ralhe_me.default_scene import make_default_scene
+from ralhe_me.encoder import prepare
+from ralhe_me.octree import OctreeLevels
+from ralhe_me.train import pyramid_latents, train_attributes
+
+
+@pytest.fixture(scope="module")
+def scene():
+    config = load_preset("fast")
+    config.architecture.num_levels = 4
+    vox = prepare(make_default_scene(1500, seed=3), config)
+    levels = OctreeLevels.build(vox.coords, 4, vox.depth)
+    return config, vox, levels
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pyramid_sums_back_and_coarsest_is_the_weighted_mean(scene, weighted):
+    _, vox, levels = scene
+    rng = np.random.default_rng(0)
+    n = len(vox.model)
+    values = rng.normal(size=(2, n))
+    w = rng.uniform(0.1, 3.0, size=n) if weighted else None
+    pyr = pyramid_latents(values, levels, w)
+    total = sum(p[:, levels.point_to_voxel[l]] for l, p in enumerate(pyr))
+    np.testing.assert_allclose(total, values, atol=1e-9)
+    top = levels.point_to_voxel[-1]
+    ww = np.ones(n) if w is None else w
+    for v in range(levels.sizes[-1]):  # brute force, voxel by voxel
+        members = top == v
+        np.testing.assert_allclose(pyr[-1][:, v], (values[:, members] * ww[members]).sum(1) / ww[members].sum(),
+                                   rtol=1e-6)
+
+
+def test_point_weights_are_checked_and_normalized(scene):
+    _, vox, _ = scene
+    n = len(vox.model)
+    s = extract_signals(vox.model, 0.25, np.full(n, 4.0))
+    np.testing.assert_allclose(s.point_weight, 1.0)
+    for bad in (np.ones(n - 1), -np.ones(n), np.zeros(n), np.full(n, np.nan)):
+        with pytest.raises(ValueError, match="weights"):
+            extract_signals(vox.model, 0.25, bad)
+
+
+def test_weighted_mse_matches_a_direct_sum(scene):
+    _, vox, _ = scene
+    m = vox.model
+    rng = np.random.default_rng(1)
+    sh_hat = m.sh + rng.normal(size=m.sh.shape).astype(np.float32) * 0.1
+    op_hat = m.opacity_logits + rng.normal(size=len(m)).astype(np.float32)
+    w = rng.uniform(0, 2, size=len(m))
+    total, per = weighted_attribute_mse(m.sh, m.opacity_logits, sh_hat, op_hat, 0.25, w)
+    wn = w / w.mean()
+    sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
+    want_sh = ((sh_hat - m.sh).astype(np.float64) ** 2 * wn[:, None, None]).mean(axis=(0, 2)) / (4 * np.pi)
+    want_op = 0.25 * ((sig(op_hat) - sig(m.opacity_logits)) ** 2 * wn).mean()
+    np.testing.assert_allclose(per, np.concatenate([want_sh, [want_op]]), rtol=1e-5)
+    assert total == pytest.approx(per.sum())
+
+
+def test_gain_map_spends_accuracy_where_the_weights_are(scene):
+    from ralhe_me.gain_map import gain_exponents, point_gains
+
+    config, vox, levels = scene
+    n = len(vox.model)
+    heavy = np.zeros(n, bool)
+    heavy[: n // 2] = True  # the first half in Morton order: a spatial region
+    weights = np.where(heavy, 10.0, 0.1)
+    level = 2
+    exponents = gain_exponents(weights, levels.point_to_voxel[level], levels.sizes[level])
+    gain = point_gains(exponents, levels.point_to_voxel[level])
+    assert gain[heavy].max() < 1 < gain[~heavy].min()
+    training = dataclasses.replace(config.training, steps=30)
+    plain = extract_signals(vox.model, 0.25)
+    errors, rates = {}, {}
+    for name, w, g in (("uniform", None, None), ("weighted", weights, gain)):
+        signals = extract_signals(vox.model, 0.25, w, g)
+        result = train_attributes(signals, levels, config.architecture, training, 1e-4)
+        pred_sh, _ = result.synthesis.decode([l for l in result.latents])
+        pred = pred_sh.detach().numpy() * (1.0 if g is None else g[None, :, None])
+        err = ((pred - plain.sh) ** 2).mean(axis=(0, 2))  # [N], in the same (unit-free) signal units
+        errors[name] = (err[heavy].mean(), err[~heavy].mean())
+        rates[name] = result.history[-1]["bits_per_point"]
+    assert errors["weighted"][0] < 0.7 * errors["uniform"][0], errors
+    assert errors["weighted"][1] > errors["uniform"][1], errors
+    total = lambda e: 10.0 * e[0] + 0.1 * e[1]  # the weighted distortion, at no more rate
+    # measured: weighted distortion 1.36 vs 2.07 at 78 vs 99 bits per point
+    assert total(errors["weighted"]) < 0.8 * total(errors["uniform"]) and rates["weighted"] < rates["uniform"], \
+        (errors, rates)
