@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 class ArchitectureConfig:
     """What the decoder must know to rebuild the networks (all of it goes in the header)."""
 
-    num_levels: int = 7  # L octree levels of latents, finest (0) to coarsest (L-1)
+    transform: str = "raht"  # latents: "raht" coefficients (one per point per channel) or the paper's "pyramid"
+    num_levels: int = 7  # L octree levels of latents (pyramid), finest (0) to coarsest (L-1)
     latent_channels: int = 3  # latents per voxel per level per attribute (the paper: 1)
     skip: bool = True  # add a point-wise linear path from latents to output (the paper: no)
     decoder_linear: Tuple[int, int] = (12, 4)  # widths of the two point-wise layers

@@ -20,7 +20,7 @@ from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_
                     architecture_from_header, grid_from_header, levels_for, load_decoders,
                     reconstruct_attributes, table_config_from_header)
 from .entropy.integer_arm import QuantizedArm
-from .entropy.latent_coder import _intra_op_threads, decode_latents
+from .entropy.latent_coder import intra_op_threads, decode_latents
 from .gain_map import decode_gain_map, gain_voxels, point_gains
 from .gaussians import GaussianModel, write_ply
 from .geometry.covariance_code import decode_shapes
@@ -63,7 +63,7 @@ def decode_bytes(data: bytes, num_threads: Optional[int] = DEFAULT_DECODE_THREAD
     ``num_threads``: torch intra-op threads while decoding (restored after; None: leave as set)."""
     container = unpack(data)
     try:
-        with _intra_op_threads(num_threads):
+        with intra_op_threads(num_threads):
             return _decode(container)
     except BitstreamError:
         raise

@@ -23,7 +23,8 @@ from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_
                     load_decoders, make_header, quantize_decoders, reconstruct_attributes)
 from .config import CodecConfig
 from .entropy.integer_arm import ArmQuantizationError, QuantizedArm
-from .entropy.latent_coder import encode_latents, estimate_bits
+from .decoder import DEFAULT_DECODE_THREADS
+from .entropy.latent_coder import encode_latents, estimate_bits, intra_op_threads
 from .gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
 from .gaussians import GaussianModel
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
@@ -300,7 +301,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     arms = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
     estimated = float(estimate_bits(latents, arms, arch.segment_length, table_config))
-    sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
+    with intra_op_threads(DEFAULT_DECODE_THREADS):  # the decoder's float arithmetic, exactly
+        sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
     times["quantize_and_code"] = time.perf_counter() - t0
 
     log_scales, quats = decode_shapes(geometry.covariance, gains)

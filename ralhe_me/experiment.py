@@ -247,10 +247,20 @@ def _plot_latents(path: Path, vox, results):
     fig, axes = plt.subplots(len(results), levels, figsize=(2.2 * levels, 2.4 * len(results)), squeeze=False)
     # view from the +x/+y diagonal, looking down a little
     proj = coords @ np.array([[0.7071, -0.4082], [-0.7071, -0.4082], [0.0, 0.8165]])
+    raht_plan = None
+    if results[0][1].training.synthesis.arch.transform == "raht":
+        from .baselines.raht import build_plan, raht_inverse_plan
+
+        raht_plan = build_plan(coords, vox.depth)
+        band = np.minimum(raht_plan.coeff_levels, levels - 1)  # the last band: every coarser level
     for row, (lmbda, result) in enumerate(results):
         synthesis = result.training.synthesis
-        for level, lat in enumerate(result.training.latents[:levels]):
-            up = lat[0][synthesis._plane_p2v[level]].numpy()
+        for level in range(levels):
+            if raht_plan is None:  # the level's latents copied down to the voxels
+                up = result.training.latents[level][0][synthesis._plane_p2v[level]].numpy()
+            else:  # what the coefficients of that octree level add to the points
+                lat = result.training.latents[0][0].numpy().astype(np.float64)
+                up = raht_inverse_plan(raht_plan, np.where(band == level, lat, 0.0))
             ax = axes[row][level]
             lim = max(1.0, np.abs(up).max())
             ax.scatter(proj[:, 0], proj[:, 1], c=up, s=0.3, cmap="coolwarm", vmin=-lim, vmax=lim)
@@ -258,10 +268,11 @@ def _plot_latents(path: Path, vox, results):
             ax.set_yticks([])
             ax.set_aspect("equal")
             if row == 0:
-                ax.set_title(f"level {level}")
+                ax.set_title(f"level {level}" + ("+" if raht_plan is not None and level == levels - 1 else ""))
             if level == 0:
                 ax.set_ylabel(f"lambda {lmbda:g}\n{len(result.data) / 1024:.0f} KiB")
-    fig.suptitle("Upsampled latents of the DC color attribute (sh0)")
+    fig.suptitle("Latents of the DC color attribute (sh0), first channel, per octree level"
+                 + (" (inverse RAHT of that level's coefficients)" if raht_plan is not None else " (upsampled)"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

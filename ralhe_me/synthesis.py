@@ -10,6 +10,11 @@ holds channel ``c`` of level ``l``). The entropy coder sees planes exactly like 
 contexts of a latent are the K before it in its own plane. With C = 3 an RGB triplet is
 not squeezed through one scalar per voxel.
 
+Transform. ``arch.transform`` picks what a latent plane is: ``"pyramid"`` (the paper) has
+one plane per level, whose latents are copied down to the finest voxels; ``"raht"`` has one
+plane per channel holding RAHT coefficients (divided by the step), turned into per-point
+values by the inverse transform (``nn/inverse_raht.py``; why: see there).
+
 Decoder. The paper's 4-layer decoder (two point-wise layers, two 3x3x3 sparse
 convolutions) plus, when ``skip`` is set, a point-wise linear map from the upsampled latents
 to the output added to it: the classical "sum of the pyramid" reconstruction is then exactly
@@ -30,12 +35,15 @@ from .nn.arm import ArmConfig, BatchedArm
 from .nn.grouped_decoder import GroupedSparseDecoder
 from .nn.neighbors import NeighborMap
 from .nn.sparse_decoder import DecoderConfig
+from .nn.inverse_raht import InverseRaht
 from .octree import OctreeLevels
+
+TRANSFORMS = ("raht", "pyramid")
 
 
 def decoder_configs(arch: ArchitectureConfig) -> Tuple[DecoderConfig, DecoderConfig]:
     """The decoder shapes of an SH triplet (d=3) and of opacity (d=1)."""
-    common = dict(in_channels=arch.num_levels * arch.latent_channels, hidden_linear=tuple(arch.decoder_linear),
+    common = dict(in_channels=planes_per_channel(arch) * arch.latent_channels, hidden_linear=tuple(arch.decoder_linear),
                   hidden_conv=arch.decoder_conv)
     return DecoderConfig(out_channels=3, **common), DecoderConfig(out_channels=1, **common)
 
@@ -44,8 +52,16 @@ def arm_config(arch: ArchitectureConfig) -> ArmConfig:
     return ArmConfig(context_size=arch.arm_context, hidden=arch.arm_hidden)
 
 
+def planes_per_channel(arch: ArchitectureConfig) -> int:
+    if arch.transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {arch.transform!r} (choose from {', '.join(TRANSFORMS)})")
+    return 1 if arch.transform == "raht" else arch.num_levels
+
+
 def plane_sizes(level_sizes, arch: ArchitectureConfig) -> List[int]:
-    """Sizes of the ``C * L`` latent planes (channel-major)."""
+    """Sizes of the latent planes (channel-major): ``C * L`` level planes, or ``C`` RAHT planes."""
+    if planes_per_channel(arch) == 1:
+        return [int(level_sizes[0])] * arch.latent_channels
     return [int(n) for n in level_sizes] * arch.latent_channels
 
 
@@ -70,6 +86,7 @@ class AttributeSynthesis(nn.Module):
         self._neighbors: Optional[NeighborMap] = None
         self._segment_start: Optional[Tensor] = None
         self._gather_index = None
+        self._inverse: Optional[InverseRaht] = None
 
     @property
     def num_attributes(self) -> int:
@@ -93,6 +110,10 @@ class AttributeSynthesis(nn.Module):
         p2v = [torch.as_tensor(p, dtype=torch.int64) for p in levels.point_to_voxel]
         self._plane_p2v = p2v * self.arch.latent_channels
         self._gather_index = None
+        if self.arch.transform == "raht":
+            from .baselines.raht import build_plan
+
+            self._inverse = InverseRaht(build_plan(levels.coords[0], levels.depth))
         if neighbors is not None and neighbors.num_points != len(levels.coords[0]):
             raise ValueError(f"neighbour map of {neighbors.num_points} voxels for {len(levels.coords[0])}")
         self._neighbors = neighbors if neighbors is not None else NeighborMap.from_coords(levels.coords[0])
@@ -103,7 +124,13 @@ class AttributeSynthesis(nn.Module):
         self._segment_start = torch.cat(starts)
 
     def upsample(self, planes: List[Tensor]) -> Tensor:
-        """Copy each plane's latents [A, n_l] to the finest voxels -> [A, N, C * L]."""
+        """Copy each plane's latents [A, n_l] to the finest voxels -> [A, N, C * L] (pyramid), or
+        inverse-transform the C coefficient planes [A, N] -> [A, N, C] (raht)."""
+        if self._inverse is not None:
+            stacked = torch.stack(planes, dim=-1)  # [A, N, C]
+            a, n, c = stacked.shape
+            values = self._inverse(stacked.permute(1, 0, 2).reshape(n, a * c))
+            return values.reshape(n, a, c).permute(1, 0, 2)
         if torch.is_grad_enabled():
             return torch.stack([lat[:, p2v] for lat, p2v in zip(planes, self._plane_p2v)], dim=-1)
         # inference: the same copies as one gather from the concatenated planes

@@ -85,15 +85,26 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     share = np.array([levels.sizes[0] / n for n in levels.sizes], dtype=np.float64)
     level_step = step[:, None] / np.sqrt(share)[None, :]  # [A, L]
     planes = []
-    for c in range(c_lat):
-        pyramid = pyramid_latents(values[:, c], levels, signals.point_weight)
-        planes += [torch.as_tensor(p / level_step[:, l, None], dtype=torch.float32) for l, p in enumerate(pyramid)]
+    if arch.transform == "raht":
+        # orthonormal coefficients: one step per attribute is the optimum everywhere
+        from .baselines.raht import build_plan, raht_forward_plan
+
+        plan = build_plan(levels.coords[0], levels.depth)
+        level_step = step[:, None]  # [A, 1]
+        for c in range(c_lat):
+            coeffs = raht_forward_plan(plan, values[:, c].T).T  # [A, N]
+            planes.append(torch.as_tensor(coeffs / step[:, None], dtype=torch.float32))
+    else:
+        for c in range(c_lat):
+            pyramid = pyramid_latents(values[:, c], levels, signals.point_weight)
+            planes += [torch.as_tensor(p / level_step[:, l, None], dtype=torch.float32)
+                       for l, p in enumerate(pyramid)]
     with torch.no_grad():  # the ARMs start at the latents' typical magnitude
         spread = torch.stack([torch.cat([p[i] for p in planes]).abs().mean() for i in range(a)])
         tc = synthesis.arm.table_config
         synthesis.arm.biases[-1][:, 1] = torch.log(spread.clamp(min=0.05)).clamp(tc.log_scale_min, tc.log_scale_max)
     if arch.skip:
-        L = arch.num_levels
+        L = level_step.shape[1]  # planes per channel
         with torch.no_grad():
             for skip, sl, d in ((synthesis.sh_skip, slice(0, num_sh), 3), (synthesis.opacity_skip, slice(num_sh, a), 1)):
                 w = np.zeros(skip.shape)

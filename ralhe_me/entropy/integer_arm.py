@@ -21,7 +21,6 @@ not TF32/bf16), which is decided from an upper bound, so both choices give ident
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence

@@ -40,7 +40,7 @@ DEFAULT_CODING_THREADS = 1
 
 
 @contextmanager
-def _intra_op_threads(num_threads):
+def intra_op_threads(num_threads):
     """Run with ``num_threads`` torch intra-op threads (None: leave as is), then restore."""
     old = torch.get_num_threads()
     if num_threads is not None and num_threads != old:
@@ -161,7 +161,7 @@ def encode_latents(
     layout = SegmentLayout(tuple(x.shape[1] for x in levels), segment_length)
     if layout.total_size == 0:
         return b""
-    with _intra_op_threads(num_threads):
+    with intra_op_threads(num_threads):
         x, mu, idx, valid = _predict_all(levels, layout, arms, table_config)
     symbols = _stream_order(x - mu, valid)
     indexes = _stream_order(idx, valid)
@@ -184,7 +184,7 @@ def estimate_bits(
     a = arms.num_attributes
     if layout.total_size == 0:
         return np.zeros(a) if per_attribute else 0.0
-    with _intra_op_threads(num_threads):
+    with intra_op_threads(num_threads):
         x, mu, idx, valid = _predict_all(levels, layout, arms, table_config)
     tables = get_tables(table_config)
     mask = np.broadcast_to(valid[None], x.shape)
@@ -284,7 +284,7 @@ def decode_latents(
         raise ImportError("the native lockstep decoder (ralhe_me.entropy._lockstep_cpu) is not built")
     if module is not None:
         return _decode_native(module, data, layout, arms, table_config)
-    with _intra_op_threads(num_threads):
+    with intra_op_threads(num_threads):
         return _decode_steps(data, layout, arms, table_config, table_subsets)
 
 

@@ -189,7 +189,6 @@ class _LevelContexts:
         """``neighbour`` [n, 26]: the rows of the neighbours if known (child_neighbours), else
         they are searched for."""
         self.config = config
-        n = len(nodes)
         self.neighbour = neighbour if neighbour is not None else search_neighbours(nodes, depth)
         present = self.neighbour >= 0
         self.faces = present[:, _FACE].sum(axis=2)  # [n, 8] face neighbours touching octant k
