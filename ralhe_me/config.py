@@ -57,6 +57,7 @@ class CodecConfig:
     importance_views: int = 24  # random orbit views weighting each voxel's distortion (0: uniform weights)
     importance_resolution: int = 256  # their size in pixels
     gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)
+    covariance_gain: bool = False  # scale the covariance residual steps by the gain map too (see README)
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

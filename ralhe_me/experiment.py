@@ -20,7 +20,8 @@ import torch
 
 from .config import load_preset
 from .decoder import decode_bytes
-from .encoder import attribute_importance, code_covariance, encode_geometry, encode_model, make_gain_map, prepare
+from .encoder import (attribute_importance, code_covariance, covariance_gains, encode_geometry, encode_model,
+                      make_gain_map, prepare)
 from .evaluation import dataset_views, orbit_views, score_views
 from .gaussians import GaussianModel, read_ply, write_ply
 from .octree import with_model
@@ -106,7 +107,7 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     gain_map = make_gain_map(vox, importance, config)
     if gain_map is not None:
         _log(f"gain map at level {gain_map.level}: {len(gain_map.exponents)} voxels, {len(gain_map.data)} bytes")
-    covariance = code_covariance(vox.model, config, None if gain_map is None else gain_map.gains)
+    covariance = code_covariance(vox.model, config, covariance_gains(gain_map, config))
     coded = with_model(vox, dataclasses.replace(vox.model, log_scales=covariance.shapes()[0],
                                                 quats=covariance.shapes()[1]))
     coded_psnr = score_views(coded.model, views).psnr
