@@ -10,10 +10,12 @@ by about ``e * |color - background|``; it gets the weight ``opacity_weight``.
 Signals are normalized per attribute (mean and standard deviation, stored in the header)
 so one decoder initialization and learning rate suit all of them.
 
-An optional per-point weight (mean 1; see ``importance.py``) says how much each voxel's errors
-show in the renders; the distortion is then a weighted mean over points. An optional per-point
-gain (``gain_map.py``) divides the normalized signal, so that one latent step means a finer
-quantizer where the gain is small; the decoder multiplies it back.
+An optional per-point weight (mean 1; see ``importance.py``) says how much each voxel's color
+errors show in the renders; the SH distortion is then a weighted mean over points. An optional
+per-point gain (``gain_map.py``) divides the normalized SH signals, so that one latent step
+means a finer quantizer where the gain is small; the decoder multiplies it back. Opacity keeps
+uniform weights and no gain: the importance is the sensitivity to a color change, while an
+opacity error on a nearly transparent Gaussian (importance ~0) makes it appear.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ class AttributeSignals:
     mean: np.ndarray  # [K + 1, 3] per-attribute channel means (opacity uses column 0)
     std: np.ndarray  # [K + 1] per-attribute scale
     weight: np.ndarray  # [K + 1] distortion weight of a unit error in normalized units
-    point_weight: Optional[np.ndarray] = None  # [N] distortion weight of a unit error of the coded signal
-    gain: Optional[np.ndarray] = None  # [N] the decoder's per-point gain (None: 1)
+    point_weight: Optional[np.ndarray] = None  # [N] distortion weight of a unit error of a coded SH signal
+    gain: Optional[np.ndarray] = None  # [N] the decoder's per-point gain of the SH signals (None: 1)
 
     @property
     def names(self) -> List[str]:
@@ -53,8 +55,9 @@ class AttributeSignals:
 def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,
                     point_weight: Optional[np.ndarray] = None, gain: Optional[np.ndarray] = None) -> AttributeSignals:
     """Split ``model`` (already in voxel order) into normalized per-attribute signals, divided by
-    ``gain`` [N] if given; ``point_weight`` [N] (rescaled to mean 1) weights each point's errors
-    in the original units (so a coded unit at point i weighs ``point_weight_i gain_i^2``)."""
+    ``gain`` [N] if given (SH only); ``point_weight`` [N] (rescaled to mean 1) weights each
+    point's SH errors in the original units (a coded unit at point i weighs
+    ``point_weight_i gain_i^2``)."""
     if point_weight is not None:
         point_weight = np.asarray(point_weight, dtype=np.float64)
         if point_weight.shape != (len(model),) or not np.all(np.isfinite(point_weight)) or point_weight.min() < 0:
@@ -82,7 +85,7 @@ def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,
         point_weight = (np.ones(len(model)) if point_weight is None else point_weight) * g * g
     return AttributeSignals(
         sh=((sh - mean[:k, None, :]) / (std[:k, None, None] * g[None, :, None])).astype(np.float32),
-        opacity=((alpha - mean[k, 0]) / (std[k] * g[None, :, None])).astype(np.float32),
+        opacity=((alpha - mean[k, 0]) / std[k]).astype(np.float32),
         mean=mean, std=std, weight=weight, point_weight=point_weight,
         gain=None if gain is None else g,
     )
@@ -101,9 +104,8 @@ def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
     return np.transpose(sh, (1, 0, 2)).astype(np.float32)
 
 
-def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                               gain: Optional[np.ndarray] = None) -> np.ndarray:
-    """[1, N, 1] normalized opacity (times ``gain`` [N] if given) -> [N] logits, clamped away from 0 and 1."""
+def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """[1, N, 1] normalized opacity -> [N] logits, clamped away from 0 and 1."""
     k = len(std) - 1
-    alpha = np.clip(_gained(op_norm, gain).reshape(-1) * std[k] + mean[k, 0], OPACITY_EPS, 1 - OPACITY_EPS)
+    alpha = np.clip(op_norm.reshape(-1).astype(np.float64) * std[k] + mean[k, 0], OPACITY_EPS, 1 - OPACITY_EPS)
     return (np.log(alpha) - np.log1p(-alpha)).astype(np.float32)

@@ -86,10 +86,10 @@ def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.n
                            mean: np.ndarray, std: np.ndarray,
                            gain: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Integer latent planes [A, n] -> SH [N, K, 3] and opacity logits [N] (``gain`` [N]: the
-    gain map's per-point gains)."""
+    gain map's per-point gains of the SH signals)."""
     sh_norm, op_norm = synthesis.decode([torch.as_tensor(l, dtype=torch.float32) for l in latents])
     return (denormalize_sh(sh_norm.numpy(), mean, std, gain),
-            denormalize_opacity_logits(op_norm.numpy(), mean, std, gain))
+            denormalize_opacity_logits(op_norm.numpy(), mean, std))
 
 
 def levels_for(coords: np.ndarray, header: dict) -> OctreeLevels:

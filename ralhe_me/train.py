@@ -169,7 +169,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         err_sh, err_op = (pred_sh - t_sh) ** 2, (pred_op - t_op) ** 2  # [K, n, 3], [1, n, 1]
         if point_weight is not None:
             pw = (point_weight if rows is None else point_weight[rows])[None, :, None]
-            err_sh, err_op = err_sh * pw, err_op * pw
+            err_sh = err_sh * pw  # opacity is never importance-weighted (see attributes.py)
         mse = torch.cat([err_sh.mean(dim=(1, 2)), err_op.mean(dim=(1, 2))])
         distortion = (weight * mse).sum()
         bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)

@@ -122,3 +122,23 @@ def test_finetune_keeps_indices_and_residuals_and_returns_the_coded_shapes():
     assert rep.psnr_after > rep.psnr_before
     with pytest.raises(FinetuneError, match="CovarianceCode"):
         finetune(teacher, teacher=teacher, iters=1, config=FinetuneConfig(**SMALL), covariance=book, progress=False)
+
+
+def test_per_point_scaled_steps():
+    s, q = shapes(1000)
+    book = fit_codebook(s, q, 16)
+    scale = np.where(np.arange(1000) < 500, 0.25, 4.0).astype(np.float32)
+    code = quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), point_scale=scale)
+    data = encode_shapes(code)
+    ls, qs = decode_shapes(data, scale)
+    assert np.array_equal(ls, code.shapes()[0]) and np.array_equal(qs, code.shapes()[1])
+    err = np.abs(ls - s).max(axis=1)
+    assert err[:500].max() <= 0.05 * 0.25 + 1e-5 and err[500:].max() <= 0.05 * 4 + 1e-5
+    assert err[500:].max() > 0.05  # the coarse half really is coarser than the base step
+    with pytest.raises(CovarianceStreamError, match="gain map"):
+        decode_shapes(data)
+    # an unscaled section ignores the gains of a file's gain map
+    plain = encode_shapes(quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02)))
+    assert np.array_equal(decode_shapes(plain, scale)[0], decode_shapes(plain)[0])
+    with pytest.raises(CovarianceVQError, match="point_scale"):
+        quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), point_scale=-scale)

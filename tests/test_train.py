@@ -62,7 +62,7 @@ def test_weighted_mse_matches_a_direct_sum(scene):
     wn = w / w.mean()
     sig = lambda x: 1 / (1 + np.exp(-x.astype(np.float64)))
     want_sh = ((sh_hat - m.sh).astype(np.float64) ** 2 * wn[:, None, None]).mean(axis=(0, 2)) / (4 * np.pi)
-    want_op = 0.25 * ((sig(op_hat) - sig(m.opacity_logits)) ** 2 * wn).mean()
+    want_op = 0.25 * ((sig(op_hat) - sig(m.opacity_logits)) ** 2).mean()  # opacity: never weighted
     np.testing.assert_allclose(per, np.concatenate([want_sh, [want_op]]), rtol=1e-5)
     assert total == pytest.approx(per.sum())
 

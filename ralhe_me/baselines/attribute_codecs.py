@@ -109,15 +109,16 @@ def _outputs(values: np.ndarray, num_sh: int) -> Tuple[np.ndarray, np.ndarray]:
 def weighted_attribute_mse(sh: np.ndarray, opacity_logits: np.ndarray, sh_hat: np.ndarray,
                            opacity_logits_hat: np.ndarray, opacity_weight: float = 0.25,
                            point_weight: Optional[np.ndarray] = None) -> Tuple[float, np.ndarray]:
-    """RALHE's attribute distortion ``sum_k w_k MSE_k`` (MSE over points and channels, weighted
-    by ``point_weight`` [M] (mean 1) if given; opacity after the sigmoid) -> (total, per
-    attribute float64 [K + 1])."""
+    """RALHE's attribute distortion ``sum_k w_k MSE_k`` (MSE over points and channels, the SH
+    errors weighted by ``point_weight`` [M] (mean 1) if given; opacity after the sigmoid) ->
+    (total, per attribute float64 [K + 1])."""
     a = _signals(np.asarray(sh), np.asarray(opacity_logits))
     b = _signals(np.asarray(sh_hat), np.asarray(opacity_logits_hat))
     k = np.asarray(sh).shape[1]
     err = (a - b) ** 2
     if point_weight is not None:
-        err = err * (np.asarray(point_weight, dtype=np.float64) / np.mean(point_weight))[:, None]
+        pw = np.asarray(point_weight, dtype=np.float64) / np.mean(point_weight)
+        err[:, :-1] *= pw[:, None]
     mse = np.concatenate([err[:, :3 * k].reshape(len(a), k, 3).mean(axis=(0, 2)), [err[:, -1].mean()]])
     per = attribute_weights(k, opacity_weight) * mse
     return float(per.sum()), per

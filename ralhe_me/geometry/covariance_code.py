@@ -156,16 +156,18 @@ def encode_shapes(code: CovarianceCode) -> bytes:
 
 
 def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) -> CovarianceCode:
-    """Inverse of :func:`encode_shapes`, given the same ``point_scale`` [M] (the gain map's gains)
-    if the encoder used one; a :class:`CovarianceStreamError` on a bad stream."""
+    """Inverse of :func:`encode_shapes`; ``point_scale`` [M]: the file's gain-map gains if it has
+    a map (used only when the section says its steps are scaled); a
+    :class:`CovarianceStreamError` on a bad stream."""
     data = bytes(data)
     if len(data) < 10 or data[0] != FORMAT_VERSION:
         raise CovarianceStreamError("not a covariance section (bad version byte or too short)")
     if data[1] not in (0, 1):
         raise CovarianceStreamError(f"unknown covariance flags {data[1]}")
-    if (data[1] == 1) != (point_scale is not None):
-        raise CovarianceStreamError("the covariance steps are scaled by a gain map" if data[1] == 1
-                                    else "the covariance section has no gain-map scaling, but gains were given")
+    if data[1] == 1 and point_scale is None:
+        raise CovarianceStreamError("the covariance steps are scaled by a gain map, but none was given")
+    if data[1] == 0:
+        point_scale = None  # the file's gain map (if any) does not apply to the covariances
     step_s, step_q = struct.unpack_from("<ff", data, 2)
     try:
         steps = ResidualSteps(step_s, step_q)
