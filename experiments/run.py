@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--covariance-step", type=float, default=None,
                    help="covariance residual log-scale step, 0 for plain VQ (default: chosen for 42 dB)")
     p.add_argument("--importance-views", type=int, default=None,
-                   help="views weighting each voxel's attribute errors by how much it shows (0: uniform; "
-                        "default: the preset's, 24)")
+                   help="views weighting each voxel's color errors by how much it shows, with a gain map "
+                        "(default 0: off)")
     p.add_argument("--target-kb", type=float, default=None,
                    help="size at which the Table-2 line compares PSNRs (default: the middle of the RALHE curve)")
     return p.parse_args(argv)

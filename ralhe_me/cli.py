@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-scale step of the covariance residual, the quaternion's is a fifth of it; 0 sends "
                         "plain VQ (default: the coarsest step keeping renders within 42 dB of unquantized)")
     p.add_argument("--importance-views", type=int, default=None,
-                   help="random views that weight each voxel's attribute errors by how much it shows in "
-                        "renders (0: every voxel alike; default 24)")
+                   help="random views that weight each voxel's color errors by how much it shows in "
+                        "renders, with a transmitted gain map (default 0: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 

@@ -54,7 +54,7 @@ class CodecConfig:
     covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen (fewest bytes, or by PSNR at step 0)
     covariance_step: Optional[float] = None  # residual log-scale step (0: plain VQ); None: chosen by PSNR
     covariance_min_psnr: float = 42.0  # automatic choice: renders of the quantized model vs unquantized, dB
-    importance_views: int = 24  # random orbit views weighting each voxel's distortion (0: uniform weights)
+    importance_views: int = 0  # random orbit views weighting each voxel's SH errors (0: off; measured neutral)
     importance_resolution: int = 256  # their size in pixels
     gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)
     covariance_gain: bool = False  # scale the covariance residual steps by the gain map too (see README)

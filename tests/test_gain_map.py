@@ -52,3 +52,24 @@ def test_bad_input():
         gain_exponents(np.ones(3), p2v, 3)
     with pytest.raises(GainMapError, match="lie in"):
         encode_gain_map(np.array([GAIN_LIMIT + 1]))
+
+
+def test_files_with_a_gain_map_decode_to_the_encoders_reconstruction():
+    from ralhe_me.bitstream import unpack
+    from ralhe_me.config import load_preset
+    from ralhe_me.decoder import decode_bytes
+    from ralhe_me.default_scene import make_default_scene
+    from ralhe_me.encoder import encode_model
+
+    cfg = load_preset("fast")
+    cfg.training.steps = 6
+    cfg.covariance_codebook, cfg.covariance_step = 16, 0.2
+    cfg.importance_views, cfg.importance_resolution, cfg.gain_level = 4, 32, 2
+    for scaled in (False, True):
+        cfg.covariance_gain = scaled
+        result = encode_model(make_default_scene(800, seed=5), cfg)
+        container = unpack(result.data)
+        assert container.header["gain_level"] == 2 and len(container.section("gains")) > 0
+        decoded = decode_bytes(result.data).model
+        for name in ("sh", "opacity_logits", "log_scales", "quats"):
+            np.testing.assert_array_equal(getattr(decoded, name), getattr(result.reconstruction, name))
