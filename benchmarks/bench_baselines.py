@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,15 +28,12 @@ from ralhe_me.baselines.attribute_codecs import (  # noqa: E402
     encode_attributes_detailed,
     weighted_attribute_mse,
 )
+from benchmarks.shared_data import GAUSSIANS  # noqa: E402
 from ralhe_me.gaussians import read_ply  # noqa: E402
 from ralhe_me.octree import choose_depth, voxelize  # noqa: E402
 from ralhe_me.rd import RDCurveError, bd_psnr, bd_rate  # noqa: E402
 
-SHARED = Path(os.environ.get("RALHE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-MODELS = {
-    "donut": SHARED / "gaussians/real_float32/gshairlod_donut_mipsplat_fused.ply",
-    "playbot": SHARED / "gaussians/decoded_from_compressed/playbot_lod2_decoded_inria_order.ply",
-}
+MODELS = {name: GAUSSIANS[name] for name in ("donut", "playbot")}
 CODECS = {  # name: (kind, encoder config)
     "raht": ("raht", AttributeCodingConfig()),
     "raht-r0.5": ("raht", AttributeCodingConfig(rounding=0.5)),

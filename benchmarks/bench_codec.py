@@ -19,13 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data" / "gaussians"
-MODELS = {
-    "donut": SHARED / "real_float32/gshairlod_donut_mipsplat_fused.ply",
-    "playbot": SHARED / "decoded_from_compressed/playbot_lod2_decoded_inria_order.ply",
-    "guitar": SHARED / "decoded_from_compressed/guitar_decoded_inria_order.ply",
-    "kacytran": SHARED / "real_float32/kacytran_try_iter7000_point_cloud.ply",
-}
+from benchmarks.shared_data import GAUSSIANS as MODELS  # noqa: E402
 
 
 def attr_psnr(target, sh, logits) -> float:

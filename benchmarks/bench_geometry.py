@@ -19,7 +19,6 @@ the VQ clustering-space weights.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,7 @@ from ralhe_me.geometry.covariance_vq import (  # noqa: E402
 from ralhe_me.geometry.occupancy import OccupancyConfig, decode_positions, encode_positions  # noqa: E402
 from ralhe_me.octree import VoxelGrid, choose_depth, morton_encode, voxelize  # noqa: E402
 
-SHARED = Path(os.environ.get("RALHE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-MODELS = {
-    "donut": "gaussians/real_float32/gshairlod_donut_mipsplat_fused.ply",
-    "kacytran": "gaussians/real_float32/kacytran_try_iter7000_point_cloud.ply",
-    "guitar": "gaussians/decoded_from_compressed/guitar_decoded_inria_order.ply",
-    "playbot": "gaussians/decoded_from_compressed/playbot_lod2_decoded_inria_order.ply",
-}
+from benchmarks.shared_data import GAUSSIANS as MODELS, SHARED  # noqa: E402  (model paths are absolute)
 CLOUDS = {"garden": "pointclouds_colmap/garden_colmap_input.ply", "truck": "pointclouds_colmap/truck_colmap_input.ply"}
 
 

@@ -39,6 +39,7 @@ class TrainingConfig:
     network_learning_rate: float = 1e-3  # decoders (small weights near the initial solution: Adam steps are ~lr)
     final_learning_rate: float = 1e-4
     opacity_weight: float = 0.25  # distortion weight of opacity (see attributes.py)
+    arm_refit_steps: int = 40  # ARM-only steps on the final integer latents (their exact rate)
     rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per step
     distortion_subsample: float = 1.0  # fraction of voxels decoded per step (Morton runs)
     subsample_chunk: int = 512  # length of those runs

@@ -25,11 +25,11 @@ import numpy as np
 from ..attributes import SH_WEIGHT
 from ..entropy.categorical import (
     MAX_TABLE_BITS,
-    TOTAL_FREQ,
     CategoricalError,
     RansStreamReader,
     RansStreamWriter,
     bit_length,
+    choose_table_precision,
     dense_unique,
     exp_golomb_decode,
     exp_golomb_encode,
@@ -214,19 +214,7 @@ def _table_bytes(q: np.ndarray, table_bits: int) -> bytes:
 
 def _choose_table(counts: np.ndarray) -> Tuple[int, np.ndarray, bytes]:
     """(precision, frequencies [U, A], table bytes) minimizing table + coded bits."""
-    best = None
-    nz = counts > 0
-    for bits in [0] + list(range(2, MAX_TABLE_BITS + 1)):
-        q = _quantize_counts(counts, bits)
-        freqs = quantize_frequencies(q)
-        data_bits = float(-(counts[nz] * np.log2(freqs[nz] / TOTAL_FREQ)).sum())
-        table = _table_bytes(q, bits)
-        size = 8 * len(table) + data_bits
-        if best is None or size < best[0]:
-            best = (size, bits, freqs, table)
-        if bits and (counts.max(initial=0) >> bits) == 0:
-            break  # more precision sends the same counts
-    return best[1], best[2], best[3]
+    return choose_table_precision(counts, _quantize_counts, _table_bytes)
 
 
 def _read_table(data: bytes, num_used: int, table_bits: int) -> Tuple[np.ndarray, int]:

@@ -400,22 +400,30 @@ class StaticTables:
         return self.freqs.sum(axis=1) > 0
 
 
-def _choose_tables(counts: np.ndarray) -> Tuple[int, np.ndarray, bytes]:
-    """Histogram precision minimizing table bytes + coded bits; returns (bits, freqs, table bytes)."""
+def choose_table_precision(counts: np.ndarray,  # [C, A] symbol counts per context
+                           quantize: Callable[[np.ndarray, int], np.ndarray],
+                           table_bytes: Callable[[np.ndarray, int], bytes]) -> Tuple[int, np.ndarray, bytes]:
+    """The histogram precision (bits; 0: flags only) minimizing table bytes + coded bits, for a
+    coder that sends ``table_bytes(quantize(counts, bits), bits)``; returns (bits, the
+    frequencies the decoder will rebuild [C, A], table bytes)."""
     best = None
     nz = counts > 0
     for bits in [0] + list(range(2, MAX_TABLE_BITS + 1)):
-        q = _quantize_histograms(counts, bits)
+        q = quantize(counts, bits)
         freqs = quantize_frequencies(q)
         with np.errstate(divide="ignore"):
             data_bits = float(-(counts[nz] * np.log2(freqs[nz] / TOTAL_FREQ)).sum())
-        table = _histogram_table_bytes(q, bits)
+        table = table_bytes(q, bits)
         size = 8 * len(table) + data_bits
         if best is None or size < best[0]:
             best = (size, bits, freqs, table)
         if bits and (counts.max(initial=0) >> bits) == 0:
             break  # higher precision sends the same counts
     return best[1], best[2], best[3]
+
+
+def _choose_tables(counts: np.ndarray) -> Tuple[int, np.ndarray, bytes]:
+    return choose_table_precision(counts, _quantize_histograms, _histogram_table_bytes)
 
 
 def _read_tables(data: bytes, num_contexts: int, alphabet_size: int, table_bits: int) -> Tuple[StaticTables, int]:
