@@ -96,3 +96,19 @@ def test_gain_map_spends_accuracy_where_the_weights_are(scene):
     # measured: weighted distortion 1.36 vs 2.07 at 78 vs 99 bits per point
     assert total(errors["weighted"]) < 0.8 * total(errors["uniform"]) and rates["weighted"] < rates["uniform"], \
         (errors, rates)
+
+
+def test_arm_refit_lowers_the_rate_of_the_same_latents(scene):
+    import torch
+
+    config, vox, levels = scene
+    signals = extract_signals(vox.model, 0.25)
+    results = {}
+    for refit in (0, 30):
+        training = dataclasses.replace(config.training, steps=8, arm_refit_steps=refit, rate_subsample=1.0)
+        results[refit] = train_attributes(signals, levels, config.architecture, training, 3e-3)
+    for a, b in zip(results[0].latents, results[30].latents):  # refitting never touches the latents
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        bits = {k: float(r.synthesis.rate_bits(r.latents)) for k, r in results.items()}
+    assert bits[30] < 0.95 * bits[0], bits
