@@ -179,7 +179,7 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
 
 COVARIANCE_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 RESIDUAL_CODEBOOK_CANDIDATES = (64, 256, 1024)  # with a residual the size only trades index for residual bits
-COVARIANCE_STEPS = (0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05)  # log-scale residual steps, coarse to fine
+COVARIANCE_STEPS = (0.8, 0.56, 0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05)  # log-scale residual steps, coarse to fine
 
 
 def _coded_psnr(target: GaussianModel, shapes, reference) -> float:

@@ -142,3 +142,28 @@ def test_per_point_scaled_steps():
     assert np.array_equal(decode_shapes(plain, scale)[0], decode_shapes(plain)[0])
     with pytest.raises(CovarianceVQError, match="point_scale"):
         quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), point_scale=-scale)
+
+
+def test_step_rule_picks_the_coarsest_step_that_keeps_the_renders():
+    from test_finetune import tiny_scene
+
+    from ralhe_me.encoder import COVARIANCE_STEPS, _coded_psnr, choose_covariance_step
+    from ralhe_me.evaluation import orbit_views
+
+    model = tiny_scene(n=400, seed=3)
+    kw = dict(views=3, resolution=64, codebook_size=16)
+    reference = orbit_views(model, 3, (64, 64))
+    book = fit_codebook(model.log_scales, model.quats, 16)
+    idx = book.assign(model.log_scales, model.quats)
+
+    def psnr(step):
+        code = quantize_shapes(model.log_scales, model.quats, book, ResidualSteps.from_ratio(step), idx)
+        return _coded_psnr(model, code.shapes(), reference)
+
+    for target in (30.0, 40.0):
+        step = choose_covariance_step(model, target, **kw)
+        i = COVARIANCE_STEPS.index(step)
+        assert psnr(step) >= target or step == COVARIANCE_STEPS[-1]
+        assert i == 0 or psnr(COVARIANCE_STEPS[i - 1]) < target  # the coarser one fails
+    coarse, fine = choose_covariance_step(model, 30.0, **kw), choose_covariance_step(model, 40.0, **kw)
+    assert coarse > fine  # a stricter target, a finer step
