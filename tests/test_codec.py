@@ -119,6 +119,11 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 2 and "truncated" in r.stderr and not (tmp_path / "z.ply").exists()
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "nope")
     assert r.returncode == 2 and "no preset 'nope'" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--covariance-step", "9")
+    assert r.returncode == 2 and "--covariance-step must be in [0, 2.5]" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--importance-views", "-1")
+    assert r.returncode == 2 and "--importance-views must be >= 0" in r.stderr
+    assert not (tmp_path / "w.ralhe").exists()
 
 
 def test_inference_upsample_equals_training_upsample():
@@ -132,7 +137,7 @@ def test_inference_upsample_equals_training_upsample():
     from ralhe_me.octree import morton_encode
 
     coords = coords[np.argsort(morton_encode(coords))]
-    arch = ArchitectureConfig(num_levels=4, latent_channels=2)
+    arch = ArchitectureConfig(transform="pyramid", num_levels=4, latent_channels=2)
     levels = OctreeLevels.build(coords, 4, 6)
     syn = AttributeSynthesis(4, arch)
     syn.bind(levels)
