@@ -97,7 +97,7 @@ def covariance_gains(gain_map: Optional[GainMap], config: CodecConfig) -> Option
     """The per-point factors of the covariance residual steps: the gain map's gains when
     ``config.covariance_gain`` is set, else None (uniform steps). Off by default: a shape
     error is not a small perturbation (a hidden Gaussian grown 5x shows), and on the donut the
-    scaled steps needed a finer base step for the same PSNR (215 kB against 173 kB)."""
+    PSNR rule then chose a finer base step: 215 kB at 40.6 dB against 173 kB at 41.8 dB."""
     if gain_map is None or not config.covariance_gain:
         return None
     return gain_map.gains
