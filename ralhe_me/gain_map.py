@@ -41,16 +41,12 @@ def gain_voxels(coords: np.ndarray,  # [N, 3] unique, Morton-sorted voxel coordi
                 level: int) -> tuple:  # -> (point_to_voxel [N] int64, number of voxels)
     """The voxels of octree level ``level`` (coordinates shifted right by it, Morton order, as in
     :class:`~ralhe_me.octree.OctreeLevels`) and each point's voxel."""
-    from .octree import morton_encode
+    from .octree import level_voxels, morton_encode
 
     if not 0 <= int(level) <= 20:
         raise GainMapError(f"gain level must be in [0, 20], got {level}")
-    shifted = morton_encode(np.asarray(coords, dtype=np.int64)) >> (3 * int(level))
-    if len(shifted) == 0:
-        return np.zeros(0, np.int64), 0
-    starts = np.ones(len(shifted), dtype=bool)
-    starts[1:] = shifted[1:] != shifted[:-1]
-    return np.cumsum(starts) - 1, int(starts.sum())
+    voxel_codes, point_to_voxel = level_voxels(morton_encode(np.asarray(coords, dtype=np.int64)), int(level))
+    return point_to_voxel, len(voxel_codes)
 
 
 def gain_exponents(point_weight: np.ndarray,  # [N] >= 0, distortion weight per point

@@ -8,7 +8,7 @@ sorted unique values of ``code >> 3l``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -193,6 +193,16 @@ def choose_depth(means: np.ndarray, max_merge_fraction: float = 0.05, min_depth:
 
 # ---------------------------------------------------------------- levels
 
+def level_voxels(codes: np.ndarray,  # [M] int64 sorted Morton codes of the finest voxels
+                 level: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(Morton codes [V] of the occupied voxels of ``level``, each point's voxel row [M]).
+    The shifted codes stay sorted, so unique-with-inverse is a run-length labelling."""
+    shifted = codes >> (3 * level)
+    starts = np.ones(len(shifted), dtype=bool)
+    starts[1:] = shifted[1:] != shifted[:-1]
+    return shifted[starts], np.cumsum(starts) - 1
+
+
 @dataclass
 class OctreeLevels:
     """The L-level hierarchy of Morton-sorted unique voxels ``coords`` at depth J.
@@ -226,12 +236,9 @@ class OctreeLevels:
             raise OctreeError("coords must be unique and sorted in Morton order")
         level_coords, p2v = [], []
         for level in range(num_levels):
-            shifted = codes >> (3 * level)
-            # shifted is sorted, so unique-with-inverse is a run-length labelling.
-            starts = np.ones(len(shifted), dtype=bool)
-            starts[1:] = shifted[1:] != shifted[:-1]
-            level_coords.append(morton_decode(shifted[starts]))
-            p2v.append(np.cumsum(starts) - 1)
+            voxel_codes, point_to_voxel = level_voxels(codes, level)
+            level_coords.append(morton_decode(voxel_codes))
+            p2v.append(point_to_voxel)
         return cls(coords=level_coords, point_to_voxel=p2v, depth=depth)
 
     def parent_index(self, level: int) -> np.ndarray:
