@@ -49,13 +49,12 @@ class ImportanceConfig:
 def _probe_view(model_tensors, camera, probes: int, generator: torch.Generator) -> torch.Tensor:  # [N]
     """Sum over ``probes`` of the three channels' estimates r_i g_i for one view."""
     from .render.projection import project_gaussians
-    from .render.rasterizer import _Composite, _resolve_backend
+    from .render.rasterizer import composite
 
     means, quats, log_scales, opacity_logits, sh = model_tensors
     n = means.shape[0]
     with torch.no_grad():
         proj = project_gaussians(means, quats, log_scales, opacity_logits, sh, camera)
-    use_cpp = _resolve_backend("auto", means.device) == "cpp"
     out = torch.zeros(n, dtype=torch.float64)
     m = proj.index.shape[0]
     if m == 0:
@@ -63,8 +62,7 @@ def _probe_view(model_tensors, camera, probes: int, generator: torch.Generator) 
     for _ in range(probes):
         signs = torch.randint(0, 2, (m, 3), generator=generator).to(means.dtype) * 2 - 1
         colors = signs.clone().requires_grad_(True)
-        image, _ = _Composite.apply(proj.means2d, proj.conics, colors, proj.opacities, proj.depths, proj.rects,
-                                    camera.width, camera.height, use_cpp)
+        image, _ = composite(proj, colors, camera)
         (0.5 * (image * image).sum()).backward()
         est = (signs * colors.grad).sum(dim=1).to(torch.float64)  # three probes
         out.index_add_(0, proj.index, est)

@@ -7,7 +7,7 @@ import torch
 from ralhe_me.importance import ImportanceConfig, ImportanceError, blending_energy, rendering_importance
 from ralhe_me.render import orbit_cameras
 from ralhe_me.render.projection import project_gaussians
-from ralhe_me.render.rasterizer import _Composite, model_tensors
+from ralhe_me.render.rasterizer import composite, model_tensors
 
 
 def scene(n=120, seed=0):
@@ -26,8 +26,7 @@ def exact_energy(model, cams):
         for j in range(k):
             colors = torch.zeros(k, 3)
             colors[j, 0] = 1.0
-            img, _ = _Composite.apply(proj.means2d, proj.conics, colors, proj.opacities, proj.depths, proj.rects,
-                                      cam.width, cam.height, False)
+            img, _ = composite(proj, colors, cam, backend="torch")
             out[int(proj.index[j])] += float((img[..., 0] ** 2).sum())
     return out
 

@@ -18,7 +18,7 @@ import torch
 
 from . import composite_torch
 from .cameras import Camera
-from .projection import project_gaussians
+from .projection import Projected, project_gaussians
 
 BACKENDS = ("auto", "torch", "cpp", "gsplat")
 
@@ -136,6 +136,18 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def composite(proj: Projected, colors: torch.Tensor,  # [M, 3], one row per projected Gaussian
+              camera: Camera, backend: str = "auto") -> tuple:  # -> (color [H, W, 3], transmittance [H, W])
+    """Blend projected Gaussians with the given colors (no background); differentiable. Callers
+    that need the image as a function of other colors than the shaded ones (e.g. probes of the
+    blending weights) use this instead of :func:`render`."""
+    which = _resolve_backend(backend, colors.device)
+    if which == "gsplat":
+        raise RenderError("composite() runs on the CPU backends only ('cpp' or 'torch')")
+    return _Composite.apply(proj.means2d, proj.conics, colors, proj.opacities, proj.depths, proj.rects,
+                            camera.width, camera.height, which == "cpp")
+
+
 def render(means: torch.Tensor,  # [N, 3]
            quats: torch.Tensor,  # [N, 4] (w, x, y, z), any norm
            log_scales: torch.Tensor,  # [N, 3]
@@ -153,8 +165,7 @@ def render(means: torch.Tensor,  # [N, 3]
 
         return render_gsplat(means, quats, log_scales, opacity_logits, sh, camera, bg)
     proj = project_gaussians(means, quats, log_scales, opacity_logits, sh, camera)
-    color, t_final = _Composite.apply(proj.means2d, proj.conics, proj.colors, proj.opacities, proj.depths,
-                                      proj.rects, camera.width, camera.height, which == "cpp")
+    color, t_final = composite(proj, proj.colors, camera, which)
     return color + t_final[..., None] * bg
 
 
