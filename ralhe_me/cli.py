@@ -10,6 +10,8 @@ import sys
 import time
 from typing import List, Optional
 
+from .argtypes import positive_int
+
 
 class CliError(Exception):
     """A user-facing error of the command line."""
@@ -26,13 +28,6 @@ def _parse_resolution(text: str):
     if w < 8 or h < 8 or w > 8192 or h > 8192:
         raise argparse.ArgumentTypeError(f"resolution {w}x{h} is outside 8..8192")
     return w, h
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
 
 
 # ---------------------------------------------------------------- sub-commands
@@ -183,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--reference", help="reference .ply (e.g. the uncompressed model); orbit cameras")
     ref.add_argument("--dataset", help="NeRF-synthetic folder with transforms_<split>.json and images")
     p.add_argument("--split", default="test", help="dataset split to use (default test)")
-    p.add_argument("--views", type=_positive_int, default=None,
+    p.add_argument("--views", type=positive_int, default=None,
                    help="number of views (default: 16 orbit views, or every view of the split)")
     p.add_argument("--resolution", type=_parse_resolution, default=None,
                    help="render size WxH (default 800x800 for orbits, the images' size for datasets)")
@@ -200,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate weight: larger gives smaller files (default: the preset's, 1e-3)")
     p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
-    p.add_argument("--codebook", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--codebook", type=positive_int, default=None,
                    help="covariance VQ codebook size (default: the one giving the fewest bytes)")
     p.add_argument("--covariance-step", type=float, default=None,
                    help="log-scale step of the covariance residual, the quaternion's is a fifth of it; 0 sends "
@@ -216,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode a .ralhe file; the output is a standard INRIA 3DGS .ply.")
     p.add_argument("input", help="input .ralhe file")
     p.add_argument("output", help="output .ply")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     p.set_defaults(func=cmd_decode)
 
     from .finetune import add_finetune_arguments, run_finetune_command

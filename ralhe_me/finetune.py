@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .argtypes import non_negative_int, positive_int
+from .entropy.latent_coder import intra_op_threads
 from .gaussians import GaussianModel
 
 SSIM_WINDOW = 11
@@ -168,17 +170,10 @@ class ViewSampler:
 @contextlib.contextmanager
 def torch_threads(n: Optional[int]) -> Iterator[None]:
     """Temporarily use ``n`` intra-op threads (None: leave as is). On a busy shared CPU, 1 is often fastest."""
-    if n is None:
-        yield
-        return
-    if n < 1:
+    if n is not None and n < 1:
         raise FinetuneError(f"num_threads must be >= 1, got {n}")
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+    with intra_op_threads(n):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def resolve_device(device: Optional[str]) -> torch.device:
@@ -445,26 +440,6 @@ class _CodedShapes:
 # ------------------------------------------------------------------------------------------------
 # Command line (wired into ``ralhe`` by ralhe_me/cli.py)
 # ------------------------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
-
-
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``ralhe finetune VOXELIZED.ply OUT.ply (--dataset DIR | --teacher PLY)``."""
     p.add_argument("input", help="voxelized INRIA .ply (its positions are kept)")

@@ -21,9 +21,10 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from .argtypes import non_negative_int, positive_int
 from .densify import DensifyConfig, DensityStats, GaussianParams, densify_and_prune, screen_footprint, \
     view_space_grad_norm
-from .finetune import (ViewSampler, non_negative_int, positive_int, mean_psnr, photometric_loss, psnr_from_mse,
+from .finetune import (ViewSampler, mean_psnr, photometric_loss, psnr_from_mse,
                        resolve_device, torch_threads)
 from .gaussians import SH_COEFFS_FOR_DEGREE, GaussianModel
 
