@@ -91,16 +91,14 @@ def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,
     )
 
 
-def _gained(x: np.ndarray, gain: Optional[np.ndarray]) -> np.ndarray:  # [A, N, C] -> float64
-    x = x.astype(np.float64)
-    return x if gain is None else x * np.asarray(gain, dtype=np.float64)[None, :, None]
-
-
 def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
                    gain: Optional[np.ndarray] = None) -> np.ndarray:
     """[K, N, 3] normalized (times ``gain`` [N] if given) -> [N, K, 3] SH coefficients."""
     k = sh_norm.shape[0]
-    sh = _gained(sh_norm, gain) * std[:k, None, None] + mean[:k, None, :]
+    sh = sh_norm.astype(np.float64)
+    if gain is not None:
+        sh = sh * np.asarray(gain, dtype=np.float64)[None, :, None]
+    sh = sh * std[:k, None, None] + mean[:k, None, :]
     return np.transpose(sh, (1, 0, 2)).astype(np.float32)
 
 

@@ -108,8 +108,8 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     if gain_map is not None:
         _log(f"gain map at level {gain_map.level}: {len(gain_map.exponents)} voxels, {len(gain_map.data)} bytes")
     covariance = code_covariance(vox.model, config, covariance_gains(gain_map, config))
-    coded = with_model(vox, dataclasses.replace(vox.model, log_scales=covariance.shapes()[0],
-                                                quats=covariance.shapes()[1]))
+    log_scales, quats = covariance.shapes()
+    coded = with_model(vox, dataclasses.replace(vox.model, log_scales=log_scales, quats=quats))
     coded_psnr = score_views(coded.model, views).psnr
     _log(f"covariance coded (codebook {covariance.codebook.size}, residual step {covariance.steps.log_scale:g}): "
          f"PSNR {coded_psnr:.2f} dB")

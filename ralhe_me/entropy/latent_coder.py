@@ -149,6 +149,17 @@ def _stream_order(arr: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return arr.transpose(2, 0, 1)[np.broadcast_to(valid.T[:, None, :], (t, arr.shape[0], arr.shape[1]))]
 
 
+def _predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int, table_config, num_threads):
+    """What the encoder and the rate estimate share: the integer ARM over every latent ->
+    (x, mu, table index, valid) as :func:`_predict_all` gives them, or None without latents."""
+    levels = _as_levels(latents, arms.num_attributes)
+    layout = SegmentLayout(tuple(x.shape[1] for x in levels), segment_length)
+    if layout.total_size == 0:
+        return None
+    with intra_op_threads(num_threads):
+        return _predict_all(levels, layout, arms, table_config)
+
+
 def encode_latents(
     latents: Sequence,
     arms: QuantizedArm,
@@ -157,12 +168,10 @@ def encode_latents(
     num_threads=DEFAULT_CODING_THREADS,
 ) -> bytes:
     """latents: per level int [A, n_l] (numpy or tensor) -> rANS bytes (b"" when there is nothing)."""
-    levels = _as_levels(latents, arms.num_attributes)
-    layout = SegmentLayout(tuple(x.shape[1] for x in levels), segment_length)
-    if layout.total_size == 0:
+    predicted = _predict_latents(latents, arms, segment_length, table_config, num_threads)
+    if predicted is None:
         return b""
-    with intra_op_threads(num_threads):
-        x, mu, idx, valid = _predict_all(levels, layout, arms, table_config)
+    x, mu, idx, valid = predicted
     symbols = _stream_order(x - mu, valid)
     indexes = _stream_order(idx, valid)
     return rans_encode(symbols, indexes, get_tables(table_config))
@@ -179,13 +188,11 @@ def estimate_bits(
     """Exact model cost (bits) of encode_latents' symbols: same integer ARM, same tables, escapes
     included; the real stream adds only rANS overhead (about 64 bits) and padding of tiny streams.
     Returns a float, or float64 [A] per attribute."""
-    levels = _as_levels(latents, arms.num_attributes)
-    layout = SegmentLayout(tuple(x.shape[1] for x in levels), segment_length)
     a = arms.num_attributes
-    if layout.total_size == 0:
+    predicted = _predict_latents(latents, arms, segment_length, table_config, num_threads)
+    if predicted is None:
         return np.zeros(a) if per_attribute else 0.0
-    with intra_op_threads(num_threads):
-        x, mu, idx, valid = _predict_all(levels, layout, arms, table_config)
+    x, mu, idx, valid = predicted
     tables = get_tables(table_config)
     mask = np.broadcast_to(valid[None], x.shape)
     bits = tables.bits(idx[mask], (x - mu)[mask]).reshape(a, -1).sum(axis=1)
