@@ -336,6 +336,15 @@ class RansStreamReader:
         self._decoder.set_stream(self._segments[self._seg] + bytes(4 * (count + 3)))
         self._left_in_segment = count
 
+    def next_segment(self) -> Tuple[Callable, int]:
+        """Open the next rANS segment for a caller that decodes it itself (the native occupancy
+        loop): (its CompressAI ``decode_stream``, the symbols it holds). The caller decodes all
+        of them; ``read`` must not be mixed in."""
+        self._next_segment()
+        self.consumed += self._left_in_segment
+        count, self._left_in_segment = self._left_in_segment, 0
+        return self._decoder.decode_stream, count
+
     def read(self, indexes: np.ndarray, tables: np.ndarray) -> np.ndarray:
         """Symbols [n] for table indexes [n] into frequency rows ``tables`` [T, A]."""
         indexes = np.asarray(indexes, dtype=np.int64).ravel()

@@ -30,7 +30,10 @@ what they save.  ``benchmarks/bench_geometry.py --study`` prints the remaining s
 Decoding speed: a level's 26-neighbour rows are derived from its parents' (a child's neighbour
 is a child of its parent's neighbour: :func:`child_neighbours`), not searched for; the rows of the
 finest level are returned too (``decode_positions(..., with_neighbours=True)``) so the attribute
-decoder's 3x3x3 neighbour map needs no search either.
+decoder's 3x3x3 neighbour map needs no search either.  The per-level loop (contexts, adaptive
+tables, child codes and neighbour rows) runs in C++ when the ``_occupancy_cpu`` extension is built
+(geometry/csrc/occupancy.cpp; the rANS decoding stays CompressAI's ``decode_stream``, called from
+there); the numpy loop here is its reference and fallback, with identical results.
 
 Stream: mode byte, varints ``M`` (points) and ``S`` (coded bits), 16-bit check sum (of all the
 rest), rANS segments.
@@ -49,6 +52,7 @@ from ..entropy.categorical import (
     AdaptiveBatchEncoder,
     CategoricalError,
     CorruptStreamError,
+    RansStreamReader,
     read_varint,
     write_varint,
 )
@@ -286,10 +290,28 @@ def encode_positions(coords: np.ndarray, depth: int, config: OccupancyConfig = O
     return head + _check16(head + payload) + payload
 
 
-def decode_positions(data: bytes, depth: int, with_neighbours: bool = False):
+DEFAULT_NATIVE: Optional[bool] = None  # decode_positions' ``native`` when not given (tests switch it)
+
+
+def native_available() -> bool:
+    """Whether the native decoder loop (the ``_occupancy_cpu`` extension) is built."""
+    return _native_module() is not None
+
+
+def _native_module():
+    try:
+        from ralhe_me.geometry import _occupancy_cpu
+    except ImportError:
+        return None
+    return _occupancy_cpu
+
+
+def decode_positions(data: bytes, depth: int, with_neighbours: bool = False, native: Optional[bool] = None):
     """Positions [M, 3] int64 in Morton order from :func:`encode_positions`'s output; with
     ``with_neighbours`` also the rows [M, 26] of each point's 26 neighbours (-1: empty; offsets in
-    ``NEIGHBOUR_OFFSETS`` order), which the octree gives for free."""
+    ``NEIGHBOUR_OFFSETS`` order), which the octree gives for free.  ``native``: run the per-level
+    loop in the C++ extension (None: :data:`DEFAULT_NATIVE`, whose None means when it is built;
+    True: require it; False: the numpy reference); both give the same result."""
     depth = _check_depth(depth)
     data = bytes(data)
     if not data:
@@ -312,30 +334,13 @@ def decode_positions(data: bytes, depth: int, with_neighbours: bool = False):
             raise OccupancyStreamError("occupancy stream has data an empty or depth-0 cloud cannot have")
         coords = np.zeros((num_points, 3), dtype=np.int64)
         return (coords, np.full((num_points, len(_OFFSETS)), -1, dtype=np.int64)) if with_neighbours else coords
+    native = DEFAULT_NATIVE if native is None else native
+    module = _native_module() if native is not False else None
+    if native and module is None:
+        raise ImportError("the native occupancy decoder (ralhe_me.geometry._occupancy_cpu) is not built")
+    decode_levels = _decode_levels_python if module is None else _decode_levels_native
     try:
-        dec = AdaptiveBatchDecoder(payload, num_bits, config.num_contexts, 2)
-        nodes = np.zeros(1, dtype=np.int64)
-        neighbour = np.full((1, len(_OFFSETS)), -1, dtype=np.int64)  # the root has none
-        for d in range(depth):
-            if d:
-                dec.decay(config.decay_shift)
-            ctx = _LevelContexts(nodes, d, config, neighbour)
-            occ = np.zeros(len(nodes), dtype=np.int64)
-            for g in GROUP_ORDER:
-                sel_all = ctx.members[g]
-                for k in range(8):
-                    sel, c = ctx.contexts(g, k, occ)
-                    bits = dec.decode(c)
-                    occ[sel_all] |= 1 << k  # uncoded bits (last of an empty node so far) are 1
-                    occ[sel] ^= (1 - bits) << k
-            rows, octant = np.nonzero((occ[:, None] >> np.arange(8)) & 1)
-            nodes = (nodes[rows] << 3) | octant
-            if len(nodes) > num_points:
-                raise OccupancyStreamError(
-                    f"level {d + 1} decodes {len(nodes)} nodes, more than the {num_points} points")
-            if d + 1 < depth or with_neighbours:
-                neighbour = child_neighbours(ctx.neighbour, occ)
-        dec.finish()
+        nodes, neighbour = decode_levels(payload, num_points, num_bits, depth, config, with_neighbours)
     except OccupancyStreamError:
         raise
     except CategoricalError as err:
@@ -345,3 +350,47 @@ def decode_positions(data: bytes, depth: int, with_neighbours: bool = False):
     if with_neighbours:
         return morton_decode(nodes), neighbour
     return morton_decode(nodes)
+
+
+def _decode_levels_python(payload: bytes, num_points: int, num_bits: int, depth: int, config: OccupancyConfig,
+                          with_neighbours: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(leaf codes [M], their neighbour rows [M, 26] or None): the reference loop, batch by batch."""
+    dec = AdaptiveBatchDecoder(payload, num_bits, config.num_contexts, 2)
+    nodes = np.zeros(1, dtype=np.int64)
+    neighbour = np.full((1, len(_OFFSETS)), -1, dtype=np.int64)  # the root has none
+    for d in range(depth):
+        if d:
+            dec.decay(config.decay_shift)
+        ctx = _LevelContexts(nodes, d, config, neighbour)
+        occ = np.zeros(len(nodes), dtype=np.int64)
+        for g in GROUP_ORDER:
+            sel_all = ctx.members[g]
+            for k in range(8):
+                sel, c = ctx.contexts(g, k, occ)
+                bits = dec.decode(c)
+                occ[sel_all] |= 1 << k  # uncoded bits (last of an empty node so far) are 1
+                occ[sel] ^= (1 - bits) << k
+        rows, octant = np.nonzero((occ[:, None] >> np.arange(8)) & 1)
+        nodes = (nodes[rows] << 3) | octant
+        if len(nodes) > num_points:
+            raise OccupancyStreamError(
+                f"level {d + 1} decodes {len(nodes)} nodes, more than the {num_points} points")
+        if d + 1 < depth or with_neighbours:
+            neighbour = child_neighbours(ctx.neighbour, occ)
+    dec.finish()
+    return nodes, (neighbour if with_neighbours else None)
+
+
+def _decode_levels_native(payload: bytes, num_points: int, num_bits: int, depth: int, config: OccupancyConfig,
+                          with_neighbours: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The same loop in C++ (geometry/csrc/occupancy.cpp), calling CompressAI's decode_stream of
+    each rANS segment that RansStreamReader (which checks the segment layout) opens."""
+    module = _native_module()
+    reader = RansStreamReader(payload, num_bits, 2)
+
+    try:
+        return module.decode_levels(
+            reader.next_segment, num_points, num_bits, depth, config.child_neighbours, config.decay_shift,
+            config.num_contexts, with_neighbours, _FACE, _CORNER, _OUTWARD, _CHILD_PARENT, _CHILD_OCTANT)
+    except module.CorruptStream as err:
+        raise OccupancyStreamError(f"occupancy payload: {err}") from None
