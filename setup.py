@@ -45,6 +45,18 @@ try:
             extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
         )
     )
+    # Inference-only kernels of the attribute synthesis (inverse RAHT in place); pybind11 only.
+    # -ffp-contract=off: no fused multiply-adds, so results equal the torch reference bit for bit;
+    # synthesis.py falls back to torch without it.
+    ext_modules.append(
+        Extension(
+            "ralhe_me.nn._decode_cpu",
+            [os.path.join("ralhe_me", "nn", "csrc", "decode.cpp")],
+            include_dirs=include_paths(),
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off"],
+        )
+    )
     if ext_modules:
         cmdclass["build_ext"] = BuildExtension.with_options(use_ninja=False)
 except ImportError:  # torch missing: the pure-PyTorch renderer is used instead
@@ -55,7 +67,8 @@ setup(
     version="0.1.0",
     description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
     packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
-    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "geometry/csrc/*.cpp"]},
+    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "geometry/csrc/*.cpp",
+                                 "nn/csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],
     extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"]},

@@ -11,7 +11,9 @@
 
 For each cloud it prints the one-off set-up (neighbour map; first forward, which builds and
 caches the pair plans), the grouped
-forward (no autograd) and forward+backward (sum of squares loss), and the same for 17
+forward (no autograd; also with the ``_decode_cpu`` extension hidden, i.e. its torch
+reference), the inverse RAHT of the codec's 17 x 3 latent planes (native and torch),
+forward+backward (sum of squares loss), and the same for 17
 SparseAttributeDecoder modules looped (skipped above --me-max-points, where it takes
 minutes). Wall time and process CPU time (all threads) are both printed: on a shared
 machine the wall time depends on the other load.
@@ -21,6 +23,7 @@ machine the wall time depends on the other load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -101,7 +104,40 @@ def bench_grouped(coords: np.ndarray, repeats: int):
         loss.backward()
 
     pairs = nm.conv_map().num_pairs / n
-    return nm, (sh, op, lat_sh, lat_op), t_map, t_plan, pairs, timed(forward, repeats), timed(forward_backward, repeats)
+    fwd = timed(forward, repeats)
+    with torch_only():
+        fwd_torch = timed(forward, repeats)
+    return (nm, (sh, op, lat_sh, lat_op), t_map, t_plan, pairs, fwd, fwd_torch,
+            timed(forward_backward, repeats))
+
+
+@contextlib.contextmanager
+def torch_only():
+    """The decode path with the ``_decode_cpu`` extension hidden (its torch reference)."""
+    import ralhe_me.nn.grouped_decoder as grouped_module
+    import ralhe_me.nn.inverse_raht as inverse_module
+    import ralhe_me.nn.neighbors as neighbors_module
+
+    modules = (grouped_module, inverse_module, neighbors_module)
+    saved = [m._native_module for m in modules]
+    for m in modules:
+        m._native_module = lambda: None
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            m._native_module = f
+
+
+def bench_inverse_raht(coords: np.ndarray, repeats: int):
+    """Inverse RAHT of the codec's 17 x 3 latent planes: (native, torch) best (wall, cpu)."""
+    from ralhe_me.nn.inverse_raht import InverseRaht, native_available
+
+    depth = int(np.max(coords)).bit_length()
+    inv = InverseRaht.from_coords(coords - coords.min(axis=0), max(depth, 1))
+    planes = [torch.randn(17, len(coords)).round() for _ in range(3)]
+    native = timed(lambda: inv.columns(planes), repeats) if native_available() else (float("nan"),) * 2
+    return native, timed(lambda: inv.columns(planes, native=False), repeats)
 
 
 def bench_minkowski(coords: np.ndarray, grouped):
@@ -158,11 +194,15 @@ def main():
     for name in args.clouds:
         torch.set_num_threads(args.threads)  # MinkowskiEngine resets it (see bench_minkowski)
         coords = load_cloud(name)
-        nm, grouped, t_map, t_plan, pairs, fwd, fb = bench_grouped(coords, args.repeats)
+        nm, grouped, t_map, t_plan, pairs, fwd, fwd_torch, fb = bench_grouped(coords, args.repeats)
+        raht_native, raht_torch = bench_inverse_raht(np.asarray(coords, dtype=np.int64), args.repeats)
         print(f"\n{name}: {nm.num_points} voxels, {pairs:.2f} occupied neighbours per voxel "
               f"(of 27, itself included)")
         print(f"  set-up: neighbour map {t_map:.2f} s, first forward with pair plans {t_plan:.2f} s (once per cloud)")
         print(f"  grouped  forward {fwd[0]:7.3f} ({fwd[1]:.3f})   forward+backward {fb[0]:7.3f} ({fb[1]:.3f})")
+        print(f"  grouped  forward, extension hidden {fwd_torch[0]:7.3f} ({fwd_torch[1]:.3f})")
+        print(f"  inverse RAHT of 17 x 3 planes: native {raht_native[0]:.3f} ({raht_native[1]:.3f}), "
+              f"torch {raht_torch[0]:.3f} ({raht_torch[1]:.3f})")
         if nm.num_points <= args.me_max_points:
             (w, c), (wb, cb), outs = bench_minkowski(coords, grouped)
             torch.set_num_threads(args.threads)

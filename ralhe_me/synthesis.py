@@ -111,9 +111,7 @@ class AttributeSynthesis(nn.Module):
         self._plane_p2v = p2v * self.arch.latent_channels
         self._gather_index = None
         if self.arch.transform == "raht":
-            from .baselines.raht import build_plan
-
-            self._inverse = InverseRaht(build_plan(levels.coords[0], levels.depth))
+            self._inverse = InverseRaht.from_coords(levels.coords[0], levels.depth)
         if neighbors is not None and neighbors.num_points != len(levels.coords[0]):
             raise ValueError(f"neighbour map of {neighbors.num_points} voxels for {len(levels.coords[0])}")
         self._neighbors = neighbors if neighbors is not None else NeighborMap.from_coords(levels.coords[0])
@@ -127,10 +125,7 @@ class AttributeSynthesis(nn.Module):
         """Copy each plane's latents [A, n_l] to the finest voxels -> [A, N, C * L] (pyramid), or
         inverse-transform the C coefficient planes [A, N] -> [A, N, C] (raht)."""
         if self._inverse is not None:
-            stacked = torch.stack(planes, dim=-1)  # [A, N, C]
-            a, n, c = stacked.shape
-            values = self._inverse(stacked.permute(1, 0, 2).reshape(n, a * c))
-            return values.reshape(n, a, c).permute(1, 0, 2)
+            return self._inverse.columns(planes)  # contiguous [A, N, C]
         if torch.is_grad_enabled():
             return torch.stack([lat[:, p2v] for lat, p2v in zip(planes, self._plane_p2v)], dim=-1)
         # inference: the same copies as one gather from the concatenated planes
@@ -148,7 +143,12 @@ class AttributeSynthesis(nn.Module):
 
     def decode(self, planes: List[Tensor], rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Latent planes [A, n] -> normalized SH [K, N, 3] and opacity [1, N, 1], or only the
-        finest voxels ``rows`` (sorted, unique) -> [K, S, 3] and [1, S, 1]."""
+        finest voxels ``rows`` (sorted, unique) -> [K, S, 3] and [1, S, 1].
+
+        Without autograd (the codec's reconstruction, encoder and decoder alike) the inverse
+        RAHT and the point-wise layers run in C++ when built, with torch's bits (see
+        nn/inverse_raht.py and nn/grouped_decoder.py), and the results may be views of
+        point-major memory."""
         if self._neighbors is None:
             raise RuntimeError("bind() the octree levels before decoding")
         up = self.upsample(planes)

@@ -1,5 +1,7 @@
 """The torch inverse RAHT against the numpy reference, its gradient (the forward transform,
-since the transform is orthonormal), and the raht synthesis against a pyramid file decode."""
+since the transform is orthonormal), and the raht synthesis against a pyramid file decode;
+the native in-place inverse (and the whole decode with every native kernel) against torch,
+bit for bit."""
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,137 @@ def test_both_transforms_round_trip_through_a_file(transform):
     decoded = decode_bytes(result.data).model
     np.testing.assert_array_equal(decoded.sh, result.reconstruction.sh)
     np.testing.assert_array_equal(decoded.opacity_logits, result.reconstruction.opacity_logits)
+
+
+# ---------------------------------------------------------------- the native in-place inverse
+
+import ralhe_me.nn.inverse_raht as inverse_module  # noqa: E402
+from ralhe_me.baselines.raht import RahtError  # noqa: E402
+
+native = pytest.mark.skipif(not inverse_module.native_available(), reason="the _decode_cpu extension is not built")
+
+
+def planes_for(m, p, q, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(q, m, generator=g, dtype=torch.float64) * 50).round().to(dtype) for _ in range(p)]
+
+
+def same_bits(a, b):
+    view = torch.int32 if a.dtype == torch.float32 else torch.int64
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.contiguous().view(view), b.contiguous().view(view))
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_inverse_equals_torch_bit_for_bit(dtype):
+    """Odd shapes too: 1 point, 2 adjacent or distant points, many columns; plans built by the
+    extension from the points and derived from build_plan give the same bits."""
+    clouds = [np.array([[3, 1, 2]]), np.array([[0, 0, 0], [1, 0, 0]]), np.array([[0, 0, 0], [7, 7, 7]]),
+              cloud(300, 5, seed=3)[0], cloud(2000, 8, seed=4)[0]]
+    depths = [3, 3, 3, 5, 8]
+    for i, (pts, depth) in enumerate(zip(clouds, depths)):
+        for p, q in ((1, 1), (3, 17), (2, 40)):
+            planes = planes_for(len(pts), p, q, dtype, seed=10 * i + p)
+            ref = InverseRaht(build_plan(pts, depth)).columns(planes, native=False)
+            assert ref.shape == (q, len(pts), p)
+            for inv in (InverseRaht(build_plan(pts, depth)), InverseRaht.from_coords(pts, depth)):
+                assert same_bits(inv.columns(planes, native=True), ref), (i, p, q)
+                assert same_bits(inv.columns(planes), ref)  # automatic: native when built
+    # against the float64 numpy reference, for the layout
+    pts, depth = cloud(500, 6, seed=5)
+    planes = planes_for(len(pts), 2, 3, torch.float64, seed=1)
+    out = InverseRaht.from_coords(pts, depth).columns(planes)
+    coeffs = torch.stack(planes).permute(2, 1, 0).reshape(len(pts), 6).numpy()
+    np.testing.assert_allclose(out.permute(1, 0, 2).reshape(len(pts), 6).numpy(),
+                               raht_inverse_plan(build_plan(pts, depth), coeffs), atol=1e-9)
+
+
+@native
+def test_native_plan_equals_build_plan():
+    module = inverse_module._native_module()
+    for n, depth, seed in ((1, 2, 0), (2, 1, 1), (700, 6, 2), (3000, 10, 3)):
+        pts = cloud(n, depth, seed=seed)[0]
+        plan = build_plan(pts, depth)
+        left, right = module.raht_pairs(plan.num_points, [st.starts for st in plan.steps],
+                                        [st.left for st in plan.steps])
+        steps = plan.steps[::-1]
+        a = np.concatenate([st.a for st in steps] + [np.zeros(0)])
+        b = np.concatenate([st.b for st in steps] + [np.zeros(0)])
+        got = module.raht_plan(np.ascontiguousarray(pts, dtype=np.int64), depth)
+        for x, y in zip(got, (left, right, a, b, plan.order)):
+            assert x.dtype == np.asarray(y).dtype and np.array_equal(x, y)
+
+
+@native
+def test_native_inverse_bad_input_is_named():
+    with pytest.raises(RahtError, match="unique"):
+        InverseRaht.from_coords(np.array([[1, 1, 1], [1, 1, 1]]), 2).columns([torch.zeros(1, 2)])
+    with pytest.raises(RahtError, match="lie in"):
+        InverseRaht.from_coords(np.array([[1, 1, 4]]), 2).columns([torch.zeros(1, 1)])
+    with pytest.raises(RahtError, match="integers"):
+        InverseRaht.from_coords(np.zeros((2, 3)), 2)
+    inv = InverseRaht.from_coords(cloud(100, 4)[0], 4)
+    with pytest.raises(ValueError, match="planes"):
+        inv.columns([torch.zeros(2, inv.num_points + 1)])
+    with pytest.raises(ValueError, match="float32/float64"):
+        inv.columns([torch.zeros(2, inv.num_points, dtype=torch.int64)], native=True)
+    module = inverse_module._native_module()
+    left, right, a, b, order = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
+    planes = [np.zeros((2, len(order)), np.float32)]
+    with pytest.raises(ValueError, match="merge rows"):  # a merge reading a row not yet created
+        module.inverse_raht(planes, left[::-1].copy(), right[::-1].copy(), a, b, order)
+
+
+def test_inverse_falls_back_to_torch_without_extension(monkeypatch):
+    pts, depth = cloud(400, 6, seed=6)
+    planes = planes_for(len(pts), 3, 4, torch.float32, seed=2)
+    fast = InverseRaht.from_coords(pts, depth).columns(planes)
+    monkeypatch.setattr(inverse_module, "_native_module", lambda: None)
+    slow = InverseRaht.from_coords(pts, depth).columns(planes)
+    assert same_bits(fast, slow)
+    with pytest.raises(ImportError):
+        InverseRaht.from_coords(pts, depth).columns(planes, native=True)
+
+
+def test_columns_keep_the_gradient():
+    """Planes that need a gradient take the torch path (training)."""
+    pts, depth = cloud(300, 6, seed=7)
+    inv = InverseRaht.from_coords(pts, depth)
+    planes = [p.requires_grad_() for p in planes_for(len(pts), 2, 3, torch.float64, seed=3)]
+    out = inv.columns(planes)
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in planes)
+
+
+def test_synthesis_decode_equals_the_pure_torch_decode(monkeypatch):
+    """The codec's reconstruction (no autograd) with every native kernel against the same
+    decode with the extension hidden, bit for bit: random decoder weights, raht transform."""
+    import ralhe_me.nn.grouped_decoder as grouped_module
+    import ralhe_me.nn.neighbors as neighbors_module
+    from ralhe_me.config import ArchitectureConfig
+    from ralhe_me.octree import OctreeLevels, morton_encode
+    from ralhe_me.synthesis import AttributeSynthesis
+
+    rng = np.random.default_rng(8)
+    coords = np.unique(np.clip(rng.normal(32, 7, (2500, 3)).round(), 0, 63).astype(np.int64), axis=0)
+    coords = coords[np.argsort(morton_encode(coords))]
+    arch = ArchitectureConfig(transform="raht", num_levels=4)
+    levels = OctreeLevels.build(coords, 4, 6)
+    torch.manual_seed(1)
+    syn = AttributeSynthesis(16, arch)
+    with torch.no_grad():
+        for p in syn.parameters():
+            p.normal_(0, 0.5)
+    planes = [(torch.randn(17, len(coords)) * 20).round() for _ in range(arch.latent_channels)]
+
+    def decode():
+        syn.bind(levels)
+        with torch.no_grad():
+            return [t.contiguous() for t in syn.decode(planes)]
+
+    fast = decode()
+    for module in (neighbors_module, grouped_module, inverse_module):
+        monkeypatch.setattr(module, "_native_module", lambda: None)
+    slow = decode()
+    for f, s in zip(fast, slow):
+        assert same_bits(f, s)

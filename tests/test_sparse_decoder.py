@@ -1,5 +1,6 @@
 """The sparse attribute decoder: MinkowskiEngine layers against a dense conv3d reference,
-the grouped torch decoder against single decoders, neighbour maps against brute force."""
+the grouped torch decoder against single decoders, neighbour maps against brute force, the
+native kernels (point-wise layers, neighbour tables, pair plans) against torch bit for bit."""
 import subprocess
 import sys
 import textwrap
@@ -362,3 +363,172 @@ def test_neighbor_map_from_octree_rows_equals_from_coords():
     assert torch.equal(fast.table, NeighborMap.from_coords(out).table)
     with pytest.raises(NeighborMapError):
         NeighborMap.from_neighbour_rows(rows[:, :25], NEIGHBOUR_OFFSETS[:25])
+
+
+# ---------------------------------------------------------------- native kernels (nn/csrc/decode.cpp)
+
+import ralhe_me.nn.grouped_decoder as grouped_module  # noqa: E402
+import ralhe_me.nn.neighbors as neighbors_module  # noqa: E402
+from ralhe_me.nn.grouped_decoder import native_mlp_agrees, pointwise_mlp  # noqa: E402
+
+native = pytest.mark.skipif(neighbors_module._native_module() is None,
+                            reason="the _decode_cpu extension is not built")
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The float32 bit patterns (so -0.0 and +0.0 differ and NaN equals itself)."""
+    return t.contiguous().view(torch.int32)
+
+
+def without_extension(monkeypatch):
+    for module in (neighbors_module, grouped_module):
+        monkeypatch.setattr(module, "_native_module", lambda: None)
+
+
+def mlp_weights(a, c0, c1, c2, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(a, c0, c1, generator=g), torch.randn(a, 1, c1, generator=g),
+            torch.randn(a, c1, c2, generator=g), torch.randn(a, 1, c2, generator=g)]
+
+
+@native
+@pytest.mark.parametrize("a,c0,c1,c2", [(16, 3, 12, 4), (1, 3, 12, 4), (16, 21, 12, 4), (5, 3, 12, 4), (3, 3, 12, 3),
+                                        (2, 1, 1, 1)])
+def test_native_pointwise_layers_give_torch_bits(a, c0, c1, c2):
+    """Full chunks in C++ against the MKL chunks, bit for bit, with partial chunks (torch) after
+    them; every point count from below one chunk to several. Where MKL sums in another order on
+    this machine the decoder keeps torch (the automatic mode must still equal torch)."""
+    ws = mlp_weights(a, c0, c1, c2, seed=a + c0)
+    g = torch.Generator().manual_seed(7)
+    chunk = 64
+    for n in (1, 63, 64, 65, 200, 256):
+        x = torch.randn(a, n, c0, generator=g) * 3
+        x[:, ::5] = 0.0
+        with torch.no_grad():
+            ref = pointwise_mlp(x, *ws, chunk=chunk, native=False)
+            auto = pointwise_mlp(x, *ws, chunk=chunk)
+            assert torch.equal(bits(auto), bits(ref)), n
+            if native_mlp_agrees(a, c0, c1, c2, chunk):
+                forced = pointwise_mlp(x, *ws, chunk=chunk, native=True)
+                assert torch.equal(bits(forced), bits(ref)), n
+        # the autograd path is the same forward
+        train = pointwise_mlp(x, *(w.clone().requires_grad_() for w in ws), chunk=chunk)
+        assert torch.equal(bits(train.detach()), bits(ref)), n
+
+
+@native
+def test_native_pointwise_layers_reject_bad_input():
+    ws = mlp_weights(2, 3, 4, 2, seed=1)
+    x = torch.randn(2, 100, 3)
+    with torch.no_grad():
+        with pytest.raises(DecoderError, match="native point-wise"):
+            pointwise_mlp(x.double(), *(w.double() for w in ws), chunk=16, native=True)
+    module = neighbors_module._native_module()
+    y = torch.empty(100, 2, 2)
+    with pytest.raises(ValueError, match="shapes"):
+        module.pointwise_mlp(x.numpy(), ws[0].numpy(), ws[1].numpy(), ws[2].numpy(), ws[3][:, :, :1].numpy(),
+                             y.numpy(), 100)
+    with pytest.raises(ValueError, match="rows"):
+        module.pointwise_mlp(x.numpy(), *(w.numpy() for w in ws), y.numpy(), 101)
+
+
+def test_inference_forward_equals_autograd_forward():
+    """Without autograd the decoder runs its in-place/native path and returns a view; the
+    values equal the training path's bit for bit (on the full map and on a subset plan)."""
+    torch.manual_seed(8)
+    coords = random_cloud(900, 9, seed=13)
+    nm = NeighborMap.from_coords(coords)
+    for a, out in ((5, 3), (1, 1)):
+        grouped = GroupedSparseDecoder(a, DecoderConfig(in_channels=3, out_channels=out), budget=4000)
+        with torch.no_grad():
+            for p in grouped.parameters():
+                p.normal_()
+        latents = torch.randn(a, len(coords), 3)
+        train = grouped(latents, nm)
+        with torch.no_grad():
+            infer = grouped(latents, nm)
+        assert torch.equal(bits(infer), bits(train.detach()))
+        plan = nm.subset_plan(torch.arange(10, 300))
+        train_sub = grouped(latents, plan)
+        with torch.no_grad():
+            assert torch.equal(bits(grouped(latents, plan)), bits(train_sub.detach()))
+
+
+def test_decoder_without_extension_gives_the_same_bits(monkeypatch):
+    torch.manual_seed(9)
+    coords = random_cloud(700, 9, seed=14)
+    grouped = GroupedSparseDecoder(4, DecoderConfig(in_channels=3, out_channels=3))
+    latents = torch.randn(4, len(coords), 3)
+    with torch.no_grad():
+        fast = grouped(latents, NeighborMap.from_coords(coords))
+        without_extension(monkeypatch)
+        slow = grouped(latents, NeighborMap.from_coords(coords))
+    assert torch.equal(bits(fast), bits(slow))
+
+
+def octree_rows(seed=3, n=3000):
+    import numpy as np
+
+    from ralhe_me.geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions, encode_positions
+
+    rng = np.random.default_rng(seed)
+    coords = np.unique(np.clip(rng.normal(32, 6, (n, 3)).round(), 0, 63).astype(np.int64), axis=0)
+    out, rows = decode_positions(encode_positions(coords, 6), 6, with_neighbours=True)
+    return out, rows, NEIGHBOUR_OFFSETS
+
+
+def assert_same_plans(p, q):
+    assert p.dense_center == q.dense_center
+    for name in ("in_rows", "out_rows", "starts"):
+        assert torch.equal(getattr(p, name), getattr(q, name)), name
+    assert [(g.lo, g.hi) for g in p.groups] == [(g.lo, g.hi) for g in q.groups]
+    for g, h in zip(p.groups, q.groups):
+        for name in ("by_out", "out_offsets", "by_in", "in_offsets"):
+            assert torch.equal(getattr(g, name), getattr(h, name)), name
+
+
+@native
+def test_native_neighbour_table_and_pair_plans_equal_the_reference():
+    """The one-pass C++ table (with its pairs) against numpy and the torch pair plan, on
+    octree rows (full map, several budgets) and on a restricted subset map."""
+    import numpy as np
+
+    out, rows, offsets = octree_rows()
+    fast = NeighborMap.from_neighbour_rows(rows, offsets)
+    slow = NeighborMap.from_neighbour_rows(rows, offsets, native=False)
+    assert torch.equal(fast.table, slow.table)
+    assert torch.equal(fast.table, NeighborMap.from_coords(out).table)
+    for budget in (1 << 62, 500, 37):
+        assert_same_plans(fast.conv_map().pair_plan(budget), slow.conv_map().pair_plan(budget, native=False))
+    sub = fast.subset_plan(torch.arange(100, 400))
+    for cmap in (sub.conv0, sub.conv1):
+        assert_same_plans(cmap.pair_plan(200), cmap.pair_plan(200, native=False))
+    # one cached plan for every budget above the pair count
+    cmap = fast.conv_map()
+    assert cmap.pair_plan(1 << 40) is cmap.pair_plan(len(cmap.pair_plan().in_rows))
+    # one point, no neighbours
+    one = NeighborMap.from_neighbour_rows(np.full((1, 26), -1), offsets)
+    assert one.table.tolist() == [[1] * 13 + [0] + [1] * 13]
+    assert len(one.conv_map().pair_plan().in_rows) == 0
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_bad_neighbour_rows_are_named_errors(use_native):
+    if use_native and neighbors_module._native_module() is None:
+        pytest.skip("the _decode_cpu extension is not built")
+    _, rows, offsets = octree_rows(n=400)
+    for bad in (-2, len(rows)):
+        broken = rows.copy()
+        broken[5, 3] = bad
+        with pytest.raises(NeighborMapError, match="neighbour rows"):
+            NeighborMap.from_neighbour_rows(broken, offsets, native=use_native)
+
+
+@native
+def test_native_bags_are_a_stable_sort():
+    g = torch.Generator().manual_seed(2)
+    for p, n in ((0, 5), (1, 1), (1000, 7), (5000, 3000)):
+        rows = torch.randint(0, n, (p,), generator=g)
+        order, offsets = neighbors_module._bags(rows, n)
+        ref_order, ref_offsets = neighbors_module._bags(rows, n, native=False)
+        assert torch.equal(order, ref_order) and torch.equal(offsets, ref_offsets)

@@ -5,7 +5,8 @@ them one by one through MinkowskiEngine walks the kernel map 17 times per layer.
 weights carry a leading attribute axis ([A, ...]) and:
 
 * the two point-wise layers run in cache-sized chunks of points, their 21-wide hidden
-  layer recomputed in the backward pass rather than stored;
+  layer recomputed in the backward pass rather than stored; without autograd the full chunks
+  run in C++ (nn/csrc/decode.cpp) where that gives MKL's bits (:func:`native_mlp_agrees`);
 * the two 3x3x3 convolutions work on point-major features (one row of A * C values per
   voxel) over a precomputed :class:`~ralhe_me.nn.neighbors.NeighborMap`, visiting only the
   occupied neighbours: per kernel offset, gather the rows of its pairs, multiply by the
@@ -31,13 +32,13 @@ resets the OpenMP thread count to ``os.cpu_count()`` (or ``$OMP_NUM_THREADS``); 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .neighbors import CENTER, KERNEL_VOLUME, ConvMap, NeighborMap, SubsetPlan
+from .neighbors import CENTER, KERNEL_VOLUME, ConvMap, NeighborMap, SubsetPlan, _native_module
 from .sparse_decoder import (DecoderConfig, DecoderError, DecoderInputError, DecoderWeightsError,
                              check_weights)
 
@@ -145,12 +146,8 @@ class _PointwiseMLP(torch.autograd.Function):
     def forward(ctx, x, w0, b0, w1, b1, chunk: int):
         # x [A, N, C0], w0 [A, C0, C1], b0 [A, 1, C1], w1 [A, C1, C2], b1 [A, 1, C2] -> [N, A, C2]
         a, n, _ = x.shape
-        w1t, b1t = w1.transpose(1, 2).contiguous(), b1.transpose(1, 2).contiguous()
         y = x.new_empty(n, a, w1.shape[2])
-        for s in range(0, n, chunk):
-            h = torch.baddbmm(b0, x[:, s:s + chunk], w0).clamp_(min=0)  # [A, B, C1]
-            y[s:s + chunk] = torch.baddbmm(b1t, w1t, h.transpose(1, 2)).permute(2, 0, 1)
-        y.clamp_(min=0)
+        _mlp_chunks(x, w0, b0, w1, b1, chunk, y, 0)
         ctx.save_for_backward(x, w0, b0, w1, y)
         ctx.chunk = chunk
         return y
@@ -177,10 +174,80 @@ class _PointwiseMLP(torch.autograd.Function):
         return gx, gw0, gb0, gw1, gb1, None
 
 
+def _mlp_chunks(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chunk: int, y: Tensor,
+                start: int) -> None:
+    """Fill the rows ``start:`` (a multiple of ``chunk``) of point-major ``y`` [N, A, C2] with the
+    two layers, chunk by chunk, in torch (MKL products): the reference the native kernel matches."""
+    n = x.shape[1]
+    w1t, b1t = w1.transpose(1, 2).contiguous(), b1.transpose(1, 2).contiguous()
+    rows = y.view(n, -1)  # [N, A * C2]
+    for s in range(start, n, chunk):
+        h = torch.baddbmm(b0, x[:, s:s + chunk], w0).clamp_(min=0)  # [A, B, C1]
+        out = torch.baddbmm(b1t, w1t, h.transpose(1, 2))  # [A, C2, B]
+        rows[s:s + chunk].copy_(out.view(rows.shape[1], -1).t())  # a 2-D transpose: a blocked copy
+    y[start:].clamp_(min=0)
+
+
+_NATIVE_MLP_AGREES: Dict[tuple, bool] = {}  # (A, C0, C1, C2, chunk) -> native equals torch here
+
+
+def native_mlp_agrees(a: int, c0: int, c1: int, c2: int, chunk: int = MLP_CHUNK) -> bool:
+    """Whether the native point-wise layers give torch's bits for full chunks of this shape on
+    this machine; checked once per process on random data.
+
+    Why a check: torch computes the layers with MKL, whose summation order depends on the
+    shapes (and, presumably, the CPU): on the machine this was written on, chunks of 1024
+    points are summed as a chain of fused multiply-adds, which the kernel reproduces, while
+    e.g. fewer than 12 points use another order. Where they differ, decoding stays on torch."""
+    a, c0, c1, c2, chunk = int(a), int(c0), int(c1), int(c2), int(chunk)
+    module = _native_module()
+    if module is None or not module.mlp_supported() or max(c0, c1, c2) > 64 or min(a, c0, c1, c2, chunk) < 1:
+        return False
+    key = (a, c0, c1, c2, chunk)
+    if key not in _NATIVE_MLP_AGREES:
+        g = torch.Generator().manual_seed(12345)
+        full = 2 * chunk
+        x = torch.randn(a, full + 5, c0, generator=g) * 4  # two full chunks and a partial one
+        x[:, ::7] = 0.0
+        ws = [torch.randn(a, c0, c1, generator=g), torch.randn(a, 1, c1, generator=g),
+              torch.randn(a, c1, c2, generator=g), torch.randn(a, 1, c2, generator=g)]
+        with torch.no_grad():
+            ref = x.new_empty(full + 5, a, c2)
+            _mlp_chunks(x, *ws, chunk, ref, 0)
+            got = torch.full_like(ref, float("nan"))
+            module.pointwise_mlp(x.numpy(), *(w.numpy() for w in ws), got.numpy(), full)
+        _NATIVE_MLP_AGREES[key] = torch.equal(got[:full].view(torch.int32), ref[:full].view(torch.int32))
+    return _NATIVE_MLP_AGREES[key]
+
+
 def pointwise_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
-                  chunk: int = MLP_CHUNK) -> Tensor:
-    """relu(relu(x @ w0 + b0) @ w1 + b1) per attribute: x [A, N, C0] -> point-major [N, A, C2]."""
-    return _PointwiseMLP.apply(x, w0, b0, w1, b1, int(chunk))
+                  chunk: int = MLP_CHUNK, native: Optional[bool] = None) -> Tensor:
+    """relu(relu(x @ w0 + b0) @ w1 + b1) per attribute: x [A, N, C0] -> point-major [N, A, C2].
+
+    Without autograd the full chunks run in C++ (nn/csrc/decode.cpp) where
+    :func:`native_mlp_agrees` (``native=None``), or whenever the extension can (``True``: for
+    tests); the last partial chunk, and everything with ``native=False``, runs in torch."""
+    chunk = int(chunk)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w0, b0, w1, b1)):
+        return _PointwiseMLP.apply(x, w0, b0, w1, b1, chunk)
+    a, n, c0 = x.shape
+    c1, c2 = w0.shape[2], w1.shape[2]
+    y = x.new_empty(n, a, c2)
+    full = n - n % chunk
+    module = _native_module() if native is not False else None
+    usable = (module is not None and module.mlp_supported() and x.dtype == torch.float32
+              and all(t.dtype == torch.float32 for t in (w0, b0, w1, b1)) and max(c0, c1, c2) <= 64)
+    if native and not usable:
+        raise DecoderError("the native point-wise layers need the built extension, an AVX2/FMA CPU, "
+                           "float32 and at most 64 channels per layer")
+    if native is None:
+        usable = usable and full > 0 and native_mlp_agrees(a, c0, c1, c2, chunk)
+    start = 0
+    if usable and full:
+        module.pointwise_mlp(*(t.detach().contiguous().numpy() for t in (x, w0, b0, w1, b1)), y.numpy(), full)
+        start = full
+    _mlp_chunks(x, w0, b0, w1, b1, chunk, y, start)
+    return y
 
 
 def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT_BUDGET) -> Tensor:
@@ -241,7 +308,8 @@ class GroupedSparseDecoder(nn.Module):
 
     def forward(self, latents: Tensor, neighbors: Union[NeighborMap, SubsetPlan]) -> Tensor:
         """latents [A, N, in_channels] of all N voxels -> attributes [A, N, d], or [A, S, d]
-        for the rows ``neighbors.out_rows`` when ``neighbors`` is a :class:`SubsetPlan`."""
+        for the rows ``neighbors.out_rows`` when ``neighbors`` is a :class:`SubsetPlan`
+        (without autograd: a view of point-major [N, A, d] memory)."""
         a, cfg = self.num_decoders, self.config
         if not isinstance(latents, Tensor) or latents.ndim != 3:
             raise DecoderInputError(f"latents must be a tensor [A, N, C], got "
@@ -266,9 +334,15 @@ class GroupedSparseDecoder(nn.Module):
         # Point-major [N, A, C] from here on: the convolutions gather whole rows.
         h = pointwise_mlp(x, self.linear0_weight, self.linear0_bias, self.linear1_weight,
                           self.linear1_bias)
-        h = torch.relu(grouped_conv(h, self.conv0_kernel, cmap0, self.budget) + self.conv0_bias[:, 0])
-        out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget) + self.conv1_bias[:, 0]
-        return out.transpose(0, 1).contiguous()
+        if torch.is_grad_enabled():
+            h = torch.relu(grouped_conv(h, self.conv0_kernel, cmap0, self.budget) + self.conv0_bias[:, 0])
+            out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget) + self.conv1_bias[:, 0]
+            return out.transpose(0, 1).contiguous()
+        # inference: the same elementwise operations in place, and the point-major result as an
+        # [A, N, d] view (no transposing copy; consumers add to it or hand it to numpy)
+        h = grouped_conv(h, self.conv0_kernel, cmap0, self.budget).add_(self.conv0_bias[:, 0]).relu_()
+        out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget).add_(self.conv1_bias[:, 0])
+        return out.transpose(0, 1)
 
     # ------------------------------------------------------------ weights
 

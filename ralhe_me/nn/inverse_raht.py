@@ -10,49 +10,104 @@ paper needed about 1.7x the bits of RAHT for 2 dB less (donut: 19.6 bits/point g
 The plan (merge steps, weights) comes from ``baselines/raht.py`` and the geometry alone, so
 encoder and decoder build the same one; this module runs its inverse batched over columns
 with index copies, which autograd differentiates (training) and which are exact elementwise
-float32 operations (decoding): no reductions, so no dependence on the thread count.
+float32 operations (decoding): no reductions, so no dependence on the thread count. Decoding
+(no gradient) runs the same operations in place in C++ when the ``_decode_cpu`` extension is
+built (nn/csrc/decode.cpp: every node stays in the row of its first point, so only the two
+rows of each butterfly are touched), with equal bits; the torch version is its test reference.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..baselines.raht import RahtPlan
+from ..baselines.raht import RahtError, RahtPlan, build_plan
+
+
+def native_available() -> bool:
+    """Whether the in-place inverse (the ``_decode_cpu`` extension, nn/csrc/decode.cpp) is built."""
+    return _native_module() is not None
+
+
+def _native_module():
+    try:
+        from . import _decode_cpu
+    except ImportError:
+        return None
+    return _decode_cpu
 
 
 class InverseRaht:
-    """The inverse transform of one plan, ready to apply to [M, X] coefficient columns."""
+    """The inverse transform of one plan, ready to apply to [M, X] coefficient columns.
+
+    ``__call__`` is the torch version (differentiable, the reference); :meth:`columns` runs the
+    native in-place version when it is built and no gradient is needed, with equal results."""
 
     def __init__(self, plan: RahtPlan):
         self.num_points = plan.num_points
-        sizes = [len(st.left) for st in reversed(plan.steps)]
-        bounds = [1]
-        for s in sizes:
-            bounds.append(bounds[-1] + s)
-        self._stages: List[Tuple] = []
-        # coarsest step first (the order the inverse runs in); each with its high-pass slice
-        for i, st in enumerate(reversed(plan.steps)):
-            self._stages.append((
-                st.num_in,
-                torch.as_tensor(st.starts, dtype=torch.int64),
-                torch.as_tensor(st.left, dtype=torch.int64),
-                torch.as_tensor(st.left + 1, dtype=torch.int64),
-                torch.as_tensor(st.pair_out, dtype=torch.int64),
-                torch.as_tensor(st.a, dtype=torch.float64)[:, None],
-                torch.as_tensor(st.b, dtype=torch.float64)[:, None],
-                (bounds[i], bounds[i + 1]),
-            ))
-        inverse_order = torch.empty(plan.num_points, dtype=torch.int64)
-        inverse_order[torch.as_tensor(plan.order)] = torch.arange(plan.num_points)
-        self._inverse_order = inverse_order
+        self._plan: Optional[RahtPlan] = plan
+        self._coords: Optional[np.ndarray] = None
+        self._depth = plan.depth
+        self._stages: Optional[List[Tuple]] = None  # torch tensors, built on the first torch call
+        self._inverse_order: Optional[Tensor] = None
+        self._native_plan: Optional[Tuple] = None  # (left rows, right rows, a, b, order), first native call
+
+    @classmethod
+    def from_coords(cls, coords: np.ndarray, depth: int) -> "InverseRaht":
+        """The inverse for points ``coords`` [M, 3] (unique, in [0, 2^depth)). The plan is built
+        when first needed: by the extension straight from the points for :meth:`columns`
+        (no per-step arrays), by ``build_plan`` for the torch path."""
+        coords = np.asarray(coords)
+        if coords.ndim != 2 or coords.shape[1] != 3:
+            raise RahtError(f"coords must have shape [M, 3], got {coords.shape}")
+        if coords.dtype.kind not in "iu":
+            raise RahtError(f"coords must be integers, got dtype {coords.dtype}")
+        coords = np.ascontiguousarray(coords, dtype=np.int64)
+        self = cls.__new__(cls)
+        self.num_points = len(coords)
+        self._plan, self._coords, self._depth = None, coords, int(depth)
+        self._stages, self._inverse_order, self._native_plan = None, None, None
+        return self
+
+    @property
+    def plan(self) -> RahtPlan:
+        if self._plan is None:
+            self._plan = build_plan(self._coords, self._depth)
+        return self._plan
+
+    def _torch_stages(self) -> List[Tuple]:
+        if self._stages is None:
+            plan = self.plan
+            sizes = [len(st.left) for st in reversed(plan.steps)]
+            bounds = [1]
+            for s in sizes:
+                bounds.append(bounds[-1] + s)
+            stages = []
+            # coarsest step first (the order the inverse runs in); each with its high-pass slice
+            for i, st in enumerate(reversed(plan.steps)):
+                stages.append((
+                    st.num_in,
+                    torch.as_tensor(st.starts, dtype=torch.int64),
+                    torch.as_tensor(st.left, dtype=torch.int64),
+                    torch.as_tensor(st.left + 1, dtype=torch.int64),
+                    torch.as_tensor(st.pair_out, dtype=torch.int64),
+                    torch.as_tensor(st.a, dtype=torch.float64)[:, None],
+                    torch.as_tensor(st.b, dtype=torch.float64)[:, None],
+                    (bounds[i], bounds[i + 1]),
+                ))
+            inverse_order = torch.empty(plan.num_points, dtype=torch.int64)
+            inverse_order[torch.as_tensor(plan.order)] = torch.arange(plan.num_points)
+            self._inverse_order = inverse_order
+            self._stages = stages
+        return self._stages
 
     def __call__(self, coeffs: Tensor) -> Tensor:  # [M, X] (coefficient order) -> [M, X] (point order)
         if coeffs.ndim != 2 or coeffs.shape[0] != self.num_points:
             raise ValueError(f"coefficients must be [{self.num_points}, X], got {tuple(coeffs.shape)}")
         v = coeffs[:1]
-        for num_in, starts, left, right, pair_out, a, b, (lo, hi) in self._stages:
+        for num_in, starts, left, right, pair_out, a, b, (lo, hi) in self._torch_stages():
             high = coeffs[lo:hi]
             low = v.index_select(0, pair_out)
             a, b = a.to(coeffs.dtype), b.to(coeffs.dtype)  # the weights rounded to the data's precision
@@ -60,3 +115,47 @@ class InverseRaht:
             prev = prev.index_copy(0, left, a * low - b * high).index_copy(0, right, b * low + a * high)
             v = prev
         return v.index_select(0, self._inverse_order)
+
+    def columns(self, planes: Sequence[Tensor], native: Optional[bool] = None) -> Tensor:
+        """P coefficient planes [Q, M] (column (p, q) is ``planes[p][q]``) -> values [Q, M, P]
+        (point order), contiguous. ``native``: the in-place C++ inverse (None: when it is built,
+        the planes are float32/float64 and no gradient is needed; True: require it; False: torch);
+        both give the same bits."""
+        planes = list(planes)
+        if not planes or any(p.ndim != 2 or p.shape != planes[0].shape for p in planes):
+            raise ValueError("coefficient planes must be P tensors [Q, M] of one shape")
+        q, m = planes[0].shape
+        if m != self.num_points:
+            raise ValueError(f"coefficient planes must be [Q, {self.num_points}], got {tuple(planes[0].shape)}")
+        module = _native_module() if native is not False else None
+        usable = (module is not None and planes[0].dtype in (torch.float32, torch.float64)
+                  and all(p.dtype == planes[0].dtype and p.device.type == "cpu" for p in planes)
+                  and not (torch.is_grad_enabled() and any(p.requires_grad for p in planes)))
+        if native and module is None:
+            raise ImportError("the native inverse RAHT (ralhe_me.nn._decode_cpu) is not built")
+        if native and not usable:
+            raise ValueError("the native inverse RAHT takes float32/float64 CPU planes without gradient")
+        if native is None:
+            native = usable
+        if not native:
+            coeffs = torch.stack(planes, dim=0).permute(2, 1, 0).reshape(m, q * len(planes))
+            return self(coeffs).reshape(m, q, len(planes)).permute(1, 0, 2).contiguous()
+        if self._native_plan is None:
+            self._native_plan = self._build_native_plan(module)
+        arrays = [p.detach().contiguous().numpy() for p in planes]
+        return torch.from_numpy(module.inverse_raht(arrays, *self._native_plan))
+
+    def _build_native_plan(self, module) -> Tuple:
+        """(left rows, right rows, a, b, order) of every merge, coarsest first (see decode.cpp)."""
+        if self._plan is None:
+            try:
+                return tuple(module.raht_plan(self._coords, self._depth))
+            except ValueError as exc:
+                raise RahtError(str(exc)) from None
+        plan = self._plan
+        left, right = module.raht_pairs(plan.num_points, [st.starts for st in plan.steps],
+                                        [st.left for st in plan.steps])
+        steps = plan.steps[::-1]
+        a = np.concatenate([st.a for st in steps]) if steps else np.zeros(0)
+        b = np.concatenate([st.b for st in steps]) if steps else np.zeros(0)
+        return left, right, a, b, np.ascontiguousarray(plan.order, dtype=np.int64)

@@ -44,9 +44,23 @@ def _coords_tensor(coords) -> Tensor:
     return c.to(torch.int64)
 
 
-def _bags(rows: Tensor, num_rows: int):
+def _native_module():
+    """The ``_decode_cpu`` extension (nn/csrc/decode.cpp), or None when it is not built. Imported
+    on first use, so importing this module loads nothing more."""
+    try:
+        from . import _decode_cpu
+    except ImportError:
+        return None
+    return _decode_cpu
+
+
+def _bags(rows: Tensor, num_rows: int, native: bool = True):
     """Order pairs by ``rows`` [P] (stable) for ``embedding_bag``: the permutation [P] and
-    the start of each row's bag [num_rows]."""
+    the start of each row's bag [num_rows] (a counting sort in C++ when built)."""
+    module = _native_module() if native else None
+    if module is not None:
+        order, offsets = module.bags(rows.numpy(), int(num_rows))
+        return torch.from_numpy(order), torch.from_numpy(offsets)
     order = torch.sort(rows, stable=True).indices
     counts = torch.bincount(rows, minlength=num_rows)
     offsets = torch.zeros(num_rows, dtype=torch.int64)
@@ -59,14 +73,30 @@ def _bags(rows: Tensor, num_rows: int):
 class PairGroup:
     """Consecutive kernel offsets whose pairs (``lo:hi`` of :class:`PairPlan`) are summed
     together; ``by_out``/``by_in`` (relative to ``lo``) order them by output/input row and
-    ``out_offsets``/``in_offsets`` start each row's bag, for ``embedding_bag``."""
+    ``out_offsets``/``in_offsets`` start each row's bag, for ``embedding_bag``. The input side
+    (only the backward pass reads it) is built on first use."""
 
     lo: int
     hi: int
     by_out: Tensor  # [hi - lo] int64
     out_offsets: Tensor  # [N_out] int64
-    by_in: Tensor  # [hi - lo]
-    in_offsets: Tensor  # [N_in]
+    in_rows: Tensor = field(repr=False)  # [hi - lo] the pairs' input rows
+    num_in: int = field(repr=False, default=0)
+    native: bool = field(default=True, repr=False, compare=False)
+    _in_bags: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    def _input_bags(self) -> tuple:
+        if self._in_bags is None:
+            self._in_bags = _bags(self.in_rows, self.num_in, self.native)
+        return self._in_bags
+
+    @property
+    def by_in(self) -> Tensor:  # [hi - lo]
+        return self._input_bags()[0]
+
+    @property
+    def in_offsets(self) -> Tensor:  # [N_in]
+        return self._input_bags()[1]
 
 
 @dataclass
@@ -95,29 +125,51 @@ class ConvMap:
     num_in: int
     num_out: int
     _plans: dict = field(default_factory=dict, repr=False, compare=False)
+    _pairs: Optional[tuple] = field(default=None, repr=False, compare=False)
 
-    def pair_plan(self, max_pairs: int = 1 << 62) -> PairPlan:
-        if max_pairs not in self._plans:
-            valid = self.fwd < self.num_in  # [N_out, 27]
+    def _all_pairs(self, native: bool = True) -> tuple:
+        """(in rows m [P], out rows n [P], starts [28], dense_center), pairs sorted by kernel
+        offset then output row; computed once per map."""
+        if self._pairs is None or not native:
             dense_center = self.num_in == self.num_out and bool(
                 torch.equal(self.fwd[:, CENTER], torch.arange(self.num_out)))
-            if dense_center:
-                valid[:, CENTER] = False
-            k, n = torch.nonzero(valid.t(), as_tuple=True)  # sorted by k, then n
-            m = self.fwd[n, k]
-            starts = torch.searchsorted(k, torch.arange(KERNEL_VOLUME + 1))
-            bounds, lo = [], 0
-            for kk in range(KERNEL_VOLUME):
-                end = int(starts[kk + 1])
-                if end - lo > max_pairs and int(starts[kk]) > lo:
-                    bounds.append((lo, int(starts[kk])))
-                    lo = int(starts[kk])
-            if len(k) > lo:
-                bounds.append((lo, len(k)))
-            groups = [PairGroup(a, b, *_bags(n[a:b], self.num_out), *_bags(m[a:b], self.num_in))
+            module = _native_module() if native else None
+            if module is not None:
+                m, n, starts = (torch.from_numpy(a) for a in
+                                module.conv_pairs(self.fwd.contiguous().numpy(), self.num_in, dense_center))
+            else:
+                valid = self.fwd < self.num_in  # [N_out, 27]
+                if dense_center:
+                    valid[:, CENTER] = False
+                k, n = torch.nonzero(valid.t(), as_tuple=True)  # sorted by k, then n
+                m = self.fwd[n, k]
+                starts = torch.searchsorted(k, torch.arange(KERNEL_VOLUME + 1))
+            if not native:
+                return m, n, starts, dense_center
+            self._pairs = (m, n, starts, dense_center)
+        return self._pairs
+
+    def pair_plan(self, max_pairs: int = 1 << 62, native: bool = True) -> PairPlan:
+        """The pairs split into groups of at most ``max_pairs`` (or one offset). Plans whose
+        groups coincide (e.g. every budget above the pair count) are one cached object.
+        ``native=False``: the torch construction (the reference; not cached)."""
+        m, n, starts, dense_center = self._all_pairs(native)
+        ends = starts.tolist()
+        bounds, lo = [], 0
+        for kk in range(KERNEL_VOLUME):
+            if ends[kk + 1] - lo > max_pairs and ends[kk] > lo:
+                bounds.append((lo, ends[kk]))
+                lo = ends[kk]
+        if len(m) > lo:
+            bounds.append((lo, len(m)))
+        key = tuple(bounds)
+        if key not in self._plans or not native:
+            groups = [PairGroup(a, b, *_bags(n[a:b], self.num_out, native), m[a:b], self.num_in, native)
                       for a, b in bounds]
-            self._plans[max_pairs] = PairPlan(m, n, starts, dense_center, groups)
-        return self._plans[max_pairs]
+            if not native:
+                return PairPlan(m, n, starts, dense_center, groups)
+            self._plans[key] = PairPlan(m, n, starts, dense_center, groups)
+        return self._plans[key]
 
     @property
     def num_pairs(self) -> int:
@@ -149,8 +201,11 @@ class NeighborMap:
     table: Tensor  # [N, 27] int64
     tensor_stride: int = 1
     _conv: Optional[ConvMap] = field(default=None, repr=False, compare=False)
+    _checked: bool = field(default=False, repr=False, compare=False)  # built by a validating constructor
 
     def __post_init__(self):
+        if self._checked:
+            return
         t = self.table
         if t.ndim != 2 or t.shape[1] != KERNEL_VOLUME or t.dtype != torch.int64:
             raise NeighborMapError(f"table must be int64 [N, 27], got {t.dtype} {tuple(t.shape)}")
@@ -208,10 +263,11 @@ class NeighborMap:
         return cls(table, s)
 
     @classmethod
-    def from_neighbour_rows(cls, rows, offsets, tensor_stride: int = 1) -> "NeighborMap":
+    def from_neighbour_rows(cls, rows, offsets, tensor_stride: int = 1, native: bool = True) -> "NeighborMap":
         """Build from known neighbour rows [N, 26] (-1: empty) at the 26 nonzero ``offsets``
         [26, 3] (in units of the stride, any order), e.g. what the octree occupancy decoder
-        derives level by level (geometry.occupancy.decode_positions), with no search."""
+        derives level by level (geometry.occupancy.decode_positions), with no search.
+        ``native``: one C++ pass when built (else numpy; same table)."""
         rows = np.asarray(rows)
         offsets = np.asarray(offsets)
         if rows.ndim != 2 or rows.shape[1] != KERNEL_VOLUME - 1 or offsets.shape != (KERNEL_VOLUME - 1, 3):
@@ -223,6 +279,19 @@ class NeighborMap:
         except KeyError:
             raise NeighborMapError("offsets must be the 26 nonzero offsets of a 3x3x3 kernel") from None
         n = len(rows)
+        module = _native_module() if native else None
+        if module is not None:
+            try:
+                table, m, nb, starts = (torch.from_numpy(a) for a in module.neighbour_table(
+                    np.ascontiguousarray(rows, dtype=np.int64), np.asarray(perm, dtype=np.int64)))
+            except ValueError as exc:
+                raise NeighborMapError(str(exc)) from None
+            # the C++ pass checked every entry and found the pairs of conv_map().pair_plan()
+            out = cls(table, int(tensor_stride), _checked=True)
+            out._conv = ConvMap(table, n, n, _pairs=(m, nb, starts, True))
+            return out
+        if n and (int(rows.min()) < -1 or int(rows.max()) >= n):
+            raise NeighborMapError(f"neighbour rows must lie in [-1, {n})")
         table = np.empty((n, KERNEL_VOLUME), dtype=np.int64)
         others = [k for k in range(KERNEL_VOLUME) if k != CENTER]
         table[:, others] = rows[:, perm]
