@@ -94,12 +94,16 @@ def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,
 def denormalize_sh(sh_norm: np.ndarray, mean: np.ndarray, std: np.ndarray,
                    gain: Optional[np.ndarray] = None) -> np.ndarray:
     """[K, N, 3] normalized (times ``gain`` [N] if given) -> [N, K, 3] SH coefficients."""
-    k = sh_norm.shape[0]
-    sh = sh_norm.astype(np.float64)
+    k, n, _ = sh_norm.shape
+    x = np.transpose(sh_norm, (1, 0, 2))  # [N, K, 3], a view: the products below write point-major
+    sh = np.empty((n, k, 3), dtype=np.float64)
     if gain is not None:
-        sh = sh * np.asarray(gain, dtype=np.float64)[None, :, None]
-    sh = sh * std[:k, None, None] + mean[:k, None, :]
-    return np.transpose(sh, (1, 0, 2)).astype(np.float32)
+        np.multiply(x, np.asarray(gain, dtype=np.float64)[:, None, None], out=sh)
+        sh *= std[None, :k, None]
+    else:
+        np.multiply(x, std[None, :k, None], out=sh)  # float32 inputs widen exactly: same float64 ops
+    sh += mean[None, :k, :]
+    return sh.astype(np.float32)
 
 
 def denormalize_opacity_logits(op_norm: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
