@@ -23,23 +23,27 @@ try:
                 extra_link_args=["-fopenmp"],
             )
         )
-    # The latent decoder's lockstep loop (integer ARM + calls into CompressAI's rANS decoder);
-    # pybind11 only (no libtorch); latent_coder.py falls back to numpy/torch without it.
+    # The native reader of CompressAI's rANS streams, shared by the two decoder loops below.
+    rans_header = os.path.join("ralhe_me", "entropy", "csrc", "rans_decoder.h")
+    # The latent decoder's lockstep loop (integer ARM + rANS reading); pybind11 only (no libtorch);
+    # latent_coder.py falls back to numpy/torch without it.
     ext_modules.append(
         Extension(
             "ralhe_me.entropy._lockstep_cpu",
             [os.path.join("ralhe_me", "entropy", "csrc", "lockstep.cpp")],
+            depends=[rans_header],
             include_dirs=include_paths(),  # torch ships pybind11's headers
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
         )
     )
-    # The occupancy decoder's per-level loop (contexts, adaptive tables, calls into CompressAI's
-    # rANS decoder); pybind11 only; occupancy.py falls back to numpy without it.
+    # The occupancy decoder's per-level loop (contexts, adaptive tables, rANS reading); pybind11
+    # only; occupancy.py falls back to numpy without it.
     ext_modules.append(
         Extension(
             "ralhe_me.geometry._occupancy_cpu",
             [os.path.join("ralhe_me", "geometry", "csrc", "occupancy.cpp")],
+            depends=[rans_header],
             include_dirs=include_paths(),
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
@@ -67,7 +71,7 @@ setup(
     version="0.1.0",
     description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
     packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
-    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "geometry/csrc/*.cpp",
+    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "entropy/csrc/*.h", "geometry/csrc/*.cpp",
                                  "nn/csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],

@@ -237,14 +237,71 @@ needs_native = pytest.mark.skipif(not latent_coder.native_available(), reason="_
 
 
 def both_decoders(latents, q, s, cfg=LaplaceTableConfig()):
-    """Decode with the C++ loop and with the numpy/torch reference: both must give the latents."""
+    """Decode with the C++ loop (its own rANS reader, then CompressAI's decode_stream) and with the
+    numpy/torch reference: all must give the latents."""
     data = encode_latents(latents, q, s, cfg)
     sizes = [x.shape[1] for x in latents]
     fast = decode_latents(data, sizes, q.num_attributes, q, s, cfg, native=True)
+    via_compressai = decode_latents(data, sizes, q.num_attributes, q, s, cfg, native=True, rans="compressai")
     slow = decode_latents(data, sizes, q.num_attributes, q, s, cfg, native=False)
-    for x, f, r in zip(latents, fast, slow):
+    for x, f, c, r in zip(latents, fast, via_compressai, slow):
         assert f.dtype == np.int64 and f.shape == x.shape
-        assert np.array_equal(f, r) and np.array_equal(f, x)
+        assert np.array_equal(f, r) and np.array_equal(f, x) and np.array_equal(c, x)
+
+
+@needs_native
+@pytest.mark.parametrize("seed", [0, 1])
+def test_native_rans_reader_equals_compressai(seed):
+    """The native reader against CompressAI's decode_with_indexes on the same stream: every table
+    of the family, escapes of both signs up to the symbol limit, and runs of one table."""
+    from ralhe_me.entropy import _lockstep_cpu
+    from ralhe_me.entropy.categorical import load_rans
+    from ralhe_me.entropy.laplace import SYMBOL_LIMIT, rans_encode
+
+    tables = get_tables(LaplaceTableConfig())
+    rng = np.random.default_rng(seed)
+    n = 30_000
+    idx = rng.integers(0, len(tables.cdfs), n)
+    idx[1000:3000] = idx[1000]
+    sym = np.round(rng.laplace(0, 2.0 + 10 * seed, n)).astype(np.int64)
+    far = rng.choice(n, 300, replace=False)
+    sym[far] = rng.integers(-SYMBOL_LIMIT + 1, SYMBOL_LIMIT, far.size)
+    sym[far[:2]] = [SYMBOL_LIMIT - 1, -SYMBOL_LIMIT + 1]
+    w = tables.half_widths[idx]
+    assert ((sym > w) | (sym < -w)).sum() > 100  # escapes are exercised
+    data = rans_encode(sym, idx, tables)
+    ref = load_rans().RansDecoder().decode_with_indexes(data, idx.tolist(), tables.cdfs, tables.cdf_lengths,
+                                                        tables.offsets)
+    ours = _lockstep_cpu.read_symbols(data, idx, *tables.flat)
+    assert np.array_equal(np.asarray(ref), sym)
+    assert np.array_equal(ours, sym)
+
+
+@needs_native
+def test_native_rans_reader_rejects_short_and_junk_streams():
+    """A truncated stream raises the named error (never reads outside the buffer); junk decodes to
+    some latents or raises it, never crashes."""
+    q = make_arm(3)
+    lat = ar_latents(3, [2000, 500, 60], seed=4)
+    data = encode_latents(lat, q, 64)
+    sizes = [x.shape[1] for x in lat]
+    for cut in (len(data) // 2 // 4 * 4, 8):
+        with pytest.raises(LatentStreamError, match="corrupt"):
+            decode_latents(data[:cut], sizes, 3, q, 64, native=True)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        junk = rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()
+        try:
+            out = decode_latents(junk, sizes, 3, q, 64, native=True)
+        except LatentStreamError:
+            continue
+        assert [x.shape for x in out] == [x.shape for x in lat]
+
+
+def test_unknown_rans_reader_is_a_named_error():
+    q = make_arm(2)
+    with pytest.raises(ValueError, match="rans must be one of"):
+        decode_latents(b"\0" * 8, [5], 2, q, 8, rans="fast")
 
 
 @needs_native
@@ -307,6 +364,30 @@ def test_float32_context_bound_is_the_exactness_limit():
 
 
 CONTEXT_CLAMP_VALUE = (1 << 15) - 1
+
+
+def test_int32_context_bound_is_the_overflow_limit():
+    from ralhe_me.entropy.integer_arm import _EXACT_I32
+
+    q = make_arm(2, shift=14)
+    b = q.int32_context_bound()
+    assert q.float32_context_bound() < b < CONTEXT_CLAMP_VALUE
+    assert max(q._layer_bounds(b)) < _EXACT_I32 <= max(q._layer_bounds(b + 1))
+    assert make_arm(2, shift=8).int32_context_bound() == CONTEXT_CLAMP_VALUE
+
+
+@needs_native
+def test_native_equals_reference_on_the_int32_path():
+    """Latents whose magnitude lies between the float32 and the int32 bounds: the native loop runs
+    its int32 kernel for the rest of the stream (then float64 once a latent passes the int32
+    bound) and still matches the reference."""
+    q = make_arm(3, shift=14)
+    f32, i32 = q.float32_context_bound(), q.int32_context_bound()
+    lat = ar_latents(3, [3000, 800, 40], seed=11)
+    lat[0][1, 100] = (f32 + i32) // 2  # early: most of the stream is decoded in int32
+    both_decoders(lat, q, 128)
+    lat[1][2, 300] = i32 + 5  # and past the int32 bound: float64 from there
+    both_decoders(lat, q, 128)
 
 
 def test_native_required_but_missing_raises(monkeypatch):

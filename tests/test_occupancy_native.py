@@ -1,6 +1,7 @@
 """The native occupancy decoder loop (geometry/csrc/occupancy.cpp) against the numpy reference:
 identical points and neighbour rows on varied clouds, segment switches, exact round trips, and
-OccupancyStreamError (never a crash or a silent difference) on corrupt streams."""
+OccupancyStreamError (never a crash or a silent difference) on corrupt streams.  Every test runs
+with the loop's own rANS reader and with CompressAI's decode_stream in its place."""
 import numpy as np
 import pytest
 
@@ -20,6 +21,12 @@ from ralhe_me.geometry.occupancy import (
 from ralhe_me.octree import choose_depth, morton_encode, voxelize
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="the _occupancy_cpu extension is not built")
+
+
+@pytest.fixture(autouse=True, params=["native", "compressai"])
+def rans_reader(request, monkeypatch):
+    monkeypatch.setattr(occupancy, "RANS_READER", request.param)
+    return request.param
 
 
 def _random_cloud(n, depth, seed, clustered=False):

@@ -336,6 +336,12 @@ class RansStreamReader:
         self._decoder.set_stream(self._segments[self._seg] + bytes(4 * (count + 3)))
         self._left_in_segment = count
 
+    def segments(self) -> List[Tuple[bytes, int]]:
+        """(bytes, symbol count) of every segment, for a caller with its own reader of CompressAI's
+        format (the native occupancy loop); ``read`` and ``next_segment`` must not be mixed in."""
+        counts = [min(SEGMENT_SYMBOLS, self.num_symbols - i * SEGMENT_SYMBOLS) for i in range(len(self._segments))]
+        return list(zip(self._segments, counts))
+
     def next_segment(self) -> Tuple[Callable, int]:
         """Open the next rANS segment for a caller that decodes it itself (the native occupancy
         loop): (its CompressAI ``decode_stream``, the symbols it holds). The caller decodes all

@@ -38,6 +38,7 @@ WEIGHT_INT_LIMIT = 1 << 24  # |integer weight| must stay below (laplace.SYMBOL_L
 MU_LIMIT = 1 << 20  # |mu| is clamped to this (keeps x - mu_int below laplace.SYMBOL_LIMIT)
 _EXACT_F64 = float(1 << 52)  # bounds kept below this (one bit of room for the rounding offsets)
 _EXACT_F32 = float(1 << 24)
+_EXACT_I32 = float(1 << 31)
 _SAFETY = 1.0 + 1e-9  # bounds are computed in float64: inflate them so they stay upper bounds
 _FORMAT_VERSION = 1
 
@@ -232,17 +233,28 @@ class QuantizedArm:
     def float32_context_bound(self) -> int:
         """The largest context bound (<= CONTEXT_CLAMP) under which every layer, its weights and
         its biases are exact in float32 (all partial sums below 2**24); -1 if none is.  The native
-        lockstep decoder evaluates in float32 up to this bound and in float64 beyond."""
-        return self._memo(("f32_bound",), self._find_float32_bound)
+        lockstep decoder evaluates in float32 up to this bound, in int32 up to
+        :meth:`int32_context_bound` and in float64 beyond."""
+        return self._memo(("f32_bound",), lambda: self._find_exact_bound(_EXACT_F32))
 
-    def _find_float32_bound(self) -> int:
+    def int32_context_bound(self) -> int:
+        """The largest context bound (<= CONTEXT_CLAMP) under which every partial sum, weight and
+        bias fits int32 (below 2**31), so int32 arithmetic cannot overflow in any order; -1 if none
+        is, or if a hidden layer's output shift is negative (the int32 kernel only shifts right)."""
+        shifts = np.asarray(self.weight_shifts)
+        hidden_shifts = [shifts + self._in_frac(i) - self.activation_frac_bits for i in range(len(self.weights) - 1)]
+        if any((k < 0).any() for k in hidden_shifts):
+            return -1
+        return self._memo(("i32_bound",), lambda: self._find_exact_bound(_EXACT_I32))
+
+    def _find_exact_bound(self, limit: float) -> int:
         big = max(float(np.abs(w).max(initial=0)) for w in self.weights)
         big_b = max(float(np.abs(b).max(initial=0)) * 2.0 ** self._in_frac(i) for i, b in enumerate(self.biases))
-        if max(big, big_b) >= _EXACT_F32:
+        if max(big, big_b) >= limit:
             return -1
 
         def ok(bound: int) -> bool:
-            return max(self._layer_bounds(bound)) < _EXACT_F32
+            return max(self._layer_bounds(bound)) < limit
 
         if not ok(0):
             return -1

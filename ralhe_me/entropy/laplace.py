@@ -14,9 +14,11 @@ uses support ``[-W, W]`` (offset ``-W``), escape at value ``2W + 1``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -179,6 +181,15 @@ class LaplaceTables:
     half_widths: np.ndarray  # int64 [T]
     freq_flat: np.ndarray  # int64, per table its 2W + 2 frequencies (escape last), concatenated
     freq_start: np.ndarray  # int64 [T]
+
+    @cached_property
+    def flat(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The CDFs as flat arrays for the native rANS reader: (cdf_flat int32, cdf_start int64 [T],
+        cdf_lengths int32 [T], offsets int32 [T]); table t is cdf_flat[cdf_start[t]:][:cdf_lengths[t]]."""
+        lengths = np.asarray(self.cdf_lengths, dtype=np.int32)
+        starts = np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]).astype(np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(self.cdfs), dtype=np.int32, count=int(lengths.sum()))
+        return flat, starts, lengths, np.asarray(self.offsets, dtype=np.int32)
 
     def bits(self, table_index: np.ndarray, residual: np.ndarray) -> np.ndarray:
         """Exact rANS cost (float64 bits) of coding ``residual`` with table ``table_index``,

@@ -250,6 +250,9 @@ class _TableSubsets:
         )
 
 
+RANS_READERS = ("native", "compressai")
+
+
 def native_available() -> bool:
     """Whether the native lockstep loop (the ``_lockstep_cpu`` extension) is built."""
     return _native_module() is not None
@@ -273,11 +276,16 @@ def decode_latents(
     table_subsets: bool = True,
     num_threads=DEFAULT_CODING_THREADS,
     native: Optional[bool] = None,
+    rans: str = "native",
 ) -> list:
     """Inverse of encode_latents -> per level int64 numpy [A, n_l].  ``table_subsets``: hand
     CompressAI only the tables each step uses (faster; same result).  ``native``: run the loop in
     the C++ extension (None: when it is built; True: require it; False: the numpy/torch reference).
-    Both give the same latents (exact integer ARM); the native loop always uses table subsets."""
+    ``rans`` (native loop only): "native" reads the symbols with the extension's reader of
+    CompressAI's format, "compressai" calls CompressAI's decode_stream from the loop.
+    All give the same latents (exact integer ARM); the native loop always uses table subsets."""
+    if rans not in RANS_READERS:
+        raise ValueError(f"rans must be one of {RANS_READERS}, got {rans!r}")
     _check_arm(arms, num_attributes)
     layout = SegmentLayout(tuple(level_sizes), segment_length)
     a = num_attributes
@@ -290,24 +298,28 @@ def decode_latents(
     if native and module is None:
         raise ImportError("the native lockstep decoder (ralhe_me.entropy._lockstep_cpu) is not built")
     if module is not None:
-        return _decode_native(module, data, layout, arms, table_config)
+        return _decode_native(module, data, layout, arms, table_config, rans)
     with intra_op_threads(num_threads):
         return _decode_steps(data, layout, arms, table_config, table_subsets)
 
 
-def _decode_native(module, data: bytes, layout: SegmentLayout, arms: QuantizedArm, table_config) -> list:
-    """The lockstep loop in C++: same steps, same decode_stream calls as _decode_steps."""
+def _decode_native(module, data: bytes, layout: SegmentLayout, arms: QuantizedArm, table_config, rans: str) -> list:
+    """The lockstep loop in C++: same steps as _decode_steps; the symbols are read by the native
+    rANS reader (``rans="native"``) or by CompressAI's decode_stream called from the loop."""
     tables = get_tables(table_config)
     core = module.Lockstep(
         layout.total_segments, layout.segment_length, list(arms.weights), list(arms.biases),
         list(arms.weight_shifts), arms.activation_frac_bits, arms.hidden_limit, CONTEXT_CLAMP,
         table_config.mean_bins_log2, table_config.log_scale_step_log2, table_config.log_scale_min_units,
-        table_config.num_scale_bins, MU_LIMIT, arms.float32_context_bound(),
+        table_config.num_scale_bins, MU_LIMIT, arms.float32_context_bound(), arms.int32_context_bound(),
         tables.cdfs, tables.cdf_lengths, tables.offsets,
     )
-    dec = load_rans().RansDecoder()
-    dec.set_stream(data)
-    core.run(dec.decode_stream, layout.active_counts)
+    if rans == "compressai":
+        dec = load_rans().RansDecoder()
+        dec.set_stream(data)
+        core.run(dec.decode_stream, layout.active_counts)
+    elif not core.run_native(data, layout.active_counts, *tables.flat):
+        raise LatentStreamError("latent stream is corrupt: it ends before its last symbol or holds an impossible escape")
     position = np.empty(layout.total_segments, np.int64)
     position[layout.coding_order] = np.arange(layout.total_segments)
     return list(core.levels(list(layout.level_sizes), position))

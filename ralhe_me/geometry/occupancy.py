@@ -32,8 +32,9 @@ is a child of its parent's neighbour: :func:`child_neighbours`), not searched fo
 finest level are returned too (``decode_positions(..., with_neighbours=True)``) so the attribute
 decoder's 3x3x3 neighbour map needs no search either.  The per-level loop (contexts, adaptive
 tables, child codes and neighbour rows) runs in C++ when the ``_occupancy_cpu`` extension is built
-(geometry/csrc/occupancy.cpp; the rANS decoding stays CompressAI's ``decode_stream``, called from
-there); the numpy loop here is its reference and fallback, with identical results.
+(geometry/csrc/occupancy.cpp, which reads the rANS symbols with its own reader of CompressAI's
+format, or with CompressAI's ``decode_stream``: :data:`RANS_READER`); the numpy loop here, which
+decodes with CompressAI, is its reference and fallback, with identical results.
 
 Stream: mode byte, varints ``M`` (points) and ``S`` (coded bits), 16-bit check sum (of all the
 rest), rANS segments.
@@ -291,6 +292,9 @@ def encode_positions(coords: np.ndarray, depth: int, config: OccupancyConfig = O
 
 
 DEFAULT_NATIVE: Optional[bool] = None  # decode_positions' ``native`` when not given (tests switch it)
+# How the native loop reads its rANS symbols: "native" (the extension's reader of CompressAI's
+# format) or "compressai" (CompressAI's decode_stream, called per batch); tests switch it.
+RANS_READER = "native"
 
 
 def native_available() -> bool:
@@ -383,14 +387,17 @@ def _decode_levels_python(payload: bytes, num_points: int, num_bits: int, depth:
 
 def _decode_levels_native(payload: bytes, num_points: int, num_bits: int, depth: int, config: OccupancyConfig,
                           with_neighbours: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """The same loop in C++ (geometry/csrc/occupancy.cpp), calling CompressAI's decode_stream of
-    each rANS segment that RansStreamReader (which checks the segment layout) opens."""
+    """The same loop in C++ (geometry/csrc/occupancy.cpp), reading the rANS segments that
+    RansStreamReader checks with the extension's reader (or CompressAI's decode_stream of each
+    segment, per :data:`RANS_READER`)."""
     module = _native_module()
     reader = RansStreamReader(payload, num_bits, 2)
-
+    if RANS_READER not in ("native", "compressai"):
+        raise ValueError(f"RANS_READER must be 'native' or 'compressai', got {RANS_READER!r}")
+    source = reader.segments() if RANS_READER == "native" else reader.next_segment
     try:
         return module.decode_levels(
-            reader.next_segment, num_points, num_bits, depth, config.child_neighbours, config.decay_shift,
+            source, num_points, num_bits, depth, config.child_neighbours, config.decay_shift,
             config.num_contexts, with_neighbours, _FACE, _CORNER, _OUTWARD, _CHILD_PARENT, _CHILD_OCTANT)
     except module.CorruptStream as err:
         raise OccupancyStreamError(f"occupancy payload: {err}") from None

@@ -1,16 +1,18 @@
 // Native lockstep loop of the latent decoder (ralhe_me/entropy/latent_coder.py).
 //
 // Per step t it evaluates the integer ARM of every active segment of every attribute, turns the
-// outputs into (mu_int, table index) exactly as QuantizedArm.code_indices does, hands CompressAI's
-// RansDecoder.decode_stream (a Python callable: the rANS coding stays CompressAI's) the Python
-// lists of the step, and writes the decoded latents back.  The pure numpy/torch loop in
-// latent_coder.py is the reference; tests compare the two.
+// outputs into (mu_int, table index) exactly as QuantizedArm.code_indices does, reads the step's
+// symbols from the CompressAI-format stream with ralhe::RansReader (rans_decoder.h), and writes the
+// decoded latents back.  `run` instead hands CompressAI's RansDecoder.decode_stream the Python
+// lists of each step (the reference for the reader).  The pure numpy/torch loop in
+// latent_coder.py is the reference for the whole; tests compare the three.
 //
 // Exactness.  Every product and partial sum of the ARM is an integer whose magnitude is bounded
-// (QuantizedArm._layer_bounds) below 2**52, and below 2**24 while the context bound stays under
-// `float_bound` (computed in Python from the same bounds): float64 (or float32 under that bound)
-// arithmetic is then exact, so neither the evaluation order, nor fused multiply-adds, nor the
-// vector width can change a result.  The output rounding is done in int64.
+// (QuantizedArm._layer_bounds) below 2**52, below 2**31 while the context bound stays under
+// `int32_bound` and below 2**24 under `float_bound` (both computed in Python from the same
+// bounds): float32, int32 or float64 arithmetic, whichever the bound so far allows, is then
+// exact, so neither the evaluation order, nor fused multiply-adds, nor the vector width can
+// change a result.  The output rounding is done in int64.
 //
 // Layout.  Segments are contiguous (Gp = G rounded up to the lane block), so the K context rows of
 // a block of segments are contiguous loads.  The contexts live in a ring of K rows, int16 [A][K][Gp]
@@ -27,7 +29,10 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
+
+#include "rans_decoder.h"
 
 namespace py = pybind11;
 
@@ -42,7 +47,9 @@ struct Model {
   std::vector<size_t> woff, boff;  // per (a, layer): offsets into the weight / bias arrays
   std::vector<float> wf, bf;  // float32 copies (used only where exact)
   std::vector<double> wd, bd;  // float64 copies
+  std::vector<int32_t> wi, bi;  // int32 copies (used only where no sum can overflow)
   std::vector<double> hscale;  // per (a, hidden layer): 2**-k
+  std::vector<int> hshift;  // per (a, hidden layer): k
   std::vector<int> kmu, kls;  // per a: output shifts to the mean / log-scale grids
   int64_t hmax = 0, cclamp = 0;
   int mbits = 0;  // log2 of the number of mean bins
@@ -114,9 +121,17 @@ struct Lanes<double> {
   typedef double V __attribute__((vector_size(kLanes * sizeof(double))));
   typedef int32_t I __attribute__((vector_size(kLanes * sizeof(int32_t))));
 };
+template <>
+struct Lanes<int32_t> {
+  typedef int32_t V __attribute__((vector_size(kLanes * sizeof(int32_t))));
+  typedef int32_t I __attribute__((vector_size(kLanes * sizeof(int32_t))));
+};
 typedef int16_t I16 __attribute__((vector_size(kLanes * sizeof(int16_t))));
 
 // acc[o] = b[o] + sum_i x[i] * w[i][o] for a block of lanes (DO fixed: accumulators in registers).
+// (GCC 12 wrongly reports acc as maybe uninitialized for int32 lanes in the AVX-512 clone.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <typename T, int DO>
 inline __attribute__((always_inline)) void dense_fixed(const typename Lanes<T>::V* x, typename Lanes<T>::V* y,
                                                        int di, const T* w, const T* b) {
@@ -130,6 +145,7 @@ inline __attribute__((always_inline)) void dense_fixed(const typename Lanes<T>::
   }
   for (int o = 0; o < DO; ++o) y[o] = acc[o];
 }
+#pragma GCC diagnostic pop
 
 template <typename T>
 inline __attribute__((always_inline)) void dense_any(const typename Lanes<T>::V* x, typename Lanes<T>::V* y, int di,
@@ -188,13 +204,23 @@ inline __attribute__((always_inline)) void eval_step_impl(const Model& md, const
           default: dense_any<T>(x, y, di, dn, w, b);
         }
         if (layer + 1 < md.L) {
-          // clamp(floor(acc * 2**-k), 0, hmax) == trunc(clamp(acc * 2**-k, 0, hmax)): hmax is an integer
-          const T sc = T(md.hscale[size_t(a) * md.L + layer]);
-          for (int o = 0; o < dn; ++o) {
-            V v = y[o] * sc;
-            v = v < zero ? zero : v;
-            v = v > hmax ? hmax : v;
-            y[o] = __builtin_convertvector(__builtin_convertvector(v, I), V);
+          if constexpr (std::is_integral<T>::value) {
+            // clamp(floor(acc * 2**-k), 0, hmax): an arithmetic shift floors (k >= 0 checked)
+            const int k = md.hshift[size_t(a) * md.L + layer];
+            for (int o = 0; o < dn; ++o) {
+              V v = y[o] >> k;
+              v = v < zero ? zero : v;
+              y[o] = v > hmax ? hmax : v;
+            }
+          } else {
+            // clamp(floor(acc * 2**-k), 0, hmax) == trunc(clamp(acc * 2**-k, 0, hmax)): hmax is an integer
+            const T sc = T(md.hscale[size_t(a) * md.L + layer]);
+            for (int o = 0; o < dn; ++o) {
+              V v = y[o] * sc;
+              v = v < zero ? zero : v;
+              v = v > hmax ? hmax : v;
+              y[o] = __builtin_convertvector(__builtin_convertvector(v, I), V);
+            }
           }
           std::swap(x, y);
         }
@@ -212,6 +238,11 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
   eval_step_impl<float>(md, md.wf.data(), md.bf.data(), ring, Gp, t, na, mu, idx);
 }
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void eval_step_i32(
+    const Model& md, const int16_t* ring, int64_t Gp, int t, int na, int64_t* mu, int64_t* idx) {
+  eval_step_impl<int32_t>(md, md.wi.data(), md.bi.data(), ring, Gp, t, na, mu, idx);
+}
+
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void eval_step_f64(
     const Model& md, const int16_t* ring, int64_t Gp, int t, int na, int64_t* mu, int64_t* idx) {
   eval_step_impl<double>(md, md.wd.data(), md.bd.data(), ring, Gp, t, na, mu, idx);
@@ -223,8 +254,8 @@ class Lockstep {
   Lockstep(int segments, int segment_length, py::list weights, py::list biases, std::vector<int> shifts,
            int frac_bits, int64_t hidden_limit, int64_t context_clamp, int mean_bins_log2, int log_scale_step_log2,
            int64_t log_scale_min_units, int64_t num_scale_bins, int64_t mu_limit, int64_t float_bound,
-           py::list cdfs, py::list cdf_lengths, py::list offsets)
-      : G_(segments), S_(segment_length), float_bound_(float_bound), cdfs_(cdfs), lengths_(cdf_lengths),
+           int64_t int32_bound, py::list cdfs, py::list cdf_lengths, py::list offsets)
+      : G_(segments), S_(segment_length), float_bound_(float_bound), int32_bound_(int32_bound), cdfs_(cdfs), lengths_(cdf_lengths),
         offsets_(offsets) {
     Model& md = md_;
     md.A = int(shifts.size());
@@ -267,6 +298,7 @@ class Lockstep {
         for (int o = 0; o < dn; ++o) md.bd.push_back(std::ldexp(double(b[o]), in_frac));
         const int k = shifts[a] + in_frac - frac_bits;
         md.hscale.push_back(std::ldexp(1.0, -k));
+        md.hshift.push_back(k);
       }
       const int in_frac = md.L > 1 ? frac_bits : 0;
       md.kmu.push_back(shifts[a] + in_frac - mean_bins_log2);
@@ -274,6 +306,10 @@ class Lockstep {
     }
     md.wf.assign(md.wd.begin(), md.wd.end());
     md.bf.assign(md.bd.begin(), md.bd.end());
+    if (int32_bound_ >= 0) {  // Python checked: every weight, bias and partial sum below 2**31, shifts >= 0
+      for (double v : md.wd) md.wi.push_back(int32_t(v));
+      for (double v : md.bd) md.bi.push_back(int32_t(v));
+    }
     // The result of an all-zero context, per attribute (evaluated once, in float64).
     Gp_ = ((int64_t(G_) + kLanes - 1) / kLanes) * kLanes;
     md.zero_mu.assign(md.A, 0);
@@ -301,10 +337,7 @@ class Lockstep {
   py::tuple prepare(int t, int na) {
     check_step(t, na);
     const int64_t n = int64_t(md_.A) * na;
-    if (bound_ <= float_bound_)
-      eval_step_f32(md_, ring_.data(), Gp_, t, na, mu_.data(), idx_.data());
-    else
-      eval_step_f64(md_, ring_.data(), Gp_, t, na, mu_.data(), idx_.data());
+    eval_step(t, na);
     std::vector<int64_t> used;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t ti = idx_[i];
@@ -347,18 +380,28 @@ class Lockstep {
       throw std::runtime_error("decode_stream returned a wrong number of symbols");
     }
     PyObject** items = PySequence_Fast_ITEMS(seq);
+    std::vector<int64_t> res(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const long long r = PyLong_AsLongLong(items[i]);
+      if (r == -1 && PyErr_Occurred()) {
+        Py_DECREF(seq);
+        throw py::error_already_set();
+      }
+      res[i] = r;
+    }
+    Py_DECREF(seq);
+    store(t, na, res.data());
+  }
+
+  // Decoded residuals r [A * na] of step t -> latents x = r + mu_int, into vals_ and the ring.
+  void store(int t, int na, const int64_t* res) {
     int64_t bound = bound_;
     for (int a = 0; a < md_.A; ++a) {
       int32_t* row = vals_.data() + (int64_t(a) * S_ + t) * Gp_;
       int16_t* crow = ring_.data() + (int64_t(a) * md_.K + t % md_.K) * Gp_;
       for (int g = 0; g < na; ++g) {
         const int64_t i = int64_t(a) * na + g;
-        const long long r = PyLong_AsLongLong(items[i]);
-        if (r == -1 && PyErr_Occurred()) {
-          Py_DECREF(seq);
-          throw py::error_already_set();
-        }
-        int64_t x = int64_t(r) + mu_[i];
+        int64_t x = res[i] + mu_[i];
         // a valid stream has |x| <= LATENT_LIMIT < 2**24; saturate garbage from a corrupt one
         x = std::min<int64_t>(std::max<int64_t>(x, INT32_MIN + 1), INT32_MAX);
         row[g] = int32_t(x);
@@ -366,7 +409,6 @@ class Lockstep {
         bound = std::max(bound, x < 0 ? -x : x);
       }
     }
-    Py_DECREF(seq);
     bound_ = bound;
   }
 
@@ -379,6 +421,49 @@ class Lockstep {
       py::object res = decode(*args);
       ingest(int(t), na, res);
     }
+  }
+
+  // The whole loop with the rANS decoding native too (ralhe::RansReader, the same symbols as
+  // CompressAI's decoder on the same bytes): `data` is the stream, the tables are flat arrays
+  // (cdf_flat int32, table t's `cdf_lengths[t]` entries from cdf_start[t]; its value offset).
+  // Returns false when the stream ran out or held an impossible escape (a corrupt stream).
+  bool run_native(py::bytes data, py::array_t<int64_t, py::array::c_style | py::array::forcecast> active,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_flat,
+                  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cdf_start,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_lengths,
+                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> offsets) {
+    auto act = active.unchecked<1>();
+    const int64_t nt = num_tables_;
+    if (cdf_start.ndim() != 1 || cdf_start.shape(0) != nt || cdf_lengths.ndim() != 1 || cdf_lengths.shape(0) != nt ||
+        offsets.ndim() != 1 || offsets.shape(0) != nt || cdf_flat.ndim() != 1)
+      throw std::invalid_argument("flat tables must have one entry per table");
+    const int32_t* cdf = cdf_flat.data();
+    const int64_t* start = cdf_start.data();
+    const int32_t* len = cdf_lengths.data();
+    const int32_t* off = offsets.data();
+    for (int64_t t = 0; t < nt; ++t)
+      if (len[t] < 3 || start[t] < 0 || start[t] + len[t] > cdf_flat.shape(0))
+        throw std::invalid_argument("flat table out of range");
+    char* buffer = nullptr;  // the stream stays owned by the caller's bytes object
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+    ralhe::RansReader reader(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+    std::vector<int64_t> res;
+    for (py::ssize_t t = 0; t < act.shape(0); ++t) {
+      const int na = int(act(t));
+      check_step(int(t), na);
+      const int64_t n = int64_t(md_.A) * na;
+      eval_step(int(t), na);
+      res.resize(size_t(n));
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t ti = idx_[i];
+        if (ti < 0 || ti >= nt) throw std::runtime_error("table index out of range");
+        res[i] = reader.decode(cdf + start[ti], len[ti], off[ti]);
+      }
+      if (reader.overrun()) return false;
+      store(int(t), na, res.data());
+    }
+    return true;
   }
 
   // Per level int64 [A, n_l]: level l holds segments seg0[l] .. seg0[l] + nseg[l] - 1 (natural
@@ -412,6 +497,16 @@ class Lockstep {
   }
 
  private:
+  // The ARM of step t in the fastest arithmetic that is exact under the context bound so far.
+  void eval_step(int t, int na) {
+    if (bound_ <= float_bound_)
+      eval_step_f32(md_, ring_.data(), Gp_, t, na, mu_.data(), idx_.data());
+    else if (bound_ <= int32_bound_)
+      eval_step_i32(md_, ring_.data(), Gp_, t, na, mu_.data(), idx_.data());
+    else
+      eval_step_f64(md_, ring_.data(), Gp_, t, na, mu_.data(), idx_.data());
+  }
+
   void check_step(int t, int na) const {
     if (t < 0 || t >= S_ || na < 0 || na > G_) throw std::invalid_argument("step out of range");
   }
@@ -444,6 +539,7 @@ class Lockstep {
   int G_, S_;
   int64_t Gp_ = 0;
   int64_t float_bound_;
+  int64_t int32_bound_;
   int64_t bound_ = 0;
   int64_t num_tables_ = 0;
   py::list cdfs_, lengths_, offsets_;
@@ -452,21 +548,54 @@ class Lockstep {
   std::vector<int64_t> mu_, idx_, remap_;
 };
 
+// The native reader on its own: symbols [n] for table indexes [n] (what CompressAI's
+// RansDecoder.decode_with_indexes returns); raises ValueError on a stream that runs out.
+py::array_t<int32_t> read_symbols(py::bytes data, py::array_t<int64_t, py::array::c_style | py::array::forcecast> indexes,
+                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_flat,
+                                  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cdf_start,
+                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_lengths,
+                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> offsets) {
+  const int64_t nt = cdf_start.size();
+  if (cdf_lengths.size() != nt || offsets.size() != nt) throw std::invalid_argument("flat tables differ in length");
+  for (int64_t t = 0; t < nt; ++t)
+    if (cdf_lengths.data()[t] < 3 || cdf_start.data()[t] < 0 || cdf_start.data()[t] + cdf_lengths.data()[t] > cdf_flat.size())
+      throw std::invalid_argument("flat table out of range");
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  ralhe::RansReader reader(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+  const int64_t n = indexes.size();
+  py::array_t<int32_t> out(n);
+  int32_t* o = out.mutable_data();
+  const int64_t* idx = indexes.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = idx[i];
+    if (t < 0 || t >= nt) throw std::invalid_argument("table index out of range");
+    o[i] = reader.decode(cdf_flat.data() + cdf_start.data()[t], cdf_lengths.data()[t], offsets.data()[t]);
+  }
+  if (reader.overrun()) throw std::invalid_argument("rANS stream ends before its last symbol");
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_lockstep_cpu, m) {
-  m.doc() = "Native lockstep loop of the latent decoder (integer ARM + CompressAI rANS calls).";
+  m.doc() = "Native lockstep loop of the latent decoder (integer ARM + a reader of CompressAI's rANS format).";
   py::class_<Lockstep>(m, "Lockstep")
       .def(py::init<int, int, py::list, py::list, std::vector<int>, int, int64_t, int64_t, int, int, int64_t, int64_t,
-                    int64_t, int64_t, py::list, py::list, py::list>(),
+                    int64_t, int64_t, int64_t, py::list, py::list, py::list>(),
            py::arg("segments"), py::arg("segment_length"), py::arg("weights"), py::arg("biases"), py::arg("shifts"),
            py::arg("frac_bits"), py::arg("hidden_limit"), py::arg("context_clamp"), py::arg("mean_bins_log2"),
            py::arg("log_scale_step_log2"), py::arg("log_scale_min_units"), py::arg("num_scale_bins"),
-           py::arg("mu_limit"), py::arg("float_bound"), py::arg("cdfs"), py::arg("cdf_lengths"), py::arg("offsets"))
+           py::arg("mu_limit"), py::arg("float_bound"), py::arg("int32_bound"), py::arg("cdfs"), py::arg("cdf_lengths"), py::arg("offsets"))
       .def_property_readonly("num_attributes", &Lockstep::num_attributes)
       .def_property_readonly("bound", &Lockstep::bound)
       .def("prepare", &Lockstep::prepare, py::arg("t"), py::arg("na"))
       .def("ingest", &Lockstep::ingest, py::arg("t"), py::arg("na"), py::arg("residuals"))
       .def("run", &Lockstep::run, py::arg("decode"), py::arg("active"))
+      .def("run_native", &Lockstep::run_native, py::arg("data"), py::arg("active"), py::arg("cdf_flat"),
+           py::arg("cdf_start"), py::arg("cdf_lengths"), py::arg("offsets"))
       .def("levels", &Lockstep::levels, py::arg("sizes"), py::arg("position"));
+  m.def("read_symbols", &read_symbols, py::arg("data"), py::arg("indexes"), py::arg("cdf_flat"), py::arg("cdf_start"),
+        py::arg("cdf_lengths"), py::arg("offsets"));
 }

@@ -1,9 +1,10 @@
 // Native per-level loop of the octree occupancy decoder (ralhe_me/geometry/occupancy.py).
 //
 // decode_positions in occupancy.py is the reference: this file runs the same batches in the same
-// order and hands CompressAI's RansDecoder.decode_stream (a Python callable: the rANS decoding
-// stays CompressAI's) the same symbols with the same frequency per symbol, so the decoded bits,
-// and with them the points and neighbour rows, are identical.  Tests compare the two paths.
+// order and reads the same symbols with the same frequency per symbol, either with the native
+// reader of CompressAI's rANS format (entropy/csrc/rans_decoder.h) or by handing CompressAI's
+// RansDecoder.decode_stream (a Python callable) the batch, so the decoded bits, and with them
+// the points and neighbour rows, are identical.  Tests compare the paths.
 //
 // Per level d (nodes: sorted Morton codes, one row each):
 //   1. per (row, octant k): how many of the 3 face and 4 edge/vertex neighbours touching octant k
@@ -36,8 +37,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "../../entropy/csrc/rans_decoder.h"
+
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -98,9 +102,66 @@ inline int64_t freq0(int64_t c0, int64_t c1, int shift) {
 
 inline int bit_length(uint64_t v) { return v ? 64 - __builtin_clzll(v) : 0; }
 
+// The source of a batch's bits: CompressAI's decode_stream (RansFeed) or the native reader of the
+// same format (NativeFeed); both decode the same bits from the same segments.
+class Feed {
+ public:
+  virtual ~Feed() = default;
+  int64_t consumed() const { return consumed_; }
+  // bits[i] of symbol i, decoded with the table f0s[index[i]].
+  virtual void decode(const std::vector<int32_t>& index, const std::vector<int64_t>& f0s,
+                      std::vector<uint8_t>& bits) = 0;
+
+ protected:
+  int64_t consumed_ = 0;
+};
+
+// Reads the segments with ralhe::RansReader.  A read past a segment's end gives zero words, as
+// CompressAI's decoder does on the zero padding RansStreamReader appends, so even a corrupt
+// stream decodes to what the other paths decode (the level checks then reject it).
+class NativeFeed : public Feed {
+ public:
+  NativeFeed(py::list segments, std::vector<int64_t> counts, int64_t num_symbols)
+      : segments_(std::move(segments)), counts_(std::move(counts)), total_(num_symbols) {
+    if (int64_t(py::len(segments_)) != int64_t(counts_.size()))
+      throw std::invalid_argument("one symbol count per segment is needed");
+  }
+
+  void decode(const std::vector<int32_t>& index, const std::vector<int64_t>& f0s,
+              std::vector<uint8_t>& bits) override {
+    const int64_t n = int64_t(index.size());
+    if (consumed_ + n > total_) throw CorruptStream("more symbols requested than the stream holds");
+    bits.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      if (left_in_segment_ == 0) open_segment();
+      bits[i] = uint8_t(reader_.decode_bit(uint32_t(f0s[index[i]])));
+      --left_in_segment_;
+    }
+    consumed_ += n;
+  }
+
+ private:
+  void open_segment() {
+    if (next_ >= int64_t(counts_.size())) throw CorruptStream("more symbols requested than the stream holds");
+    py::handle seg = segments_[size_t(next_)];
+    char* buffer = nullptr;
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(seg.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+    reader_.reset(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+    left_in_segment_ = counts_[size_t(next_)];
+    ++next_;
+    if (left_in_segment_ <= 0) throw CorruptStream("rANS segment holds no symbols");
+  }
+
+  py::list segments_;  // bytes objects, kept alive here while the reader points into them
+  std::vector<int64_t> counts_;
+  int64_t total_, next_ = 0, left_in_segment_ = 0;
+  ralhe::RansReader reader_;
+};
+
 // Hands batches of (table index per symbol, f0 per table) to CompressAI's decode_stream, one call
 // per rANS segment a batch touches, as RansStreamReader.read does.
-class RansFeed {
+class RansFeed : public Feed {
  public:
   RansFeed(py::object next_segment, int64_t num_symbols)
       : next_segment_(std::move(next_segment)), total_(num_symbols), cdf_cache_(kTotalFreq) {
@@ -115,10 +176,8 @@ class RansFeed {
     for (PyObject* o : ints_) Py_XDECREF(o);
   }
 
-  int64_t consumed() const { return consumed_; }
-
-  // bits[i] of symbol i, decoded with the table f0s[index[i]].
-  void decode(const std::vector<int32_t>& index, const std::vector<int64_t>& f0s, std::vector<uint8_t>& bits) {
+  void decode(const std::vector<int32_t>& index, const std::vector<int64_t>& f0s,
+              std::vector<uint8_t>& bits) override {
     const int64_t n = int64_t(index.size());
     if (consumed_ + n > total_) throw CorruptStream("more symbols requested than the stream holds");
     const int64_t nt = int64_t(f0s.size());
@@ -211,7 +270,7 @@ class RansFeed {
   }
 
   py::object next_segment_, decode_stream_;
-  int64_t total_, consumed_ = 0, left_in_segment_ = 0;
+  int64_t total_, left_in_segment_ = 0;
   std::vector<PyObject*> cdf_cache_;  // by f0 (owned references)
   std::vector<PyObject*> ints_;  // 0, 1, 2, ... (owned references)
   PyObject* zero_ = nullptr;  // borrowed from ints_
@@ -241,8 +300,10 @@ void child_neighbours(const Geometry& geo, const std::vector<int32_t>& nb, const
   }
 }
 
-// Returns (node codes int64 [M], neighbour rows int64 [M, 26] or None).
-py::tuple decode_levels(py::object next_segment, int64_t num_points, int64_t num_bits, int depth,
+// Returns (node codes int64 [M], neighbour rows int64 [M, 26] or None).  `source`: a list of
+// (segment bytes, symbol count) pairs for the native reader, or RansStreamReader.next_segment
+// (CompressAI's decode_stream of each segment).
+py::tuple decode_levels(py::object source, int64_t num_points, int64_t num_bits, int depth,
                         bool use_child_neighbours, int decay_shift, int64_t num_contexts, bool with_neighbours,
                         IntArray face, IntArray corner, IntArray outward, IntArray child_parent,
                         IntArray child_octant) {
@@ -267,7 +328,22 @@ py::tuple decode_levels(py::object next_segment, int64_t num_points, int64_t num
     for (int a = 0; a < 3; ++a) face_col[2 * a + ((k & kAxisBits[a]) != 0)] = geo.outward[k][a];
   }
 
-  RansFeed feed(std::move(next_segment), num_bits);
+  std::unique_ptr<Feed> feed_owner;
+  if (py::isinstance<py::list>(source)) {
+    py::list segments;
+    std::vector<int64_t> counts;
+    for (py::handle item : source) {
+      py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
+      if (pair.size() != 2 || !py::isinstance<py::bytes>(pair[0]))
+        throw std::invalid_argument("segments must be (bytes, count) pairs");
+      segments.append(pair[0]);
+      counts.push_back(pair[1].cast<int64_t>());
+    }
+    feed_owner = std::make_unique<NativeFeed>(segments, counts, num_bits);
+  } else {
+    feed_owner = std::make_unique<RansFeed>(source, num_bits);
+  }
+  Feed& feed = *feed_owner;
   std::vector<int64_t> counts(size_t(num_contexts) * 2, 0);
   std::vector<int32_t> ctx_slot(size_t(num_contexts), -1);  // per batch: context -> distinct context
   std::vector<int32_t> f0_slot(size_t(kTotalFreq), -1);  // per batch: f0 -> table index
@@ -421,9 +497,9 @@ py::tuple decode_levels(py::object next_segment, int64_t num_points, int64_t num
 }  // namespace
 
 PYBIND11_MODULE(_occupancy_cpu, m) {
-  m.doc() = "Native per-level loop of the octree occupancy decoder (contexts, adaptive tables, CompressAI rANS calls).";
+  m.doc() = "Native per-level loop of the octree occupancy decoder (contexts, adaptive tables, rANS reading).";
   py::register_exception<CorruptStream>(m, "CorruptStream", PyExc_ValueError);
-  m.def("decode_levels", &decode_levels, py::arg("next_segment"), py::arg("num_points"), py::arg("num_bits"),
+  m.def("decode_levels", &decode_levels, py::arg("source"), py::arg("num_points"), py::arg("num_bits"),
         py::arg("depth"), py::arg("child_neighbours"), py::arg("decay_shift"), py::arg("num_contexts"),
         py::arg("with_neighbours"), py::arg("face"), py::arg("corner"), py::arg("outward"), py::arg("child_parent"),
         py::arg("child_octant"));
