@@ -12,10 +12,7 @@ latents of one attribute at two rates, as the paper's Figure 4).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

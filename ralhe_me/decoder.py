@@ -20,7 +20,8 @@ from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_
                     architecture_from_header, grid_from_header, levels_for, load_decoders,
                     reconstruct_attributes, table_config_from_header)
 from .entropy.integer_arm import QuantizedArm
-from .entropy.latent_coder import intra_op_threads, decode_latents
+from .entropy.latent_coder import decode_latents
+from .threads import intra_op_threads
 from .gain_map import decode_gain_map, gain_voxels, point_gains
 from .gaussians import GaussianModel, write_ply
 from .geometry.covariance_code import decode_shapes

@@ -24,7 +24,8 @@ from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_
 from .config import CodecConfig
 from .entropy.integer_arm import ArmQuantizationError, QuantizedArm
 from .decoder import DEFAULT_DECODE_THREADS
-from .entropy.latent_coder import encode_latents, estimate_bits, intra_op_threads
+from .entropy.latent_coder import encode_latents, estimate_bits
+from .threads import intra_op_threads
 from .gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
 from .gaussians import GaussianModel
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes

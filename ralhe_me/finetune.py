@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .argtypes import non_negative_int, positive_int
-from .entropy.latent_coder import intra_op_threads
+from .threads import intra_op_threads
 from .gaussians import GaussianModel
 
 SSIM_WINDOW = 11

@@ -19,7 +19,6 @@ travel in the caller's header.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from ralhe_me.entropy.contexts import SegmentLayout
 from ralhe_me.entropy.integer_arm import MU_LIMIT, ArmPrediction, QuantizedArm, make_prediction
 from ralhe_me.entropy.laplace import LaplaceTableConfig, LaplaceTables, get_tables, load_rans, rans_encode
 from ralhe_me.nn.arm import CONTEXT_CLAMP
+from ralhe_me.threads import intra_op_threads
 
 LATENT_LIMIT = (1 << 24) - 1
 _CHUNK_ELEMENTS = 1 << 22  # contexts per batched ARM call in the encoder (A * G * T * K)
@@ -37,19 +37,6 @@ _CHUNK_ELEMENTS = 1 << 22  # contexts per batched ARM call in the encoder (A * G
 # and on a busy machine a 2-thread decode measured 20x slower than a 1-thread one.  Results never
 # depend on the thread count (exact arithmetic); this is speed only.
 DEFAULT_CODING_THREADS = 1
-
-
-@contextmanager
-def intra_op_threads(num_threads):
-    """Run with ``num_threads`` torch intra-op threads (None: leave as is), then restore."""
-    old = torch.get_num_threads()
-    if num_threads is not None and num_threads != old:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 class LatentRangeError(ValueError):
