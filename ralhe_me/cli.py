@@ -6,6 +6,7 @@ exit with status 2; nothing is left half-written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import List, Optional
@@ -97,7 +98,12 @@ def cmd_encode(args) -> int:
             bar.set_postfix(bpp=f"{record['bits_per_point']:.2f}", D=f"{record['distortion']:.2e}")
             bar.refresh()
 
-    result = encode_file(args.input, args.output, config, progress=progress)
+    if args.finetune_iters < 0:
+        raise CliError(f"--finetune-iters must be >= 0, got {args.finetune_iters}")
+    if args.dataset is not None and not os.path.isdir(args.dataset):
+        raise CliError(f"--dataset {args.dataset!r} is not a folder")
+    result = encode_file(args.input, args.output, config, progress=progress, finetune_iters=args.finetune_iters,
+                         dataset=args.dataset, finetune_progress=not args.quiet)
     if bar is not None:
         bar.close()
     n = result.header["num_points"]
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-views", type=int, default=None,
                    help="random views that weight each voxel's color errors by how much it shows in "
                         "renders, with a transmitted gain map (default 0: off)")
+    p.add_argument("--finetune-iters", type=int, default=60,
+                   help="finetune opacities, SH and covariance codewords with the coded shapes in the loop "
+                        "for this many iterations before coding (default 60; 0 to skip); the target is "
+                        "renders of the input model, or --dataset's training images")
+    p.add_argument("--dataset", default=None,
+                   help="NeRF-synthetic folder (transforms_train.json + images) to finetune against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 

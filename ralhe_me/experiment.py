@@ -20,11 +20,9 @@ import torch
 
 from .config import load_preset
 from .decoder import decode_bytes
-from .encoder import (attribute_importance, code_covariance, covariance_gains, encode_geometry, encode_model,
-                      make_gain_map, prepare)
+from .encoder import encode_model, finetune_geometry, prepare
 from .evaluation import dataset_views, orbit_views, score_views
-from .gaussians import GaussianModel, read_ply, write_ply
-from .octree import with_model
+from .gaussians import read_ply, write_ply
 
 
 @dataclass
@@ -55,19 +53,6 @@ FIELDS = ["codec", "parameter", "total_bytes", "positions_bytes", "covariance_by
 
 def _log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
-
-
-def _finetune(vox, original: GaussianModel, settings: ExperimentSettings, covariance):
-    """Finetune the voxelized attributes with the coded covariances in the loop (their
-    codewords learn too); returns (model, report or None, the covariance code to send)."""
-    if settings.finetune_iters <= 0:
-        return vox, None, covariance
-    from . import finetune as ft
-
-    teacher = None if settings.dataset else original
-    model, report = ft.finetune(vox.model, teacher=teacher, dataset=settings.dataset,
-                                iters=settings.finetune_iters, covariance=covariance, progress=True)
-    return with_model(vox, model), report, report.covariance
 
 
 def run_experiment(settings: ExperimentSettings) -> dict:
@@ -103,23 +88,24 @@ def run_experiment(settings: ExperimentSettings) -> dict:
     vox = prepare(original, config)
     vox_score = score_views(vox.model, views)
     _log(f"voxelized at depth {vox.depth}: {len(vox.model)} voxels, PSNR {vox_score.psnr:.2f} dB")
-    importance = attribute_importance(vox.model, config)
-    gain_map = make_gain_map(vox, importance, config)
-    if gain_map is not None:
-        _log(f"gain map at level {gain_map.level}: {len(gain_map.exponents)} voxels, {len(gain_map.data)} bytes")
-    covariance = code_covariance(vox.model, config, covariance_gains(gain_map, config))
-    log_scales, quats = covariance.shapes()
-    coded = with_model(vox, dataclasses.replace(vox.model, log_scales=log_scales, quats=quats))
-    coded_psnr = score_views(coded.model, views).psnr
-    _log(f"covariance coded (codebook {covariance.codebook.size}, residual step {covariance.steps.log_scale:g}): "
-         f"PSNR {coded_psnr:.2f} dB")
-    vox, ft_report, covariance = _finetune(coded, original, settings, covariance)
+    coded_psnr = None
+
+    def on_coded(coded, covariance):
+        nonlocal coded_psnr
+        coded_psnr = score_views(coded.model, views).psnr
+        _log(f"covariance coded (codebook {covariance.codebook.size}, residual step {covariance.steps.log_scale:g}): "
+             f"PSNR {coded_psnr:.2f} dB")
+
+    vox, geometry, ft_report = finetune_geometry(vox, original, config, settings.finetune_iters, settings.dataset,
+                                                 progress=True, on_coded=on_coded)
+    if geometry.gain_map is not None:
+        _log(f"gain map at level {geometry.gain_map.level}: {len(geometry.gain_map.exponents)} voxels, "
+             f"{len(geometry.gain_map.data)} bytes")
     reference_psnr = coded_psnr if ft_report is None else score_views(vox.model, views).psnr
     if ft_report is not None:
         _log(f"finetuned: PSNR {reference_psnr:.2f} dB")
     prep_seconds = time.perf_counter() - t0
 
-    geometry = encode_geometry(vox, config, covariance, importance)
     _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "
          f"(codebook {geometry.codebook_size})")
     rows, ralhe_results = [], []

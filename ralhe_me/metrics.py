@@ -76,17 +76,18 @@ def ssim(a, b, max_val: float = 1.0, padding: str = "same") -> float:
     c = a.shape[2]
     x = a.permute(2, 0, 1)[None]  # [1, C, H, W]
     y = b.permute(2, 0, 1)[None]
+    # The Gaussian window is separable: one row pass and one column pass over the five maps stacked
+    # (22 taps a pixel instead of 121; float64 depthwise 11x11 convolutions measured 11x slower).
+    maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [1, 5C, H, W]
+    k = maps.shape[1]
     w1 = gaussian_window()
-    win = (w1[:, None] * w1[None, :]).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
     pad = SSIM_WINDOW // 2 if padding == "same" else 0
-
-    def blur(t):
-        return F.conv2d(t, win, padding=pad, groups=c)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x * mu_x
-    syy = blur(y * y) - mu_y * mu_y
-    sxy = blur(x * y) - mu_x * mu_y
+    rows = F.conv2d(maps, w1.view(1, 1, 1, -1).expand(k, 1, 1, SSIM_WINDOW).contiguous(), padding=(0, pad), groups=k)
+    both = F.conv2d(rows, w1.view(1, 1, -1, 1).expand(k, 1, SSIM_WINDOW, 1).contiguous(), padding=(pad, 0), groups=k)
+    mu_x, mu_y, e_xx, e_yy, e_xy = both.split(c, dim=1)
+    sxx = e_xx - mu_x * mu_x
+    syy = e_yy - mu_y * mu_y
+    sxy = e_xy - mu_x * mu_y
     c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2))
     return float(ssim_map.mean())

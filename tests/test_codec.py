@@ -107,7 +107,8 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     write_ply(model, src)
     out = tmp_path / "x.ralhe"
     run = lambda *a: subprocess.run([sys.executable, "-m", "ralhe_me.cli", *a], capture_output=True, text=True)
-    r = run("encode", str(src), str(out), "--preset", "fast", "--steps", "5", "--codebook", "64", "--quiet")
+    r = run("encode", str(src), str(out), "--preset", "fast", "--steps", "5", "--codebook", "64", "--quiet",
+            "--finetune-iters", "4")
     assert r.returncode == 0, r.stderr
     r = run("info", str(out))
     assert r.returncode == 0 and "latents" in r.stdout and "positions" in r.stdout, r.stdout + r.stderr
@@ -123,7 +124,32 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 2 and "--covariance-step must be in [0, 2.5]" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--importance-views", "-1")
     assert r.returncode == 2 and "--importance-views must be >= 0" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--finetune-iters", "-1")
+    assert r.returncode == 2 and "--finetune-iters must be >= 0" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--dataset", str(tmp_path / "none"))
+    assert r.returncode == 2 and "is not a folder" in r.stderr
     assert not (tmp_path / "w.ralhe").exists()
+
+
+def test_finetuned_geometry_is_what_the_decoder_gets(encoded):
+    """finetune_geometry trains with the coded shapes in the loop: the section it codes decodes to
+    exactly the finetuned model's shapes, the codewords moved, and positions are untouched."""
+    from ralhe_me.encoder import encode_geometry, finetune_geometry, prepare
+    from ralhe_me.geometry.covariance_code import decode_shapes
+
+    model, config, _ = encoded
+    vox = prepare(model, config)
+    seen = []
+    tuned, geometry, report = finetune_geometry(vox, model, config, 4, on_coded=lambda v, c: seen.append(c))
+    assert report is not None and len(seen) == 1
+    log_scales, quats = decode_shapes(geometry.covariance)
+    assert np.array_equal(log_scales, tuned.model.log_scales) and np.array_equal(quats, tuned.model.quats)
+    assert np.array_equal(tuned.coords, vox.coords) and np.array_equal(tuned.model.means, vox.model.means)
+    plain = encode_geometry(vox, config)
+    assert geometry.positions == plain.positions
+    assert not np.array_equal(geometry.covariance_code.codebook.log_scales, seen[0].codebook.log_scales)
+    untuned, geometry0, report0 = finetune_geometry(vox, model, config, 0)
+    assert report0 is None and geometry0.covariance == plain.covariance
 
 
 def test_inference_upsample_equals_training_upsample():
