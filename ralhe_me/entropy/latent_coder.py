@@ -2,15 +2,17 @@
 
 Every level is cut into segments (SegmentLayout); contexts restart at each segment.  Decoding
 advances all attributes and all segments of all levels together, one symbol per segment per step,
-so step t is one batched integer-ARM evaluation over [A, active segments, K] contexts and one
-``decode_stream`` call.  The stream order is therefore step-major: for t, for attribute a, for
+so step t is one batched integer-ARM evaluation over [A, active segments, K] contexts and the
+rANS reads of its A * active symbols.  The stream order is therefore step-major: for t, for attribute a, for
 segment g with length > t, in ``SegmentLayout.coding_order`` (decreasing length, ties in level
 then position order, so the active segments are always a prefix): latent a at position t of g.
 
-The decoder's loop runs in C++ when the ``_lockstep_cpu`` extension is built (entropy/csrc/
-lockstep.cpp: the same integer ARM, exact in float32/float64 SIMD, and the same ``decode_stream``
-calls on CompressAI's decoder); ``_decode_steps`` below is the numpy/torch reference it is tested
-against, and the fallback without the extension.
+The stream is written by CompressAI's ``RansEncoder``.  The decoder's loop runs in C++ when the
+``_lockstep_cpu`` extension is built (entropy/csrc/lockstep.cpp: the same integer ARM, exact in
+float32/int32/float64 SIMD, reading the symbols with a native reader of CompressAI's format, or
+with CompressAI's ``decode_stream`` when asked); ``_decode_steps`` below, which calls
+``decode_stream`` once per step, is the numpy/torch reference it is tested against, and the
+fallback without the extension.
 
 Residuals ``x - mu_int`` outside a table's support are coded by CompressAI's escape (bypass) mode,
 so every latent with |x| <= LATENT_LIMIT round-trips; larger ones raise LatentRangeError at encode
