@@ -30,6 +30,7 @@ from torch import Tensor
 from ralhe_me.entropy.contexts import SegmentLayout
 from ralhe_me.entropy.integer_arm import MU_LIMIT, ArmPrediction, QuantizedArm, make_prediction
 from ralhe_me.entropy.laplace import LaplaceTableConfig, LaplaceTables, get_tables, load_rans, rans_encode
+from ralhe_me.native import load_native
 from ralhe_me.nn.arm import CONTEXT_CLAMP
 from ralhe_me.threads import intra_op_threads
 
@@ -247,12 +248,11 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
+NATIVE_API_VERSION = 2  # the interface of _lockstep_cpu these sources call (its API_VERSION)
+
+
 def _native_module():
-    try:
-        from ralhe_me.entropy import _lockstep_cpu
-    except ImportError:
-        return None
-    return _lockstep_cpu
+    return load_native("ralhe_me.entropy._lockstep_cpu", NATIVE_API_VERSION)
 
 
 def decode_latents(

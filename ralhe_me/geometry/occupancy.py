@@ -57,6 +57,7 @@ from ..entropy.categorical import (
     read_varint,
     write_varint,
 )
+from ..native import load_native
 from ..octree import MAX_DEPTH, morton_decode, morton_encode
 
 
@@ -302,12 +303,11 @@ def native_available() -> bool:
     return _native_module() is not None
 
 
+NATIVE_API_VERSION = 2  # the interface of _occupancy_cpu these sources call (its API_VERSION)
+
+
 def _native_module():
-    try:
-        from ralhe_me.geometry import _occupancy_cpu
-    except ImportError:
-        return None
-    return _occupancy_cpu
+    return load_native("ralhe_me.geometry._occupancy_cpu", NATIVE_API_VERSION)
 
 
 def decode_positions(data: bytes, depth: int, with_neighbours: bool = False, native: Optional[bool] = None):

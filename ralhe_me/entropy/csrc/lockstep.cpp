@@ -580,6 +580,7 @@ py::array_t<int32_t> read_symbols(py::bytes data, py::array_t<int64_t, py::array
 }  // namespace
 
 PYBIND11_MODULE(_lockstep_cpu, m) {
+  m.attr("API_VERSION") = 2;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
   m.doc() = "Native lockstep loop of the latent decoder (integer ARM + a reader of CompressAI's rANS format).";
   py::class_<Lockstep>(m, "Lockstep")
       .def(py::init<int, int, py::list, py::list, std::vector<int>, int, int64_t, int64_t, int, int, int64_t, int64_t,

@@ -497,6 +497,7 @@ py::tuple decode_levels(py::object source, int64_t num_points, int64_t num_bits,
 }  // namespace
 
 PYBIND11_MODULE(_occupancy_cpu, m) {
+  m.attr("API_VERSION") = 2;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
   m.doc() = "Native per-level loop of the octree occupancy decoder (contexts, adaptive tables, rANS reading).";
   py::register_exception<CorruptStream>(m, "CorruptStream", PyExc_ValueError);
   m.def("decode_levels", &decode_levels, py::arg("source"), py::arg("num_points"), py::arg("num_bits"),

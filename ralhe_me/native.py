@@ -1,0 +1,36 @@
+"""Loading the compiled extensions only when they match the Python sources.
+
+Why: with an editable install, pulling new sources leaves the old compiled modules in place
+until they are rebuilt.  An old loop called with new arguments fails deep inside a decode (and
+the decoder would report the file as corrupt).  Each extension states the interface version it
+was built for; a stale one is ignored, with a warning that says how to rebuild, and the tested
+Python reference runs instead.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+from typing import Optional
+
+REBUILD_HINT = "rebuild with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`)"
+
+
+class StaleExtensionWarning(RuntimeWarning):
+    """A compiled extension built from older sources than the Python code around it."""
+
+
+def load_native(name: str, api_version: int) -> Optional[ModuleType]:
+    """The extension module ``name`` if it is built and its ``API_VERSION`` is ``api_version``;
+    None if it is not built, or (with a StaleExtensionWarning) if it is built from other sources."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    found = getattr(module, "API_VERSION", None)
+    if found != api_version:
+        warnings.warn(f"{name} was built for interface version {found}, these sources need {api_version}: "
+                      f"using the slower Python reference instead; {REBUILD_HINT}", StaleExtensionWarning,
+                      stacklevel=2)
+        return None
+    return module
