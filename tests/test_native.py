@@ -12,10 +12,12 @@ import pytest
 from ralhe_me.entropy import latent_coder
 from ralhe_me.geometry import occupancy
 from ralhe_me.native import StaleExtensionWarning, load_native
+from ralhe_me.nn import neighbors
 
 EXTENSIONS = [
     ("ralhe_me.entropy._lockstep_cpu", latent_coder.NATIVE_API_VERSION),
     ("ralhe_me.geometry._occupancy_cpu", occupancy.NATIVE_API_VERSION),
+    ("ralhe_me.nn._decode_cpu", neighbors.NATIVE_API_VERSION),
 ]
 
 

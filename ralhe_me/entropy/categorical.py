@@ -294,6 +294,11 @@ class RansStreamWriter:
         return head + b"".join(segments)
 
 
+# Who reads a CompressAI rANS stream in the native decoder loops: the extensions' own reader of
+# CompressAI's format, or CompressAI's decode_stream called from the loop (the reference).
+RANS_READERS = ("native", "compressai")
+
+
 class RansStreamReader:
     """Decodes what :class:`RansStreamWriter` wrote, batch by batch, given the total symbol count."""
 

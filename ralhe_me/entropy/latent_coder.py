@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ralhe_me.entropy.categorical import RANS_READERS
 from ralhe_me.entropy.contexts import SegmentLayout
 from ralhe_me.entropy.integer_arm import MU_LIMIT, ArmPrediction, QuantizedArm, make_prediction
 from ralhe_me.entropy.laplace import LaplaceTableConfig, LaplaceTables, get_tables, load_rans, rans_encode
@@ -238,9 +239,6 @@ class _TableSubsets:
             [t.cdf_lengths[u] for u in ul],
             [t.offsets[u] for u in ul],
         )
-
-
-RANS_READERS = ("native", "compressai")
 
 
 def native_available() -> bool:

@@ -52,6 +52,7 @@ from ..entropy.categorical import (
     AdaptiveBatchDecoder,
     AdaptiveBatchEncoder,
     CategoricalError,
+    RANS_READERS,
     CorruptStreamError,
     RansStreamReader,
     read_varint,
@@ -392,8 +393,8 @@ def _decode_levels_native(payload: bytes, num_points: int, num_bits: int, depth:
     segment, per :data:`RANS_READER`)."""
     module = _native_module()
     reader = RansStreamReader(payload, num_bits, 2)
-    if RANS_READER not in ("native", "compressai"):
-        raise ValueError(f"RANS_READER must be 'native' or 'compressai', got {RANS_READER!r}")
+    if RANS_READER not in RANS_READERS:
+        raise ValueError(f"RANS_READER must be one of {RANS_READERS}, got {RANS_READER!r}")
     source = reader.segments() if RANS_READER == "native" else reader.next_segment
     try:
         return module.decode_levels(

@@ -24,19 +24,12 @@ import torch
 from torch import Tensor
 
 from ..baselines.raht import RahtError, RahtPlan, build_plan
+from .neighbors import _native_module
 
 
 def native_available() -> bool:
     """Whether the in-place inverse (the ``_decode_cpu`` extension, nn/csrc/decode.cpp) is built."""
     return _native_module() is not None
-
-
-def _native_module():
-    try:
-        from . import _decode_cpu
-    except ImportError:
-        return None
-    return _decode_cpu
 
 
 class InverseRaht:

@@ -44,14 +44,15 @@ def _coords_tensor(coords) -> Tensor:
     return c.to(torch.int64)
 
 
+NATIVE_API_VERSION = 1  # the interface of _decode_cpu these sources call (its API_VERSION)
+
+
 def _native_module():
-    """The ``_decode_cpu`` extension (nn/csrc/decode.cpp), or None when it is not built. Imported
-    on first use, so importing this module loads nothing more."""
-    try:
-        from . import _decode_cpu
-    except ImportError:
-        return None
-    return _decode_cpu
+    """The ``_decode_cpu`` extension (nn/csrc/decode.cpp), or None when it is not built (or built
+    from other sources). Imported on first use, so importing this module loads nothing more."""
+    from ..native import load_native
+
+    return load_native("ralhe_me.nn._decode_cpu", NATIVE_API_VERSION)
 
 
 def _bags(rows: Tensor, num_rows: int, native: bool = True):

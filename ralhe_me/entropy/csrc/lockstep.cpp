@@ -248,6 +248,48 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
   eval_step_impl<double>(md, md.wd.data(), md.bd.data(), ring, Gp, t, na, mu, idx);
 }
 
+// A reader over a Python bytes object (which must outlive it).
+ralhe::RansReader reader_over(const py::bytes& data) {
+  char* buffer = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  return ralhe::RansReader(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+}
+
+typedef py::array_t<int32_t, py::array::c_style | py::array::forcecast> Int32Array;
+typedef py::array_t<int64_t, py::array::c_style | py::array::forcecast> Int64Array;
+
+// The table family as flat arrays (LaplaceTables.flat): table t is cdf_flat[cdf_start[t]:] with
+// cdf_lengths[t] entries and value offset offsets[t].  Checked once; the arrays must outlive it.
+class FlatTables {
+ public:
+  FlatTables(const Int32Array& cdf_flat, const Int64Array& cdf_start, const Int32Array& cdf_lengths,
+             const Int32Array& offsets)
+      : cdf_(cdf_flat.data()), start_(cdf_start.data()), len_(cdf_lengths.data()), off_(offsets.data()),
+        count_(cdf_start.size()) {
+    if (cdf_flat.ndim() != 1 || cdf_start.ndim() != 1 || cdf_lengths.ndim() != 1 || offsets.ndim() != 1 ||
+        cdf_lengths.size() != count_ || offsets.size() != count_)
+      throw std::invalid_argument("flat tables must be 1-d with one start, length and offset per table");
+    for (int64_t t = 0; t < count_; ++t)
+      if (len_[t] < 3 || start_[t] < 0 || start_[t] + len_[t] > cdf_flat.size())
+        throw std::invalid_argument("flat table out of range");
+  }
+
+  int64_t count() const { return count_; }
+
+  int32_t decode(ralhe::RansReader& reader, int64_t t) const {
+    if (t < 0 || t >= count_) throw std::invalid_argument("table index out of range");
+    return reader.decode(cdf_ + start_[t], len_[t], off_[t]);
+  }
+
+ private:
+  const int32_t* cdf_;
+  const int64_t* start_;
+  const int32_t* len_;
+  const int32_t* off_;
+  int64_t count_;
+};
+
 class Lockstep {
  public:
   // weights[l]: int64 [A, in, out]; biases[l]: int64 [A, out]; see QuantizedArm.
@@ -427,27 +469,12 @@ class Lockstep {
   // CompressAI's decoder on the same bytes): `data` is the stream, the tables are flat arrays
   // (cdf_flat int32, table t's `cdf_lengths[t]` entries from cdf_start[t]; its value offset).
   // Returns false when the stream ran out or held an impossible escape (a corrupt stream).
-  bool run_native(py::bytes data, py::array_t<int64_t, py::array::c_style | py::array::forcecast> active,
-                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_flat,
-                  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cdf_start,
-                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_lengths,
-                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> offsets) {
+  bool run_native(py::bytes data, Int64Array active, Int32Array cdf_flat, Int64Array cdf_start,
+                  Int32Array cdf_lengths, Int32Array offsets) {
     auto act = active.unchecked<1>();
-    const int64_t nt = num_tables_;
-    if (cdf_start.ndim() != 1 || cdf_start.shape(0) != nt || cdf_lengths.ndim() != 1 || cdf_lengths.shape(0) != nt ||
-        offsets.ndim() != 1 || offsets.shape(0) != nt || cdf_flat.ndim() != 1)
-      throw std::invalid_argument("flat tables must have one entry per table");
-    const int32_t* cdf = cdf_flat.data();
-    const int64_t* start = cdf_start.data();
-    const int32_t* len = cdf_lengths.data();
-    const int32_t* off = offsets.data();
-    for (int64_t t = 0; t < nt; ++t)
-      if (len[t] < 3 || start[t] < 0 || start[t] + len[t] > cdf_flat.shape(0))
-        throw std::invalid_argument("flat table out of range");
-    char* buffer = nullptr;  // the stream stays owned by the caller's bytes object
-    Py_ssize_t size = 0;
-    if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
-    ralhe::RansReader reader(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+    const FlatTables tables(cdf_flat, cdf_start, cdf_lengths, offsets);
+    if (tables.count() != num_tables_) throw std::invalid_argument("flat tables must have one entry per table");
+    ralhe::RansReader reader = reader_over(data);
     std::vector<int64_t> res;
     for (py::ssize_t t = 0; t < act.shape(0); ++t) {
       const int na = int(act(t));
@@ -455,11 +482,7 @@ class Lockstep {
       const int64_t n = int64_t(md_.A) * na;
       eval_step(int(t), na);
       res.resize(size_t(n));
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t ti = idx_[i];
-        if (ti < 0 || ti >= nt) throw std::runtime_error("table index out of range");
-        res[i] = reader.decode(cdf + start[ti], len[ti], off[ti]);
-      }
+      for (int64_t i = 0; i < n; ++i) res[i] = tables.decode(reader, idx_[i]);
       if (reader.overrun()) return false;
       store(int(t), na, res.data());
     }
@@ -550,29 +573,15 @@ class Lockstep {
 
 // The native reader on its own: symbols [n] for table indexes [n] (what CompressAI's
 // RansDecoder.decode_with_indexes returns); raises ValueError on a stream that runs out.
-py::array_t<int32_t> read_symbols(py::bytes data, py::array_t<int64_t, py::array::c_style | py::array::forcecast> indexes,
-                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_flat,
-                                  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cdf_start,
-                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> cdf_lengths,
-                                  py::array_t<int32_t, py::array::c_style | py::array::forcecast> offsets) {
-  const int64_t nt = cdf_start.size();
-  if (cdf_lengths.size() != nt || offsets.size() != nt) throw std::invalid_argument("flat tables differ in length");
-  for (int64_t t = 0; t < nt; ++t)
-    if (cdf_lengths.data()[t] < 3 || cdf_start.data()[t] < 0 || cdf_start.data()[t] + cdf_lengths.data()[t] > cdf_flat.size())
-      throw std::invalid_argument("flat table out of range");
-  char* buffer = nullptr;
-  Py_ssize_t size = 0;
-  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
-  ralhe::RansReader reader(reinterpret_cast<const uint8_t*>(buffer), size_t(size));
+py::array_t<int32_t> read_symbols(py::bytes data, Int64Array indexes, Int32Array cdf_flat, Int64Array cdf_start,
+                                  Int32Array cdf_lengths, Int32Array offsets) {
+  const FlatTables tables(cdf_flat, cdf_start, cdf_lengths, offsets);
+  ralhe::RansReader reader = reader_over(data);
   const int64_t n = indexes.size();
   py::array_t<int32_t> out(n);
   int32_t* o = out.mutable_data();
   const int64_t* idx = indexes.data();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = idx[i];
-    if (t < 0 || t >= nt) throw std::invalid_argument("table index out of range");
-    o[i] = reader.decode(cdf_flat.data() + cdf_start.data()[t], cdf_lengths.data()[t], offsets.data()[t]);
-  }
+  for (int64_t i = 0; i < n; ++i) o[i] = tables.decode(reader, idx[i]);
   if (reader.overrun()) throw std::invalid_argument("rANS stream ends before its last symbol");
   return out;
 }

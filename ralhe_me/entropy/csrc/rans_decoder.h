@@ -16,7 +16,7 @@
 //
 // Robustness: reading past the end of the stream never touches memory outside it; the reader
 // returns zero words and sets `overrun`, which the caller turns into a named error.  Escapes
-// with more chunks than a 32-bit value can hold set `overrun` too.
+// announcing more chunks than a 32-bit value can hold set `overrun` too.
 #pragma once
 
 #include <algorithm>
@@ -46,7 +46,6 @@ class RansReader {
   }
 
   bool overrun() const { return overrun_; }
-  size_t words_read() const { return pos_; }
 
   // One symbol coded with CDF `cdf` [length] (cdf[0] = 0, cdf[length - 1] = 2**16,
   // non-decreasing) and value offset `offset`.
@@ -100,13 +99,9 @@ class RansReader {
   }
 
   int32_t decode_escape(int32_t escape) {
-    uint32_t chunk = raw_bits();
-    uint32_t count = chunk;
-    while (chunk == kBypassMax) {
-      chunk = raw_bits();
-      count += chunk;
-      if (count > 8) break;  // more than 32 bits: only a corrupt stream gets here
-    }
+    // A 32-bit raw value has at most 8 chunks, so a valid count is one chunk below 15: a count
+    // continued past it (or above 8) only comes from a corrupt stream.
+    const uint32_t count = raw_bits();
     if (count > 8) {
       overrun_ = true;
       return escape;

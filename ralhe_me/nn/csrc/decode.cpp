@@ -545,6 +545,7 @@ py::tuple bags(I64 rows_in, int64_t num_rows) {
 }  // namespace
 
 PYBIND11_MODULE(_decode_cpu, m) {
+  m.attr("API_VERSION") = 1;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
   m.doc() = "Kernels of the attribute synthesis: the inverse RAHT in place, neighbour-map and pair-plan helpers.";
   m.def("raht_plan", &raht_plan, py::arg("coords"), py::arg("depth"));
   m.def("raht_pairs", &raht_pairs, py::arg("num_points"), py::arg("stage_starts"), py::arg("stage_left"));
