@@ -99,7 +99,7 @@ def cmd_encode(args) -> int:
         if bar is None:  # opened at the first step, so its rate leaves out finetuning
             from tqdm import tqdm
 
-            bar = tqdm(total=config.training.steps, desc="training", unit="step")
+            bar = tqdm(total=config.training.steps + config.training.render_steps, desc="training", unit="step")
         bar.n = step + 1
         bar.set_postfix(bpp=f"{record['bits_per_point']:.2f}", D=f"{record['distortion']:.2e}")
         bar.refresh()

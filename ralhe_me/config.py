@@ -43,6 +43,11 @@ class TrainingConfig:
     rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per step
     distortion_subsample: float = 1.0  # fraction of voxels decoded per step (Morton runs)
     subsample_chunk: int = 512  # length of those runs
+    render_steps: int = 0  # image-domain refinement steps after the schedule (see render_refine.py; 0: off)
+    render_learning_rate: float = 0.03  # latents and ARMs during those steps
+    render_network_learning_rate: float = 1e-3  # decoders during those steps
+    render_views: int = 64  # random orbit views rendered from the uncoded model as targets
+    render_resolution: int = 256  # their width and height in pixels
     seed: int = 0
     threads: Optional[int] = None
 

@@ -33,6 +33,7 @@ from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shap
 from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
 from .octree import OctreeLevels, VoxelizedModel, choose_depth, voxelize, with_model
+from .render_refine import RenderTarget
 from .synthesis import plane_sizes
 from .train import TrainingResult, train_attributes
 from .weights import encode_int_tensors
@@ -304,14 +305,30 @@ def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_len
     return best[1]
 
 
+def make_render_target(vox: VoxelizedModel, geometry: GeometryCode, teacher: GaussianModel, config: CodecConfig,
+                       dataset: Optional[str] = None) -> RenderTarget:
+    """The views the image-domain refinement matches: renders of ``teacher`` (the uncoded input)
+    or, with ``dataset``, its NeRF-synthetic train split; the geometry is the coded one."""
+    log_scales, quats = decode_shapes(geometry.covariance, geometry.gains)
+    coded = dataclasses.replace(vox.model, log_scales=log_scales, quats=quats)
+    t = config.training
+    if dataset is not None:
+        return RenderTarget.from_dataset(coded, dataset, None, t.render_resolution)
+    return RenderTarget.from_renders(coded, teacher, t.render_views, t.render_resolution, seed=t.seed + 11)
+
+
 def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Optional[VoxelizedModel] = None,
                  warm_start: Optional[TrainingResult] = None, geometry: Optional[GeometryCode] = None,
-                 progress: Optional[Callable[[int, dict], None]] = None) -> EncodeResult:
+                 progress: Optional[Callable[[int, dict], None]] = None,
+                 render_target: Optional[RenderTarget] = None) -> EncodeResult:
     """Encode ``model`` (or its ready ``voxelized`` version, e.g. finetuned) at ``config.lmbda``;
     ``geometry`` reuses the positions, gain map and covariances already coded for this
-    voxelization (and the importance behind the map)."""
+    voxelization (and the importance behind the map). With ``training.render_steps`` the
+    attributes are refined against ``render_target`` (default: renders of ``model``)."""
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
+    if config.training.render_steps < 0:
+        raise EncodeError(f"render_steps must be >= 0, got {config.training.render_steps}")
     times = {}
     t0 = time.perf_counter()
     vox = voxelized if voxelized is not None else prepare(model, config)
@@ -325,9 +342,11 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     importance, gains = geometry.importance, geometry.gains
 
     t0 = time.perf_counter()
+    if config.training.render_steps > 0 and render_target is None:
+        render_target = make_render_target(vox, geometry, model, config)
     signals = extract_signals(target, config.training.opacity_weight, importance, gains)
     training = train_attributes(signals, levels, arch, config.training, config.lmbda, init=warm_start,
-                                progress=progress)
+                                progress=progress, render_target=render_target)
     times["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -373,7 +392,14 @@ def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None,
     if finetune_iters > 0:
         vox, geometry, _ = finetune_geometry(prepare(model, config), model, config, finetune_iters, dataset,
                                              progress=finetune_progress)
-    result = encode_model(model, config, voxelized=vox, geometry=geometry, progress=progress)
+    render_target = None
+    if dataset is not None and config.training.render_steps > 0:
+        if vox is None:
+            vox = prepare(model, config)
+            geometry = encode_geometry(vox, config)
+        render_target = make_render_target(vox, geometry, model, config, dataset)
+    result = encode_model(model, config, voxelized=vox, geometry=geometry, progress=progress,
+                          render_target=render_target)
     tmp = path_out + ".part"
     try:
         with open(tmp, "wb") as fh:

@@ -20,7 +20,7 @@ import torch
 
 from .config import load_preset
 from .decoder import decode_bytes
-from .encoder import encode_model, finetune_geometry, prepare
+from .encoder import encode_model, finetune_geometry, make_render_target, prepare
 from .evaluation import dataset_views, orbit_views, score_views
 from .gaussians import read_ply, write_ply
 
@@ -108,12 +108,16 @@ def run_experiment(settings: ExperimentSettings) -> dict:
 
     _log(f"geometry: positions {len(geometry.positions)} bytes, covariance {len(geometry.covariance)} bytes "
          f"(codebook {geometry.codebook_size})")
+    render_target = None
+    if config.training.render_steps > 0 and settings.lambdas:
+        render_target = make_render_target(vox, geometry, original, config, settings.dataset)
     rows, ralhe_results = [], []
     for lmbda in sorted(settings.lambdas):
         cfg = dataclasses.replace(config, lmbda=lmbda)
-        _log(f"RALHE lambda={lmbda:g}: training {cfg.training.steps} steps")
+        refine = f" + {cfg.training.render_steps} image-domain" if render_target is not None else ""
+        _log(f"RALHE lambda={lmbda:g}: training {cfg.training.steps}{refine} steps")
         t0 = time.perf_counter()
-        result = encode_model(original, cfg, voxelized=vox, geometry=geometry)
+        result = encode_model(original, cfg, voxelized=vox, geometry=geometry, render_target=render_target)
         enc_s = time.perf_counter() - t0
         path = out / f"ralhe_lambda{lmbda:g}.ralhe"
         path.write_bytes(result.data)

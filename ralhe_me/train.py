@@ -22,6 +22,7 @@ import torch
 from .attributes import AttributeSignals
 from .config import ArchitectureConfig, TrainingConfig
 from .octree import OctreeLevels
+from .render_refine import RenderTarget, refine_latents
 from .synthesis import AttributeSynthesis, sample_rows
 
 
@@ -118,7 +119,7 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     return planes
 
 
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
+def ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
@@ -149,8 +150,11 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
 def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: ArchitectureConfig,
                      training: TrainingConfig, lmbda: float,
                      init: Optional[TrainingResult] = None,
-                     progress: Optional[Callable[[int, dict], None]] = None) -> TrainingResult:
-    """Fit latents + networks to ``signals`` on ``levels``; warm-start from ``init`` if given."""
+                     progress: Optional[Callable[[int, dict], None]] = None,
+                     render_target: Optional[RenderTarget] = None) -> TrainingResult:
+    """Fit latents + networks to ``signals`` on ``levels``; warm-start from ``init`` if given.
+    With a ``render_target`` and ``training.render_steps``, the schedule ends with that many
+    image-domain steps (render_refine.py)."""
     torch.manual_seed(training.seed)
     gen = torch.Generator().manual_seed(training.seed)
     start = time.perf_counter()
@@ -186,7 +190,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         if step < hard_from:
             q = [l + (torch.rand(l.shape, generator=gen) - 0.5) for l in latents]
         else:
-            q = [_ste_round(l) for l in latents]
+            q = [ste_round(l) for l in latents]
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
         t_sh, t_op = (targets_sh, targets_op) if rows is None else (targets_sh[:, rows], targets_op[:, rows])
@@ -209,6 +213,10 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
                 progress(step, record)
     with torch.no_grad():
         final = [torch.round(l.detach()) for l in latents]
+    if render_target is not None and training.render_steps > 0:
+        final, record = refine_latents(synthesis, final, signals, levels, training, lmbda, render_target,
+                                       progress, step_offset=steps)
+        history.append(record)
     refit_arm(synthesis, final, training, gen, history)
     return TrainingResult(synthesis=synthesis, latents=final, history=history,
                           seconds=time.perf_counter() - start)

@@ -1,0 +1,127 @@
+"""Image-domain refinement: the differentiable attribute mapping, calibration, targets, and the
+refined codec against the attribute-domain one on the objective it optimizes."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ralhe_me.attributes import denormalize_opacity_logits, denormalize_sh, extract_signals
+from ralhe_me.config import load_preset
+from ralhe_me.decoder import decode_bytes
+from ralhe_me.default_scene import make_default_scene
+from ralhe_me.encoder import EncodeError, encode_geometry, encode_model, make_render_target, prepare
+from ralhe_me.render_refine import (RenderableAttributes, RenderRefineError, RenderTarget, calibrate,
+                                    refine_latents, weighted_mse)
+
+VIEWS, RES = 6, 48
+
+
+@pytest.fixture(scope="module")
+def scene():
+    config = load_preset("fast")
+    config.training.steps = 15
+    config.covariance_codebook = 64
+    config.lmbda = 2e-3
+    config.training.render_views = VIEWS
+    config.training.render_resolution = RES
+    model = make_default_scene(800, seed=4)
+    vox = prepare(model, config)
+    geometry = encode_geometry(vox, config)
+    target = make_render_target(vox, geometry, model, config)
+    return model, config, vox, geometry, target
+
+
+@pytest.mark.parametrize("with_gain", [False, True])
+def test_renderable_attributes_match_the_decoder_denormalization(scene, with_gain):
+    model, _, vox, _, _ = scene
+    n = len(vox.model)
+    gain = np.random.default_rng(0).uniform(0.5, 2.0, n) if with_gain else None
+    signals = extract_signals(vox.model, gain=gain)
+    rng = np.random.default_rng(1)
+    sh_norm = (signals.sh + rng.normal(0, 0.3, signals.sh.shape)).astype(np.float32)
+    op_norm = (signals.opacity + rng.normal(0, 0.3, signals.opacity.shape)).astype(np.float32)
+    logits, sh = RenderableAttributes(signals)(torch.as_tensor(sh_norm), torch.as_tensor(op_norm))
+    np.testing.assert_allclose(sh.numpy(), denormalize_sh(sh_norm, signals.mean, signals.std, gain),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits.numpy(), denormalize_opacity_logits(op_norm, signals.mean, signals.std),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_weighted_mse_is_zero_on_the_signals_and_grows_quadratically(scene):
+    _, _, vox, _, _ = scene
+    signals = extract_signals(vox.model)
+    sh, op = torch.as_tensor(signals.sh), torch.as_tensor(signals.opacity)
+    assert weighted_mse(signals, sh, op).item() == 0.0
+    e = torch.full_like(sh, 0.1)
+    one, two = weighted_mse(signals, sh + e, op).item(), weighted_mse(signals, sh + 2 * e, op).item()
+    assert one > 0 and two == pytest.approx(4 * one, rel=1e-5)
+
+
+def test_calibration_is_none_without_error_and_scale_free_for_color_errors(scene):
+    _, _, vox, _, target = scene
+    signals = extract_signals(vox.model)
+    to_render = RenderableAttributes(signals)
+    sh, op = torch.as_tensor(signals.sh), torch.as_tensor(signals.opacity)
+    assert calibrate(signals, (sh, op), target, to_render) is None
+    err = torch.as_tensor(np.random.default_rng(2).normal(0, 0.004, signals.sh.shape).astype(np.float32))
+    c1 = calibrate(signals, (sh + err, op), target, to_render)
+    c2 = calibrate(signals, (sh + 2 * err, op), target, to_render)
+    assert c1 is not None and c1 > 0
+    assert c2 == pytest.approx(c1, rel=0.05)  # colors move linearly with SH errors
+
+
+def test_render_target_rejects_inconsistent_views(scene):
+    _, _, _, _, target = scene
+    with pytest.raises(RenderRefineError, match="as many images"):
+        dataclasses.replace(target, images=target.images[:-1])
+    with pytest.raises(RenderRefineError, match="image 0 has shape"):
+        dataclasses.replace(target, images=[torch.zeros(RES, RES + 1, 3)] + target.images[1:])
+    with pytest.raises(RenderRefineError, match="shapes disagree"):
+        dataclasses.replace(target, quats=target.quats[:-1])
+    with pytest.raises(RenderRefineError, match="views >= 1"):
+        RenderTarget.from_renders(scene[2].model, scene[0], 0, RES)
+
+
+def test_refinement_needs_the_levels_gaussians(scene):
+    from ralhe_me.octree import OctreeLevels
+    from ralhe_me.synthesis import AttributeSynthesis
+
+    _, config, vox, _, target = scene
+    small = dataclasses.replace(target, means=target.means[:-1], quats=target.quats[:-1],
+                                log_scales=target.log_scales[:-1])
+    levels = OctreeLevels.build(vox.coords, config.architecture.num_levels, vox.depth)
+    signals = extract_signals(vox.model)
+    synthesis = AttributeSynthesis(signals.sh.shape[0], config.architecture)
+    with pytest.raises(RenderRefineError, match="Gaussians"):
+        refine_latents(synthesis, [], signals, levels, config.training, 1e-3, small)
+
+
+def test_negative_render_steps_are_rejected(scene):
+    model, config, vox, geometry, _ = scene
+    bad = dataclasses.replace(config, training=dataclasses.replace(config.training, render_steps=-1))
+    with pytest.raises(EncodeError, match="render_steps"):
+        encode_model(model, bad, voxelized=vox, geometry=geometry)
+
+
+def test_refinement_lowers_the_image_domain_objective_and_decodes_exactly(scene):
+    model, config, vox, geometry, target = scene
+    plain = encode_model(model, config, voxelized=vox, geometry=geometry, render_target=target)
+    refined_cfg = dataclasses.replace(config, training=dataclasses.replace(config.training, render_steps=40))
+    refined = encode_model(model, refined_cfg, voxelized=vox, geometry=geometry, render_target=target)
+    record = [h for h in refined.training.history if h.get("step") == "render_refine"]
+    assert len(record) == 1 and record[0]["steps"] == 40 and record[0]["calibration"] > 0
+    c, n = record[0]["calibration"], len(vox.model)
+
+    decoded = decode_bytes(refined.data).model
+    np.testing.assert_array_equal(decoded.sh, refined.reconstruction.sh)
+    np.testing.assert_array_equal(decoded.opacity_logits, refined.reconstruction.opacity_logits)
+
+    def objective(result) -> float:
+        rec = result.reconstruction
+        logits, sh = torch.as_tensor(rec.opacity_logits), torch.as_tensor(rec.sh)
+        with torch.no_grad():
+            mse = np.mean([target.image_mse(logits, sh, v).item() for v in range(len(target.cameras))])
+        return c * mse + config.lmbda * result.estimated_latent_bits / n
+
+    assert objective(refined) < objective(plain)
