@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--resolution", type=int, default=400, help="render size in pixels (default 400)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default automatic)")
     p.add_argument("--steps", type=int, default=None, help="training steps per rate (default: the preset's)")
+    p.add_argument("--render-steps", type=int, default=None,
+                   help="image-domain refinement steps per rate after training, 0 to skip (default: the preset's)")
     p.add_argument("--finetune-iters", type=int, default=60, help="finetuning iterations (0 to skip)")
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
     p.add_argument("--codebook", type=int, default=None, help="covariance codebook size (default automatic)")
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
     settings = ExperimentSettings(
         scene=args.scene, dataset=args.dataset, preset=args.preset, lambdas=lambdas, out=args.out,
         num_gaussians=args.num_gaussians, views=args.views, resolution=args.resolution, depth=args.depth,
-        steps=args.steps, finetune_iters=args.finetune_iters,
+        steps=args.steps, render_steps=args.render_steps, finetune_iters=args.finetune_iters,
         baselines=[b for b in args.baselines.split(",") if b.strip()], codebook=args.codebook,
         covariance_step=args.covariance_step,
         importance_views=args.importance_views, target_kb=args.target_kb,

@@ -69,6 +69,10 @@ def _codec_config(args):
         config.depth = args.depth
     if args.steps is not None:
         config.training.steps = args.steps
+    if getattr(args, "render_steps", None) is not None:
+        if args.render_steps < 0:
+            raise CliError(f"--render-steps must be >= 0, got {args.render_steps}")
+        config.training.render_steps = args.render_steps
     if args.codebook is not None:
         config.covariance_codebook = args.codebook
     if args.importance_views is not None:
@@ -205,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--render-steps", type=int, default=None,
+                   help="image-domain refinement steps after training: the latents, decoders and entropy "
+                        "models minimize rendered-image error plus rate against renders of the input "
+                        "(or --dataset's training images); default: the preset's (quality 200, fast 50), "
+                        "0 to skip")
     p.add_argument("--codebook", type=positive_int, default=None,
                    help="covariance VQ codebook size (default: the one giving the fewest bytes)")
     p.add_argument("--covariance-step", type=float, default=None,
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for this many iterations before coding (default 60; 0 to skip); the target is "
                         "renders of the input model, or --dataset's training images")
     p.add_argument("--dataset", default=None,
-                   help="NeRF-synthetic folder (transforms_train.json + images) to finetune against")
+                   help="NeRF-synthetic folder (transforms_train.json + images) to finetune and refine against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
 

@@ -108,7 +108,7 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     out = tmp_path / "x.ralhe"
     run = lambda *a: subprocess.run([sys.executable, "-m", "ralhe_me.cli", *a], capture_output=True, text=True)
     r = run("encode", str(src), str(out), "--preset", "fast", "--steps", "5", "--codebook", "64", "--quiet",
-            "--finetune-iters", "4")
+            "--finetune-iters", "4", "--render-steps", "3")
     assert r.returncode == 0, r.stderr
     r = run("info", str(out))
     assert r.returncode == 0 and "latents" in r.stdout and "positions" in r.stdout, r.stdout + r.stderr
@@ -124,6 +124,8 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 2 and "--covariance-step must be in [0, 2.5]" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--importance-views", "-1")
     assert r.returncode == 2 and "--importance-views must be >= 0" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--render-steps", "-2")
+    assert r.returncode == 2 and "--render-steps must be >= 0" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--finetune-iters", "-1")
     assert r.returncode == 2 and "--finetune-iters must be >= 0" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--dataset", str(tmp_path / "none"))
