@@ -6,7 +6,8 @@ loss = sum_k w_k MSE_k + lambda * (bits of all latents) / N
 
 Latents are real-valued parameters made quantization-aware by additive uniform noise, then,
 for the last ``hard_rounding_fraction`` of the steps, rounded with a straight-through
-gradient, so the decoder and ARMs finish on the integer latents the file will hold.
+gradient, so the decoder and ARMs finish on the integer latents the file will hold. With a
+render target, the schedule ends with image-domain steps (render_refine.py).
 This module is encoder-only: it imports the optimizer.
 """
 from __future__ import annotations
