@@ -69,6 +69,32 @@ def test_exp_golomb_round_trip_and_lengths():
         exp_golomb_decode(data[: len(data) // 2], len(values))
 
 
+def _reference_exp_golomb(data: bytes, count: int):
+    bits = "".join(format(b, "08b") for b in data)
+    out, pos = [], 0
+    for _ in range(count):
+        zeros = 0
+        while bits[pos + zeros] == "0":
+            zeros += 1
+        out.append(int(bits[pos + zeros: pos + 2 * zeros + 1], 2) - 1)
+        pos += 2 * zeros + 1
+    return out, (pos + 7) // 8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exp_golomb_decode_matches_a_bitwise_reference_before_trailing_data(seed):
+    rng = np.random.default_rng(seed)
+    # long codes land across the decoder's chunk boundaries; trailing bytes must not be read as codes
+    values = np.concatenate([rng.integers(0, 4, rng.integers(1, 300)), [2**40, 5, 2**33],
+                             rng.integers(0, 2**20, rng.integers(1, 50))])
+    data = exp_golomb_encode(values) + bytes(rng.integers(0, 256, 1000).astype(np.uint8))
+    got, used = exp_golomb_decode(data, len(values))
+    want, want_used = _reference_exp_golomb(data, len(values))
+    assert got.tolist() == want == values.tolist() and used == want_used
+    with pytest.raises(CorruptStreamError, match="oversized"):
+        exp_golomb_decode(bytes(9) + b"\xff", 1)  # 72 leading zeros
+
+
 def _skewed(rng, n, alphabet):
     p = 0.5 ** np.arange(alphabet)
     return rng.choice(alphabet, size=n, p=p / p.sum())

@@ -125,3 +125,14 @@ def test_refinement_lowers_the_image_domain_objective_and_decodes_exactly(scene)
         return c * mse + config.lmbda * result.estimated_latent_bits / n
 
     assert objective(refined) < objective(plain)
+
+
+def test_dataset_target_holds_the_train_split_at_the_asked_size(scene):
+    from conftest import MIC, shared_path
+
+    _, _, vox, _, _ = scene
+    root = shared_path(MIC)
+    target = RenderTarget.from_dataset(vox.model, str(root), 3, 32)
+    assert len(target.cameras) == 3 and all(tuple(i.shape) == (32, 32, 3) for i in target.images)
+    assert all(float(i.min()) >= 0.0 and float(i.max()) <= 1.0 for i in target.images)
+    np.testing.assert_array_equal(target.means.numpy(), vox.model.means)
