@@ -231,7 +231,7 @@ def _plot_rd(path: Path, rows, scene_name, reference_psnr):
     for codec in sorted({r["codec"] for r in rows}):
         size, psnr, _ = _curve(rows, codec)
         ax.plot(np.array(size) / 1024, psnr, "o-", label=codec.upper() if codec != "ralhe" else "RALHE")
-    ax.axhline(reference_psnr, color="gray", ls="--", lw=1, label="uncompressed (voxelized)")
+    ax.axhline(reference_psnr, color="gray", ls="--", lw=1, label="uncoded attributes, coded shapes")
     ax.set_xscale("log")
     ax.set_xlabel("file size (KiB)")
     ax.set_ylabel("rendering PSNR (dB)")
