@@ -46,6 +46,7 @@ class TrainingConfig:
     render_steps: int = 0  # image-domain refinement steps after the schedule (see render_refine.py; 0: off)
     render_learning_rate: float = 0.03  # latents and ARMs during those steps
     render_network_learning_rate: float = 1e-3  # decoders during those steps
+    render_rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per such step
     render_views: int = 64  # random orbit views rendered from the uncoded model as targets
     render_resolution: int = 256  # their width and height in pixels
     seed: int = 0

@@ -198,7 +198,7 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
-        bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)
+        bits = synthesis.rate_bits(q, subsample=training.render_rate_subsample, generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
