@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from .gaussians import GaussianModel
 
@@ -50,6 +52,31 @@ class AttributeSignals:
     @property
     def names(self) -> List[str]:
         return attribute_names(int(round(np.sqrt(self.sh.shape[0]))) - 1)
+
+
+class SignalDistortion:
+    """The training loss's distortion of normalized outputs: per attribute the MSE against the
+    signals (SH errors weighted per point when the signals carry weights), times the
+    attribute's distortion weight, summed. The targets become tensors once, not every step."""
+
+    def __init__(self, signals: AttributeSignals):
+        self.sh = torch.as_tensor(signals.sh)  # [K, N, 3]
+        self.opacity = torch.as_tensor(signals.opacity)  # [1, N, 1]
+        self.weight = torch.as_tensor(signals.weight, dtype=torch.float32)  # [K + 1]
+        self.point_weight = None if signals.point_weight is None else \
+            torch.as_tensor(signals.point_weight, dtype=torch.float32)  # [N]
+
+    def __call__(self, pred_sh: Tensor,  # [K, S, 3]
+                 pred_op: Tensor,  # [1, S, 1]
+                 rows: Optional[Tensor] = None  # [S] the voxels predicted (None: all N)
+                 ) -> Tensor:  # scalar
+        t_sh, t_op = (self.sh, self.opacity) if rows is None else (self.sh[:, rows], self.opacity[:, rows])
+        err_sh, err_op = (pred_sh - t_sh) ** 2, (pred_op - t_op) ** 2
+        if self.point_weight is not None:
+            pw = (self.point_weight if rows is None else self.point_weight[rows])[None, :, None]
+            err_sh = err_sh * pw  # opacity is never importance-weighted (see above)
+        mse = torch.cat([err_sh.mean(dim=(1, 2)), err_op.mean(dim=(1, 2))])
+        return (self.weight * mse).sum()
 
 
 def extract_signals(model: GaussianModel, opacity_weight: float = 0.25,

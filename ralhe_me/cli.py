@@ -69,7 +69,7 @@ def _codec_config(args):
         config.depth = args.depth
     if args.steps is not None:
         config.training.steps = args.steps
-    if getattr(args, "render_steps", None) is not None:
+    if args.render_steps is not None:
         if args.render_steps < 0:
             raise CliError(f"--render-steps must be >= 0, got {args.render_steps}")
         config.training.render_steps = args.render_steps

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attributes import OPACITY_EPS, AttributeSignals
+from .attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
 from .config import TrainingConfig
 from .gaussians import GaussianModel
 from .octree import OctreeLevels
@@ -134,16 +134,6 @@ class RenderableAttributes:
         return torch.log(alpha) - torch.log1p(-alpha), sh
 
 
-def weighted_mse(signals: AttributeSignals, sh_norm: Tensor, op_norm: Tensor) -> Tensor:  # scalar
-    """The training loop's distortion (without subsampling) of normalized outputs."""
-    err_sh = (sh_norm - torch.as_tensor(signals.sh)) ** 2  # [K, N, 3]
-    if signals.point_weight is not None:
-        err_sh = err_sh * torch.as_tensor(signals.point_weight, dtype=torch.float32)[None, :, None]
-    err_op = (op_norm - torch.as_tensor(signals.opacity)) ** 2
-    mse = torch.cat([err_sh.mean(dim=(1, 2)), err_op.mean(dim=(1, 2))])
-    return (torch.as_tensor(signals.weight, dtype=torch.float32) * mse).sum()
-
-
 @torch.no_grad()
 def calibrate(signals: AttributeSignals, decoded: Tuple[Tensor, Tensor], target: RenderTarget,
               to_render: RenderableAttributes, views: int = CALIBRATION_VIEWS) -> Optional[float]:
@@ -159,7 +149,7 @@ def calibrate(signals: AttributeSignals, decoded: Tuple[Tensor, Tensor], target:
                            for v in range(views)]))
     if not added > 0:
         return None
-    return float(weighted_mse(signals, *decoded)) / added
+    return float(SignalDistortion(signals)(*decoded)) / added
 
 
 def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, levels: OctreeLevels,

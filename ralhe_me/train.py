@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .attributes import AttributeSignals
+from .attributes import AttributeSignals, SignalDistortion
 from .config import ArchitectureConfig, TrainingConfig
 from .octree import OctreeLevels
 from .render_refine import RenderTarget, refine_latents
@@ -167,10 +167,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         synthesis.bind(levels)
         latents = [torch.nn.Parameter(l) for l in initial_state(synthesis, signals, levels, lmbda)]
     synthesis.bind(levels)
-    targets_sh = torch.as_tensor(signals.sh)
-    targets_op = torch.as_tensor(signals.opacity)
-    weight = torch.as_tensor(signals.weight, dtype=torch.float32)
-    point_weight = None if signals.point_weight is None else torch.as_tensor(signals.point_weight, dtype=torch.float32)
+    distortion_of = SignalDistortion(signals)
     n_points = levels.sizes[0]
 
     params = [{"params": latents, "lr": training.learning_rate, "base": training.learning_rate},
@@ -194,13 +191,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
             q = [ste_round(l) for l in latents]
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
-        t_sh, t_op = (targets_sh, targets_op) if rows is None else (targets_sh[:, rows], targets_op[:, rows])
-        err_sh, err_op = (pred_sh - t_sh) ** 2, (pred_op - t_op) ** 2  # [K, n, 3], [1, n, 1]
-        if point_weight is not None:
-            pw = (point_weight if rows is None else point_weight[rows])[None, :, None]
-            err_sh = err_sh * pw  # opacity is never importance-weighted (see attributes.py)
-        mse = torch.cat([err_sh.mean(dim=(1, 2)), err_op.mean(dim=(1, 2))])
-        distortion = (weight * mse).sum()
+        distortion = distortion_of(pred_sh, pred_op, rows)
         bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)
         loss = distortion + lmbda * bits / n_points
         opt.zero_grad(set_to_none=True)

@@ -14,3 +14,15 @@ def shared_path(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found: {path}")
     return path
+
+
+def small_codec_config():
+    """The fast preset cut to a few training steps, a small covariance codebook and a mid rate:
+    what the whole-codec tests encode their small scenes with."""
+    from ralhe_me.config import load_preset
+
+    config = load_preset("fast")
+    config.training.steps = 15
+    config.covariance_codebook = 64
+    config.lmbda = 2e-3
+    return config

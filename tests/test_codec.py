@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import small_codec_config
 from ralhe_me.bitstream import BitstreamError, unpack
-from ralhe_me.config import load_preset
 from ralhe_me.decoder import decode_bytes, decode_file
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encoder import encode_model
@@ -17,10 +17,7 @@ from ralhe_me.gaussians import write_ply
 
 @pytest.fixture(scope="module")
 def encoded():
-    config = load_preset("fast")
-    config.training.steps = 15
-    config.covariance_codebook = 64
-    config.lmbda = 2e-3
+    config = small_codec_config()
     model = make_default_scene(1000, seed=2)
     return model, config, encode_model(model, config)
 

@@ -6,23 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from ralhe_me.attributes import denormalize_opacity_logits, denormalize_sh, extract_signals
-from ralhe_me.config import load_preset
+from conftest import small_codec_config
+from ralhe_me.attributes import SignalDistortion, denormalize_opacity_logits, denormalize_sh, extract_signals
 from ralhe_me.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encoder import EncodeError, encode_geometry, encode_model, make_render_target, prepare
 from ralhe_me.render_refine import (RenderableAttributes, RenderRefineError, RenderTarget, calibrate,
-                                    refine_latents, weighted_mse)
+                                    refine_latents)
 
 VIEWS, RES = 6, 48
 
 
 @pytest.fixture(scope="module")
 def scene():
-    config = load_preset("fast")
-    config.training.steps = 15
-    config.covariance_codebook = 64
-    config.lmbda = 2e-3
+    config = small_codec_config()
     config.training.render_views = VIEWS
     config.training.render_resolution = RES
     model = make_default_scene(800, seed=4)
@@ -48,14 +45,29 @@ def test_renderable_attributes_match_the_decoder_denormalization(scene, with_gai
                                rtol=1e-4, atol=1e-4)
 
 
-def test_weighted_mse_is_zero_on_the_signals_and_grows_quadratically(scene):
+def test_signal_distortion_is_zero_on_the_signals_and_grows_quadratically(scene):
     _, _, vox, _, _ = scene
     signals = extract_signals(vox.model)
+    distortion = SignalDistortion(signals)
     sh, op = torch.as_tensor(signals.sh), torch.as_tensor(signals.opacity)
-    assert weighted_mse(signals, sh, op).item() == 0.0
+    assert distortion(sh, op).item() == 0.0
     e = torch.full_like(sh, 0.1)
-    one, two = weighted_mse(signals, sh + e, op).item(), weighted_mse(signals, sh + 2 * e, op).item()
+    one, two = distortion(sh + e, op).item(), distortion(sh + 2 * e, op).item()
     assert one > 0 and two == pytest.approx(4 * one, rel=1e-5)
+
+
+def test_signal_distortion_of_some_rows_matches_a_direct_sum(scene):
+    _, _, vox, _, _ = scene
+    rng = np.random.default_rng(5)
+    signals = extract_signals(vox.model, 0.25, rng.uniform(0, 2, len(vox.model)))
+    rows = torch.as_tensor(np.sort(rng.choice(len(vox.model), 200, replace=False)))
+    sh_hat = signals.sh[:, rows.numpy()] + rng.normal(0, 0.1, (signals.sh.shape[0], 200, 3)).astype(np.float32)
+    op_hat = signals.opacity[:, rows.numpy()] + rng.normal(0, 0.1, (1, 200, 1)).astype(np.float32)
+    got = SignalDistortion(signals)(torch.as_tensor(sh_hat), torch.as_tensor(op_hat), rows).item()
+    pw = signals.point_weight[rows.numpy()]
+    err_sh = ((sh_hat - signals.sh[:, rows.numpy()]).astype(np.float64) ** 2 * pw[None, :, None]).mean(axis=(1, 2))
+    err_op = ((op_hat - signals.opacity[:, rows.numpy()]).astype(np.float64) ** 2).mean()  # never weighted
+    assert got == pytest.approx(float((signals.weight * np.concatenate([err_sh, [err_op]])).sum()), rel=1e-5)
 
 
 def test_calibration_is_none_without_error_and_scale_free_for_color_errors(scene):
