@@ -75,7 +75,8 @@ setup(
                                  "nn/csrc/*.cpp"]},
     python_requires=">=3.9",
     install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],
-    extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"]},
+    extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"],
+                    "ray": ["ray>=2.9,<3"]},  # experiments/run.py --ray
     entry_points={"console_scripts": ["ralhe=ralhe_me.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -39,8 +39,14 @@ $VPY -c "import torch, torchvision" 2>/dev/null || {
 say "installing compressai, open3d, plyfile, pytest and ralhe_me"
 $PIP install -q "numpy<2" "setuptools>=68,<80" "compressai==1.2.8" "open3d>=0.18" plyfile pytest tqdm pyyaml matplotlib scipy
 $PIP install -q --no-build-isolation -e .
+# Ray: the optional extra behind `experiments/run.py --ray` (its tests run here too).
+$VPY -c "import ray" 2>/dev/null || { say "installing ray"; $PIP install -q "ray>=2.9,<3"; }
 
 # 5. MinkowskiEngine 0.5.4, CPU only, from the PyPI sdist (about 5 minutes once; pip caches the wheel).
 $VPY -m ralhe_me.install_minkowski
 $VPY -c "from ralhe_me.compat import check_stack; check_stack()"
+
+# 6. The formats people ship (SPZ, SOG, compressed PLY) for the main job's comparison: Node.js and
+#    splat-transform into .peers/ (one line and no failure where they cannot be installed).
+bash scripts/setup_peers.sh
 say "ready: $VENV"

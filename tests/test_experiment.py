@@ -6,24 +6,28 @@ import numpy as np
 import pytest
 
 from ralhe_me.decoder import decode_bytes
-from ralhe_me.experiment import ExperimentSettings, run_experiment
+from ralhe_me.sweep.runner import run_sweep
+from ralhe_me.eval.peers import peers_available
+from ralhe_me.sweep.spec import PEERS, SceneSettings, single_scene
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    settings = ExperimentSettings(preset="fast", lambdas=[2e-3, 8e-3], out=str(out), num_gaussians=600, views=2,
-                                  resolution=48, steps=4, finetune_iters=2, baselines=["raht"],
-                                  baseline_steps=[0.4, 0.1], codebook=64, threads=1)
-    return out, settings, run_experiment(settings)
+    settings = SceneSettings(preset="fast", codecs={"ralhe": [2e-3, 8e-3], "raht": [0.4, 0.1]}, out=str(out),
+                             num_gaussians=600, views=2, resolution=48, steps=4, finetune_iters=2, codebook=64,
+                             threads=1)
+    result = run_sweep(single_scene(settings), progress=False)
+    return out, settings, result
 
 
 def test_tables_hold_one_row_per_file(run):
-    out, settings, _ = run
+    out, settings, result = run
+    assert result.ok and len([j for j in result.done if j.codec not in PEERS]) == 4
     with open(out / "results.csv") as fh:
-        rows = list(csv.DictReader(fh))
+        rows = [r for r in csv.DictReader(fh) if r["codec"] not in PEERS]
     assert [(r["codec"], float(r["parameter"])) for r in rows] == \
-        [("ralhe", 2e-3), ("ralhe", 8e-3), ("raht", 0.4), ("raht", 0.1)]
+        [("ralhe", 2e-3), ("ralhe", 8e-3), ("raht", 0.1), ("raht", 0.4)]
     assert json.loads((out / "results.json").read_text()) is not None
     for r in rows:
         name = f"ralhe_lambda{float(r['parameter']):g}" if r["codec"] == "ralhe" else \
@@ -46,7 +50,27 @@ def test_written_files_decode_to_the_same_geometry(run):
 
 
 def test_summary_and_figures_are_written(run):
-    out, _, summary = run
-    for name in ("rd.png", "latents.png", "table2.txt", "summary.json"):
+    out, _, result = run
+    for name in ("rd.png", "latents.png", "views.png", "table2.txt", "summary.json", "scene.ply", "scene.json"):
         assert (out / name).stat().st_size > 0, name
-    assert "finetuned_psnr" in summary and summary["finetuned_psnr"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finetuned_psnr"] > 0 and summary == result.summaries[summary["scene"]]
+
+
+def test_peers_are_coded_decoded_and_compared(run):
+    """SPZ, SOG and compressed PLY of the same input, scored on the same views, on the RD plot's
+    table with RALHE's size at their PSNR (skipped where splat-transform cannot run)."""
+    why = peers_available()
+    if why:
+        pytest.skip(f"peers skipped: {why}")
+    out, _, result = run
+    with open(out / "results.csv") as fh:
+        peers = {r["codec"]: r for r in csv.DictReader(fh) if r["codec"] in PEERS}
+    assert sorted(peers) == sorted(PEERS)
+    for fmt, r in peers.items():
+        assert (out / f"peer_{fmt}{PEERS[fmt]}").stat().st_size == int(r["total_bytes"]) > 0
+        assert float(r["psnr"]) > 20 and float(r["decode_seconds"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["peers"]) == sorted(PEERS)
+    table = (out / "peers.txt").read_text()
+    assert "SPZ" in table and "SOG" in table and "compressed PLY" in table

@@ -1,0 +1,253 @@
+"""Tables and figures of a sweep, rebuilt from the rows on disk (so a resumed or distributed
+sweep reports exactly what a serial one does): per scene ``results.csv`` / ``results.json``,
+``table2.txt``, ``summary.json``, ``rd.png`` and ``latents.png``; for a sweep of several scenes
+also one ``results.csv`` over all of them in the sweep's folder."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .jobs import FIELDS
+from .spec import PEERS, RALHE, SceneSettings, Sweep
+from .store import (LATENTS_SUFFIX, PREVIEW_SUFFIX, REFERENCE_VIEW, ROWS, SCENE_SUMMARY, VOXELS, scene_rows,
+                    write_json)
+
+PEER_LABELS = {"spz": "SPZ", "sog": "SOG", "cply": "compressed PLY"}
+
+
+def write_sweep_report(sweep: Sweep, log=print) -> dict:
+    """Every scene's report, and the combined table when there are several scenes."""
+    summaries = {}
+    all_rows = []
+    for settings in sweep.scenes:
+        rows = scene_rows(settings)
+        if rows:
+            summaries[settings.name] = write_scene_report(settings, rows, log)
+        all_rows += rows
+    if len(sweep.scenes) > 1 and all_rows:
+        out = Path(sweep.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_csv(out / "results.csv", all_rows, ["scene"] + FIELDS)
+        write_json(out / "results.json", all_rows)
+        write_json(out / "summary.json", summaries)
+    return summaries
+
+
+def write_scene_report(settings: SceneSettings, rows: List[dict], log=print) -> dict:
+    out = Path(settings.out)
+    _write_csv(out / "results.csv", rows, FIELDS)
+    write_json(out / "results.json", rows)
+    prep = _read_json(out / SCENE_SUMMARY) or {}
+    reference_psnr = prep.get("finetuned_psnr")
+    coded = [r for r in rows if r["codec"] not in PEERS]
+    summary = _table2(out, coded, settings, log) if coded else {}
+    summary.update({k: v for k, v in prep.items() if k != "key"})
+    summary["reference_psnr"] = reference_psnr
+    peers = peer_comparison(rows)
+    if peers:
+        summary["peers"] = peers
+        lines = peer_table(settings.name, peers)
+        (out / "peers.txt").write_text("\n".join(lines) + "\n")
+        for line in lines:
+            log(line)
+    write_json(out / "summary.json", summary)
+    plot_rd(out / "rd.png", rows, settings.name, reference_psnr)
+    plot_views(out, rows, settings.name)
+    ralhe = sorted((r for r in rows if r["codec"] == RALHE), key=lambda r: r["parameter"])
+    planes = [(r, out / ROWS / (r["file"] + LATENTS_SUFFIX)) for r in ralhe]
+    planes = [(r, p) for r, p in planes if p.is_file()]
+    voxels = out / ROWS / VOXELS
+    if planes and voxels.is_file():
+        picked = [planes[0], planes[-1]] if len(planes) > 1 else planes
+        plot_latents(out / "latents.png", np.load(voxels)["coords"],
+                     [(r["parameter"], r["total_bytes"], np.load(p)) for r, p in picked])
+    return summary
+
+
+def _write_csv(path: Path, rows: List[dict], fields: List[str]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _curve(rows, codec):
+    pts = sorted((r["total_bytes"], r["psnr"], r["decode_seconds"]) for r in rows if r["codec"] == codec)
+    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def _table2(out: Path, rows, settings: SceneSettings, log) -> dict:
+    from ..rd_summary import table2_line
+
+    codecs = sorted({r["codec"] for r in rows}, key=lambda c: (c != RALHE, c))
+    curves = {c: _curve(rows, c) for c in codecs}
+    line, summary = table2_line(settings.name, curves, settings.target_kb)
+    (out / "table2.txt").write_text(line + "\n")
+    log(line)
+    return summary
+
+
+def _log_interp(x, xs, ys) -> Optional[float]:
+    """ys at x, linear in (x, log ys) on the sorted points; None outside their range."""
+    order = np.argsort(xs)
+    xs, ys = np.asarray(xs, float)[order], np.asarray(ys, float)[order]
+    if len(xs) < 2 or np.any(np.diff(xs) <= 0) or not xs[0] <= x <= xs[-1]:
+        return None
+    return float(np.exp(np.interp(x, xs, np.log(ys))))
+
+
+def peer_comparison(rows) -> dict:
+    """Per peer: its size, PSNR and decode time; RALHE's size at the peer's PSNR (interpolated on
+    RALHE's curve in log-size) and the ratio; RALHE's PSNR at the peer's size."""
+    sizes, psnrs, decode = _curve(rows, RALHE)
+    out = {}
+    for r in rows:
+        if r["codec"] not in PEERS:
+            continue
+        at_psnr = None
+        if len(sizes) >= 2 and np.all(np.diff(psnrs) > 0):  # PSNR rises with size: invertible
+            at_psnr = _log_interp(r["psnr"], psnrs, sizes)
+        psnr_at_size = None
+        if len(sizes) >= 2:
+            lo, hi = min(sizes), max(sizes)
+            if lo <= r["total_bytes"] <= hi:
+                psnr_at_size = float(np.interp(np.log(r["total_bytes"]), np.log(sizes), psnrs))
+        out[r["codec"]] = {
+            "bytes": r["total_bytes"], "psnr": r["psnr"], "decode_seconds": r["decode_seconds"],
+            "ralhe_bytes_at_psnr": at_psnr,
+            "ralhe_size_ratio": None if at_psnr is None else at_psnr / r["total_bytes"],
+            "ralhe_psnr_at_size": psnr_at_size,
+            "ralhe_decode_seconds": float(np.mean(decode)) if decode else None,
+        }
+    return out
+
+
+def peer_table(scene: str, peers: dict) -> List[str]:
+    lines = [f"{scene}: RALHE against the formats people ship (splat-transform)",
+             f"{'format':16s} {'size':>10s} {'PSNR':>8s} {'decode':>8s}   {'RALHE at its PSNR':>18s} {'ratio':>6s}"
+             f"   {'RALHE PSNR at its size':>22s}"]
+    for fmt, p in peers.items():
+        at = "out of range" if p["ralhe_bytes_at_psnr"] is None else f"{p['ralhe_bytes_at_psnr'] / 1024:.1f} KiB"
+        ratio = "-" if p["ralhe_size_ratio"] is None else f"{p['ralhe_size_ratio']:.2f}x"
+        at_size = "out of range" if p["ralhe_psnr_at_size"] is None else f"{p['ralhe_psnr_at_size']:.2f} dB"
+        lines.append(f"{PEER_LABELS[fmt]:16s} {p['bytes'] / 1024:7.1f} KiB {p['psnr']:6.2f} dB "
+                     f"{p['decode_seconds']:6.2f} s   {at:>18s} {ratio:>6s}   {at_size:>22s}")
+    return lines
+
+
+def plot_rd(path: Path, rows, scene_name: str, reference_psnr: Optional[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for codec in sorted({r["codec"] for r in rows} - set(PEERS)):
+        size, psnr, _ = _curve(rows, codec)
+        ax.plot(np.array(size) / 1024, psnr, "o-", label=codec.upper() if codec != RALHE else "RALHE")
+    for marker, r in zip("s^Dv", [r for r in rows if r["codec"] in PEERS]):
+        ax.plot([r["total_bytes"] / 1024], [r["psnr"]], marker, ms=8, color="black", mfc="none",
+                label=PEER_LABELS[r["codec"]])
+        ax.annotate(PEER_LABELS[r["codec"]], (r["total_bytes"] / 1024, r["psnr"]), textcoords="offset points",
+                    xytext=(6, -10), fontsize=8)
+    if reference_psnr is not None:
+        ax.axhline(reference_psnr, color="gray", ls="--", lw=1, label="uncoded attributes, coded shapes")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("file size (KiB)")
+    ax.set_ylabel("rendering PSNR (dB)")
+    ax.set_title(f"Rate-distortion: {scene_name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latents(path: Path, coords: np.ndarray, results) -> None:
+    """Figure 4: per octree level, what the DC color attribute's latents add to the points, at
+    two rates; ``results`` holds (lambda, file bytes, planes [L, N]) per row of the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = results[0][2].shape[0]
+    fig, axes = plt.subplots(len(results), levels, figsize=(2.2 * levels, 2.4 * len(results)), squeeze=False)
+    proj = coords @ np.array([[0.7071, -0.4082], [-0.7071, -0.4082], [0.0, 0.8165]])  # +x/+y diagonal, from above
+    for row, (lmbda, nbytes, planes) in enumerate(results):
+        for level in range(levels):
+            up = planes[level]
+            ax = axes[row][level]
+            lim = max(1.0, float(np.abs(up).max()))
+            ax.scatter(proj[:, 0], proj[:, 1], c=up, s=0.3, cmap="coolwarm", vmin=-lim, vmax=lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal")
+            if row == 0:
+                ax.set_title(f"level {level}")
+            if level == 0:
+                ax.set_ylabel(f"lambda {lmbda:g}\n{nbytes / 1024:.0f} KiB")
+    fig.suptitle("Latents of the DC color attribute (sh0), first channel: what each octree level adds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_views(out: Path, rows, scene_name: str) -> None:
+    """views.png: the first evaluation view from the input, from RALHE at its lowest and highest
+    rate and from each peer, each labelled with size and PSNR, with its error map beside it."""
+    reference_path = out / ROWS / REFERENCE_VIEW
+    if not reference_path.is_file():
+        return
+    reference = np.load(reference_path).astype(np.float32) / 255
+    ralhe = sorted((r for r in rows if r["codec"] == RALHE), key=lambda r: r["total_bytes"])
+    picked = ([ralhe[0], ralhe[-1]] if len(ralhe) > 1 else ralhe) + [r for r in rows if r["codec"] in PEERS]
+    panels = []
+    for r in picked:
+        path = out / ROWS / (r["file"] + PREVIEW_SUFFIX)
+        if path.is_file():
+            name = "RALHE" if r["codec"] == RALHE else PEER_LABELS[r["codec"]]
+            panels.append((f"{name}: {r['total_bytes'] / 1024:.0f} KiB, {r['psnr']:.2f} dB",
+                           np.load(path).astype(np.float32) / 255))
+    if not panels:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows_n = len(panels) + 1
+    fig, axes = plt.subplots(rows_n, 2, figsize=(6.0, 3.0 * rows_n), squeeze=False)
+    axes[0][0].imshow(reference)
+    axes[0][0].set_title(f"{scene_name}: input (uncoded)", fontsize=9)
+    axes[0][1].axis("off")
+    axes[0][1].text(0.0, 0.5, "error maps: |render - input|,\nmean over RGB, 0 (black) to 0.1 (white)",
+                    fontsize=9, va="center")
+    for i, (label, image) in enumerate(panels, start=1):
+        error = np.abs(image - reference).mean(axis=2)
+        axes[i][0].imshow(image)
+        axes[i][0].set_title(label, fontsize=9)
+        axes[i][1].imshow(error, cmap="gray", vmin=0, vmax=0.1)
+        axes[i][1].set_title("error", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out / "views.png", dpi=100)
+    plt.close(fig)
