@@ -58,7 +58,8 @@ def tile_grid(camera: Camera) -> tuple:
 
 def camera_tensors(camera: Camera, dtype: torch.dtype, device) -> tuple:
     """Rotation [3, 3], translation [3] and center [3] of the camera as tensors."""
-    w2c = torch.as_tensor(np.asarray(camera.world_to_cam), dtype=dtype, device=device)
+    # a copy: the camera may sit in read-only memory (e.g. Ray's object store), and it is 4x4
+    w2c = torch.tensor(np.array(camera.world_to_cam), dtype=dtype, device=device)
     rot, trans = w2c[:3, :3], w2c[:3, 3]
     return rot, trans, -(rot.T @ trans)
 
