@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ralhe_me.sweep import ray_runner
@@ -162,3 +163,21 @@ def test_sweep_file_is_read_and_checked(tmp_path):
             load_sweep(str(bad))
     with pytest.raises(SweepSpecError, match="no sweep file"):
         load_sweep(str(tmp_path / "missing.yaml"))
+
+
+def test_peer_comparison_interpolates_on_ralhe_curve():
+    from ralhe_me.sweep.report import peer_comparison
+
+    def row(codec, size, psnr):
+        return {"codec": codec, "total_bytes": size, "psnr": psnr, "decode_seconds": 0.1}
+
+    rows = [row("ralhe", 400, 40.0), row("ralhe", 100, 30.0), row("raht", 300, 33.0),
+            row("spz", 1000, 35.0), row("sog", 250, 45.0)]
+    peers = peer_comparison(rows)
+    spz, sog = peers["spz"], peers["sog"]
+    assert spz["ralhe_bytes_at_psnr"] == pytest.approx(200.0)  # halfway in PSNR: the geometric mean size
+    assert spz["ralhe_size_ratio"] == pytest.approx(0.2)
+    assert spz["ralhe_psnr_at_size"] is None  # 1000 B is beyond RALHE's curve
+    assert sog["ralhe_bytes_at_psnr"] is None  # 45 dB is above it
+    expected = 30.0 + 10.0 * (float(np.log(250) - np.log(100)) / float(np.log(400) - np.log(100)))
+    assert sog["ralhe_psnr_at_size"] == pytest.approx(expected)
