@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 from .argtypes import positive_int
@@ -262,17 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_printer(default):
+    """``warnings.showwarning`` printing the codec's own warnings (e.g. clamped input values) as
+    one ``ralhe: warning: ...`` line, and others as ``default`` does."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("ralhe_me"):
+            print(f"ralhe: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"ralhe: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("ralhe: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(warnings.showwarning)
+        try:
+            return int(args.func(args) or 0)
+        except USER_ERRORS as exc:
+            print(f"ralhe: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # pragma: no cover
+            print("ralhe: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

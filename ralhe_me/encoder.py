@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -28,7 +29,7 @@ from .decoder import DEFAULT_DECODE_THREADS
 from .entropy.latent_coder import encode_latents, estimate_bits
 from .threads import intra_op_threads
 from .gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
-from .gaussians import GaussianModel
+from .gaussians import GaussianModel, codable_model
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
@@ -44,6 +45,12 @@ ARM_SHIFTS = tuple(range(6, 14))
 
 class EncodeError(ValueError):
     """The model cannot be encoded with these settings; the message says why."""
+
+
+class DepthWarning(UserWarning):
+    """The automatic depth merges more Gaussians than ``max_merge_fraction`` even at its deepest
+    (e.g. one far-out Gaussian sets the bounding cube); the message names the Gaussians that
+    set the cube."""
 
 
 @dataclass
@@ -167,6 +174,7 @@ def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: Code
     Why: quantized shapes alone lose several dB that the other attributes can win back.
     ``on_coded(voxelization with coded shapes, code)`` runs before finetuning (``iters`` 0: none).
     Returns (voxelization to code the attributes of, GeometryCode, FinetuneReport or None)."""
+    original = codable_model(original)
     importance = attribute_importance(vox.model, config)
     gains = covariance_gains(make_gain_map(vox, importance, config), config)
     covariance = code_covariance(vox.model, config, gains)
@@ -197,13 +205,27 @@ class EncodeResult:
 
 
 def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
-    """Voxelize ``model`` at the configured (or automatic) depth."""
+    """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) at
+    the configured (or automatic) depth; a :class:`DepthWarning` when the automatic depth merges
+    more than ``config.max_merge_fraction`` of the Gaussians."""
     if len(model) == 0:
         raise EncodeError("the model has no Gaussians")
+    model = codable_model(model)
     depth = config.depth if config.depth is not None else choose_depth(model.means, config.max_merge_fraction)
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
-    return voxelize(model, depth)
+    vox = voxelize(model, depth)
+    merged = len(model) - len(vox.model)
+    if config.depth is None and merged > config.max_merge_fraction * len(model):
+        lo, hi = model.means.min(axis=0), model.means.max(axis=0)
+        axis = int(np.argmax(hi.astype(np.float64) - lo))
+        first, last = int(np.argmin(model.means[:, axis])), int(np.argmax(model.means[:, axis]))
+        warnings.warn(f"means: depth {depth}, the deepest the automatic choice tries, merges {merged} of "
+                      f"{len(model)} Gaussians into {len(vox.model)} voxels of side {vox.grid.voxel_size:.3g}; "
+                      f"the bounding cube (side {vox.grid.extent:.3g}) is set by Gaussians {first} and {last} "
+                      f"along {'xyz'[axis]}: far-out Gaussians coarsen every voxel, coincident ones merge at any "
+                      "depth", DepthWarning, stacklevel=2)
+    return vox
 
 
 COVARIANCE_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -329,6 +351,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
         torch.set_num_threads(config.training.threads)
     if config.training.render_steps < 0:
         raise EncodeError(f"render_steps must be >= 0, got {config.training.render_steps}")
+    if model is not None:  # the teacher of the render target, and what ``prepare`` voxelizes
+        model = codable_model(model)
     times = {}
     t0 = time.perf_counter()
     vox = voxelized if voxelized is not None else prepare(model, config)
@@ -387,7 +411,7 @@ def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None,
 
     if finetune_iters < 0:
         raise EncodeError(f"finetune_iters must be >= 0, got {finetune_iters}")
-    model = read_ply(path_in)
+    model = codable_model(read_ply(path_in))
     vox = geometry = None
     if finetune_iters > 0:
         vox, geometry, _ = finetune_geometry(prepare(model, config), model, config, finetune_iters, dataset,

@@ -7,6 +7,7 @@ numbers bit for bit.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -21,7 +22,44 @@ class GaussianPlyError(ValueError):
 
 
 class GaussianModelError(ValueError):
-    """Arrays given to :class:`GaussianModel` are inconsistent."""
+    """Arrays given to :class:`GaussianModel` are inconsistent, or hold values the codec cannot
+    represent; the message names the property, the Gaussian and why."""
+
+
+class ClampWarning(UserWarning):
+    """Values with no other meaning than a saturated one were clamped to what the codec and the
+    renderer represent; the message names the property, how many and the bounds."""
+
+
+# Opacities are clipped to [p, 1 - p] with p = OPACITY_EPS wherever a probability becomes a
+# logit again (octree.voxelize merges voxels that way), so +-OPACITY_LOGIT_LIMIT is "alpha 1" /
+# "alpha 0": the renderer caps alpha at 0.99 and skips alpha below 1/255, so a logit beyond the
+# limit renders as one at it (alpha within 1e-7). Decoded SPZ / compressed PLY store alpha 0 and
+# 255 as -inf / +inf logits; they are clamped to this limit.
+OPACITY_EPS = 1e-7
+OPACITY_LOGIT_LIMIT = float(np.float32(np.log1p(-OPACITY_EPS) - np.log(OPACITY_EPS)))  # 16.118095
+
+# Log standard deviations the encoder keeps. Below -30 (9e-14 scene units) a Gaussian is far
+# under any pixel: the renderer's 0.3 px low-pass filter alone sets its footprint, so it renders
+# as at -30. Above 20 (4.9e8 units, a million times any captured scene) it is a uniform haze or
+# band across every view; much larger values overflow the float32 renderer (the covariance is
+# exp(2 s)), the float16 codebook, and finetuning's gradients (log-scale 50 did). Real models
+# hold -19.4 to 5.6.
+LOG_SCALE_MIN, LOG_SCALE_MAX = -30.0, 20.0
+
+# SH coefficients beyond this give colors a million times the white level: no sensible model
+# holds them (real ones stay within 15), and their squared render errors overflow float32.
+SH_LIMIT = 1e6
+
+# Positions beyond this are refused: the encoder renders the model in float32 (covariance step
+# choice, finetuning), where squared camera-space coordinates and their gradients overflow from
+# about 1e19 on (measured with one far-out Gaussian and with whole scenes scaled up); 1e16 keeps
+# a margin (real scenes span 0.2 to 1e3 units).
+POSITION_LIMIT = 1e16
+
+# Quaternions are normalized by the renderer in float32; norms outside this range over- or
+# underflow there, so such rows are normalized on input (the rotation is unchanged).
+QUAT_NORM_RANGE = (1e-8, 1e8)
 
 
 @dataclass
@@ -101,10 +139,87 @@ class GaussianModel:
             arr = getattr(self, name)
             bad = ~np.isfinite(arr)
             if bad.any():
-                rows = np.unique(np.nonzero(bad)[0])
+                flat = np.flatnonzero(bad.reshape(len(arr), -1).any(axis=1))
+                first = arr.reshape(len(arr), -1)[flat[0]]
+                value = first[~np.isfinite(first)][0]
                 raise GaussianModelError(
-                    f"{name} holds {int(bad.sum())} NaN/infinite values (first at Gaussian {rows[0]})"
+                    f"{name} holds {int(bad.sum())} NaN/infinite values (first at Gaussian {flat[0]}: {value})"
                 )
+
+
+def clamp_infinite_opacities(model: GaussianModel, where: str = "") -> GaussianModel:
+    """``model`` with +-inf opacity logits (alpha exactly 1 or 0, as decoded SPZ and compressed
+    PLY files hold) set to +-:data:`OPACITY_LOGIT_LIMIT`, with a :class:`ClampWarning` saying how
+    many; ``model`` itself if there are none. NaN is left for :meth:`GaussianModel.check_finite`."""
+    inf = np.isinf(model.opacity_logits)
+    count = int(inf.sum())
+    if not count:
+        return model
+    logits = np.where(inf, np.sign(model.opacity_logits) * np.float32(OPACITY_LOGIT_LIMIT), model.opacity_logits)
+    warnings.warn(f"{where}opacity_logits: clamped {count} infinite opacity logits to +-{OPACITY_LOGIT_LIMIT:.6g} "
+                  f"(alpha 1 - {OPACITY_EPS:g} / {OPACITY_EPS:g}, which render as opaque / transparent)",
+                  ClampWarning, stacklevel=3)
+    return replace(model, opacity_logits=logits)
+
+
+def _first_rows(mask: np.ndarray) -> np.ndarray:  # mask [N, ...] -> rows holding a True
+    return np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+
+
+def _refuse_beyond(name: str, arr: np.ndarray, limit: float, why: str) -> None:
+    """Raise naming the first Gaussian of ``arr`` [N, ...] with a value beyond +-``limit``."""
+    rows = _first_rows(np.abs(arr) > limit)
+    if not len(rows):
+        return
+    row = arr[rows[0]]
+    at = np.unravel_index(int(np.flatnonzero(np.abs(row) > limit)[0]), row.shape)
+    what = f"{'xyz'[at[0]]} = " if name == "means" else f"coefficient {at[0]}, channel {at[1]}: " if name == "sh" else ""
+    raise GaussianModelError(f"{name}: Gaussian {rows[0]} holds {what}{float(row[at]):.6g}, beyond +-{limit:g} "
+                             f"({len(rows)} such Gaussians): {why}")
+
+
+def codable_model(model: GaussianModel) -> GaussianModel:
+    """The one gate between a user's model and the encoder: the model to code, or a
+    :class:`GaussianModelError` naming the property, the Gaussian and why.
+
+    Values with a saturated meaning are clamped: +-inf opacity logits (with a
+    :class:`ClampWarning`) and finite ones beyond +-:data:`OPACITY_LOGIT_LIMIT` (silently: the
+    voxel merge maps them there anyway); log-scales outside [:data:`LOG_SCALE_MIN`,
+    :data:`LOG_SCALE_MAX`] (with a :class:`ClampWarning`). Quaternions with a norm outside
+    :data:`QUAT_NORM_RANGE` are normalized (same rotation). Values with no meaning are refused:
+    NaN anywhere, inf anywhere but the opacities, a zero quaternion, SH coefficients beyond
+    +-:data:`SH_LIMIT`, positions beyond +-:data:`POSITION_LIMIT`. A model needing none of this
+    is returned as is (so codes bit for bit as before); applying the gate twice changes nothing
+    more (no second warning)."""
+    model = clamp_infinite_opacities(model)
+    model.check_finite()
+    _refuse_beyond("means", model.means, POSITION_LIMIT,
+                   "the encoder's float32 renders overflow that far out (a broken export?)")
+    _refuse_beyond("sh", model.sh, SH_LIMIT,
+                   "a color that many times the white level has no meaning (a broken export?)")
+    norm = np.linalg.norm(model.quats.astype(np.float64), axis=1)
+    zero = np.flatnonzero(norm == 0)
+    if len(zero):
+        raise GaussianModelError(f"quats: Gaussian {zero[0]} is the zero quaternion ({len(zero)} Gaussians): "
+                                 "it names no rotation")
+    changes = {}
+    odd = (norm < QUAT_NORM_RANGE[0]) | (norm > QUAT_NORM_RANGE[1])
+    if odd.any():
+        quats = model.quats.copy()
+        quats[odd] = (model.quats[odd].astype(np.float64) / norm[odd, None]).astype(np.float32)
+        changes["quats"] = quats
+    logits = model.opacity_logits
+    if np.any(np.abs(logits) > OPACITY_LOGIT_LIMIT):
+        changes["opacity_logits"] = np.clip(logits, -OPACITY_LOGIT_LIMIT, OPACITY_LOGIT_LIMIT).astype(np.float32)
+    s = model.log_scales
+    outside = (s < LOG_SCALE_MIN) | (s > LOG_SCALE_MAX)
+    if outside.any():
+        rows = _first_rows(outside)
+        warnings.warn(f"log_scales: clamped {int(outside.sum())} log-scales of {len(rows)} Gaussians (first: "
+                      f"Gaussian {rows[0]}) to [{LOG_SCALE_MIN:g}, {LOG_SCALE_MAX:g}]: smaller is below any pixel, "
+                      "larger beyond any scene and the float32 renderer", ClampWarning, stacklevel=2)
+        changes["log_scales"] = np.clip(s, LOG_SCALE_MIN, LOG_SCALE_MAX).astype(np.float32)
+    return replace(model, **changes) if changes else model
 
 
 # ---------------------------------------------------------------- PLY I/O
@@ -172,6 +287,7 @@ def read_ply(path: str | os.PathLike) -> GaussianModel:
         sh=sh,
         normals=normals,
     )
+    model = clamp_infinite_opacities(model, where=f"{path}: ")
     try:
         model.check_finite()
     except GaussianModelError as exc:

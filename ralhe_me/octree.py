@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .gaussians import GaussianModel
+from .gaussians import OPACITY_EPS, GaussianModel
 
 MAX_DEPTH = 21  # 3 * 21 = 63 bits fit an int64 Morton code
 
@@ -115,7 +115,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    p = np.clip(p, OPACITY_EPS, 1 - OPACITY_EPS)
     return np.log(p) - np.log1p(-p)
 
 

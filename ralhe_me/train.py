@@ -74,7 +74,10 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     # rotations [A, 3, 3]: rows are the principal axes (opacity: identity on channel 0)
     rot = np.zeros((a, 3, 3))
     for k, x in enumerate(signals.sh):
-        _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+        x = x.astype(np.float64)
+        if len(x) < 3:  # fewer points than channels: zero rows complete the basis, the axes stay
+            x = np.concatenate([x, np.zeros((3 - len(x), 3))])
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
         rot[k] = vt
     rot[-1] = np.eye(3)
     values = np.zeros((a, 3, signals.sh.shape[1]))

@@ -14,13 +14,11 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from ..gaussians import GaussianModel, GaussianPlyError, read_ply
 
@@ -36,11 +34,6 @@ PEERS_DIR = Path(__file__).resolve().parents[2] / ".peers"
 
 #: Seconds one splat-transform call may take before it is stopped (SOG's SH k-means is slowest).
 DEFAULT_TIMEOUT_S = 900.0
-
-# SPZ and compressed PLY keep alpha in 8 bits, so alpha 0 and 255 decode to opacity logits of
-# -inf and +inf. Only used if read_ply still refuses infinite logits: +-20 gives alpha within
-# 2e-9 of 0 or 1, which float32 and any renderer treat as the same.
-_OPACITY_LOGIT_LIMIT = 20.0
 
 _STDERR_TAIL_LINES = 15
 
@@ -188,26 +181,12 @@ def _stem(ply_path: Path) -> str:
 
 
 def _read_decoded(path: Path) -> GaussianModel:
-    """read_ply, or, while read_ply still refuses infinite opacity logits, a clamped copy."""
+    """The decoded .ply; read_ply clamps the infinite opacity logits SPZ and compressed PLY
+    decode to (8-bit alpha 0 or 255), with a ClampWarning."""
     try:
         return read_ply(path)
     except GaussianPlyError as exc:
-        if "opacity_logits holds" not in str(exc):
-            raise PeerError(f"{path}: splat-transform's output is not a readable 3DGS .ply: {exc}") from exc
-    # Local stop-gap: clamp +-inf logits (alpha exactly 0 or 1, see _OPACITY_LOGIT_LIMIT) in a
-    # temporary copy and read that. Remove once read_ply clamps them itself.
-    from plyfile import PlyData, PlyElement
-
-    vert = np.array(PlyData.read(str(path))["vertex"].data)  # a writable copy
-    op = vert["opacity"]
-    vert["opacity"] = np.where(np.isinf(op), np.sign(op) * _OPACITY_LOGIT_LIMIT, op)
-    with tempfile.TemporaryDirectory(prefix="ralhe_peer_") as tmp:
-        fixed = Path(tmp) / "clamped.ply"
-        PlyData([PlyElement.describe(vert, "vertex")], text=False, byte_order="<").write(str(fixed))
-        try:
-            return read_ply(fixed)
-        except GaussianPlyError as exc:
-            raise PeerError(f"{path}: splat-transform's output is not a readable 3DGS .ply: {exc}") from exc
+        raise PeerError(f"{path}: splat-transform's output is not a readable 3DGS .ply: {exc}") from exc
 
 
 def encode_peer(fmt: str, ply_path: str | os.PathLike, out_dir: str | os.PathLike, *,
