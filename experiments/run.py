@@ -58,6 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
     p.add_argument("--baseline-steps", default=",".join(f"{v:g}" for v in DEFAULT_BASELINE_STEPS),
                    help="quantizer steps of the baselines (default %(default)s)")
+    p.add_argument("--peers", default="spz,cply",
+                   help="formats people ship to code beside RALHE with splat-transform: spz, sog, cply "
+                        "(compressed PLY); '' for none (default %(default)s). SOG is opt-in: its CPU encoder's "
+                        "SH k-means grows with the square of the Gaussian count (the 50k default scene: "
+                        "about 160 s at --sog-iterations 1, over 15 minutes at its default 10, on 2 cores)")
+    p.add_argument("--sog-iterations", type=int, default=None,
+                   help="SOG's SH k-means iterations (splat-transform's -i; default: its own, 10)")
     p.add_argument("--codebook", type=int, default=None, help="covariance codebook size (default automatic)")
     p.add_argument("--covariance-step", type=float, default=None,
                    help="covariance residual log-scale step, 0 for plain VQ (default: chosen for 42 dB)")
@@ -95,7 +102,8 @@ def build_sweep(args):
         out=args.out or str(ROOT / "outputs" / "default"), num_gaussians=args.num_gaussians, views=args.views,
         resolution=args.resolution, depth=args.depth, steps=args.steps, render_steps=args.render_steps,
         finetune_iters=args.finetune_iters, codebook=args.codebook, covariance_step=args.covariance_step,
-        importance_views=args.importance_views, target_kb=args.target_kb, threads=args.threads)
+        importance_views=args.importance_views, target_kb=args.target_kb, threads=args.threads,
+        peers=[v.strip() for v in args.peers.split(",") if v.strip()], sog_iterations=args.sog_iterations)
     return single_scene(settings)
 
 

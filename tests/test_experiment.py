@@ -16,7 +16,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     settings = SceneSettings(preset="fast", codecs={"ralhe": [2e-3, 8e-3], "raht": [0.4, 0.1]}, out=str(out),
                              num_gaussians=600, views=2, resolution=48, steps=4, finetune_iters=2, codebook=64,
-                             threads=1)
+                             threads=1, peers=list(PEERS), sog_iterations=1)
     result = run_sweep(single_scene(settings), progress=False)
     return out, settings, result
 

@@ -82,6 +82,24 @@ def test_tool_that_writes_nothing(tmp_path, monkeypatch, small_ply):
         encode_peer("spz", small_ply[1], tmp_path / "out")
 
 
+def test_sog_iterations_reach_the_sog_encode_only(tmp_path, monkeypatch, small_ply):
+    """-i N goes to SOG's encode (its SH k-means), never to another format or to a decode."""
+    log = tmp_path / "argv.log"
+    # Records its arguments and "codes" by copying the input to the output path (the last argument).
+    tool = fake_tool(tmp_path, f'echo "$@" >> {log}\n'
+                               '[ "$1" = --version ] && { echo "splat-transform v0.0.0"; exit 0; }\n'
+                               'n=$#; eval "src=\\${$((n - 1))}"; eval "dst=\\${$n}"; cp "$src" "$dst"')
+    monkeypatch.setenv(peers.SPLAT_TRANSFORM_ENV, tool)
+    encode_peer("sog", small_ply[1], tmp_path / "sog", decode_repeats=1, sog_iterations=3)
+    encode_peer("spz", small_ply[1], tmp_path / "spz", decode_repeats=1, sog_iterations=3)
+    calls = [line.split() for line in log.read_text().splitlines() if not line.startswith("--version")]
+    sog_encode, sog_decode, spz_encode, spz_decode = calls
+    assert sog_encode[sog_encode.index("-i") + 1] == "3" and sog_encode[-1].endswith(".sog")
+    assert "-i" not in sog_decode and "-i" not in spz_encode and "-i" not in spz_decode
+    with pytest.raises(PeerInputError, match="sog_iterations"):
+        encode_peer("sog", small_ply[1], tmp_path / "x", sog_iterations=0)
+
+
 def test_bad_input(tmp_path, small_ply):
     with pytest.raises(PeerInputError, match="unknown peer format 'draco'"):
         encode_peer("draco", small_ply[1], tmp_path)

@@ -1,5 +1,6 @@
 """Sweeps: the serial and Ray runners give the same bytes and rows, resume skips finished jobs,
 a failing job is reported while the others finish, and bad sweep files are refused by name."""
+import dataclasses
 import json
 import shutil
 import sys
@@ -136,15 +137,20 @@ def test_ray_missing_says_how_to_install(monkeypatch):
 def test_sweep_file_is_read_and_checked(tmp_path):
     good = tmp_path / "sweep.yaml"
     good.write_text("out: results\ndefaults: {views: 3}\ncodecs: {ralhe: [0.001, 0.004], raht: [0.2]}\n"
-                    "scenes:\n  - {name: small, num_gaussians: 500, peers: spz}\n  - {scene: models/x.ply, views: 5}\n")
+                    "scenes:\n  - {name: small, num_gaussians: 500, peers: spz}\n  - {scene: models/x.ply, views: 5}\n"
+                    "  - {name: y, peers: [sog, spz], sog_iterations: 2}\n")
     sweep = load_sweep(str(good))
     assert sweep.out == str(tmp_path / "results")
-    small, x = sweep.scenes
+    small, x, y = sweep.scenes
     assert (small.views, x.views, x.name, x.scene) == (3, 5, "x", str(tmp_path / "models" / "x.ply"))
     assert [j.id for j in small.jobs()] == ["small/ralhe_lambda0.001.ralhe", "small/ralhe_lambda0.004.ralhe",
                                             "small/raht_step0.2.ralhe", "small/peer_spz.spz"]
-    assert [j.file_name for j in x.jobs()][-3:] == ["peer_spz.spz", "peer_sog.sog", "peer_cply.compressed.ply"]
-    assert [j.codec for j in sweep.without_peers().jobs()] == ["ralhe", "ralhe", "raht"] * 2
+    # SOG is opt-in (its CPU encoder is slow); the default peers are SPZ and compressed PLY
+    assert [j.file_name for j in x.jobs()][-2:] == ["peer_spz.spz", "peer_cply.compressed.ply"]
+    assert [j.file_name for j in y.jobs()][-2:] == ["peer_spz.spz", "peer_sog.sog"]
+    sog = next(j for j in y.jobs() if j.codec == "sog")
+    assert y.job_key(sog) != dataclasses.replace(y, sog_iterations=3).job_key(sog)
+    assert [j.codec for j in sweep.without_peers().jobs()] == ["ralhe", "ralhe", "raht"] * 3
     assert small.out == str(tmp_path / "results" / "small")
     for text, message in [
         ("scenes: []\n", "non-empty list"),
@@ -154,6 +160,7 @@ def test_sweep_file_is_read_and_checked(tmp_path):
         ("codecs: {ralhe: [-1]}\nscenes:\n  - {name: a}\n", "positive numbers"),
         ("scenes:\n  - {name: a, views: 0}\n", "views must be >= 1"),
         ("scenes:\n  - {name: a, peers: [zip]}\n", "unknown peer format.*'zip'"),
+        ("scenes:\n  - {name: a, sog_iterations: 0}\n", "sog_iterations must be a whole number"),
         ("speed: 3\nscenes:\n  - {name: a}\n", "unknown key.*speed"),
         ("scenes: [\n", "not valid YAML"),
     ]:

@@ -116,7 +116,8 @@ def _run_peer(prepared: PreparedScene, job: Job) -> JobOutcome:
         if not source:  # a generated scene: its .ply, as a user would have it
             source = str(Path(tmp) / f"{settings.name}.ply")
             write_ply(load_scene(settings), source)
-        result = encode_peer(job.codec, source, Path(tmp) / "coded", decode_repeats=DECODE_REPEATS)
+        result = encode_peer(job.codec, source, Path(tmp) / "coded", decode_repeats=DECODE_REPEATS,
+                             sog_iterations=settings.sog_iterations)
         data = Path(result.path).read_bytes()
     return _scored(prepared, job, result.model, data, {}, result.encode_s, result.decode_s)
 
