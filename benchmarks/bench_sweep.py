@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     print("\nsweep wall time (s):")
     for name, seconds in times.items():
         print(f"  {name:32s} {seconds:8.1f}")
+    if args.serial_threads and "serial" in times:
+        same = _files(out / "serial") == _files(out / "serial_t")
+        print(f"  serial files with {args.serial_threads} threads per job identical to the others: "
+              f"{'yes' if same else 'no'} (threads are part of every job key)")
     if "serial" in times:
         a, b = _files(out / "ray"), _files(out / "serial")
         same = a == b
