@@ -87,10 +87,26 @@ def _codec_config(args):
     return config
 
 
+def _rate_target(args):
+    """The --target-size / --target-psnr of ``ralhe encode``, or None (a plain --lambda encode)."""
+    from .encode.rate_control import PSNR, SIZE, RateTarget, parse_size
+
+    if args.target_size is None and args.target_psnr is None:
+        return None
+    if args.lmbda is not None:
+        raise CliError("--lambda and --target-size / --target-psnr exclude each other: the target picks lambda")
+    if args.max_tries < 1:
+        raise CliError(f"--max-tries must be >= 1, got {args.max_tries}")
+    if args.target_size is not None:
+        return RateTarget(SIZE, parse_size(args.target_size), args.max_tries)
+    return RateTarget(PSNR, args.target_psnr, args.max_tries)
+
+
 def cmd_encode(args) -> int:
     from .encoder import encode_file
 
     config = _codec_config(args)
+    target = _rate_target(args)
     if args.finetune_iters < 0:
         raise CliError(f"--finetune-iters must be >= 0, got {args.finetune_iters}")
     if args.dataset is not None and not os.path.isdir(args.dataset):
@@ -101,15 +117,36 @@ def cmd_encode(args) -> int:
         nonlocal bar
         if args.quiet:
             return
+        if bar is not None and step + 1 < bar.n:  # a new try of a rate-control search
+            bar.close()
+            bar = None
         if bar is None:  # opened at the first step, so its rate leaves out finetuning
             from tqdm import tqdm
 
-            bar = tqdm(total=config.training.steps + config.training.render_steps, desc="training", unit="step")
+            bar = tqdm(total=config.training.steps + config.training.render_steps, desc="training", unit="step",
+                       leave=target is None)
         bar.n = step + 1
         bar.set_postfix(bpp=f"{record['bits_per_point']:.2f}", D=f"{record['distortion']:.2e}")
         bar.refresh()
 
     start = time.perf_counter()
+    if target is not None:
+        from .encode.rate_control import encode_file_to_target
+
+        def log(line):
+            if bar is not None:
+                bar.clear()
+            print(line, flush=True)
+
+        outcome = encode_file_to_target(args.input, args.output, config, target, finetune_iters=args.finetune_iters,
+                                        dataset=args.dataset, views=args.views, resolution=args.resolution,
+                                        log=log, progress=progress, finetune_progress=not args.quiet)
+        if bar is not None:
+            bar.close()
+        n = outcome.chosen.result.header["num_points"]
+        print(f"wrote {args.output}: {outcome.summary()}; {n} voxels, "
+              f"{8 * outcome.chosen.size_bytes / n:.2f} bits/voxel, {time.perf_counter() - start:.1f} s in all")
+        return 0 if outcome.met else 1
     result = encode_file(args.input, args.output, config, progress=progress, finetune_iters=args.finetune_iters,
                          dataset=args.dataset, finetune_progress=not args.quiet)
     if bar is not None:
@@ -207,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .ralhe file")
     p.add_argument("--lambda", dest="lmbda", type=float, default=None,
                    help="rate weight: larger gives smaller files (default: the preset's, 1e-3)")
+    p.add_argument("--target-size", metavar="SIZE", default=None,
+                   help="search lambda for a file of this size, within 5%% (e.g. 600KB, 1.5MB, 600KiB, 600000); "
+                        "every try is a full encode, the closest one is written")
+    p.add_argument("--target-psnr", metavar="DB", type=float, default=None,
+                   help="search lambda for the smallest file whose rendering PSNR is at or above DB (at most "
+                        "0.3 dB above), scored on --views orbit renders of the input, or --dataset's test images")
+    p.add_argument("--max-tries", type=int, default=8,
+                   help="encodes a --target-size / --target-psnr search may run (default 8); exit status 1 "
+                        "when the target is not met in them (the closest file is still written)")
+    p.add_argument("--views", type=positive_int, default=8, help="views scoring a --target-psnr (default 8)")
+    p.add_argument("--resolution", type=_parse_resolution, default=(400, 400),
+                   help="render size scoring a --target-psnr, WxH (default 400x400)")
     p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
