@@ -68,6 +68,8 @@ def _codec_config(args):
         config.lmbda = args.lmbda
     if args.depth is not None:
         config.depth = args.depth
+    if getattr(args, "far_field", None) is not None:
+        config.far_field = args.far_field
     if args.steps is not None:
         config.training.steps = args.steps
     if args.render_steps is not None:
@@ -258,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render size scoring a --target-psnr, WxH (default 400x400)")
     p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
+    p.add_argument("--far-field", choices=("auto", "off"), default=None,
+                   help="auto (default): when far Gaussians would set a bounding cube 4x the foreground's or "
+                        "more, code the space outside the foreground cube (95%% of the Gaussians) on a "
+                        "logarithmic grid, at the angular precision of the foreground's edge; off: one plain "
+                        "cube around every Gaussian")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--render-steps", type=int, default=None,
                    help="image-domain refinement steps after training: the latents, decoders and entropy "

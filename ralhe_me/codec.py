@@ -16,7 +16,7 @@ import torch
 from .attributes import denormalize_opacity_logits, denormalize_sh
 from .config import ArchitectureConfig
 from .entropy.laplace import LaplaceTableConfig
-from .octree import OctreeLevels, VoxelGrid
+from .octree import Contraction, OctreeLevels, VoxelGrid
 from .synthesis import AttributeSynthesis
 from .weights import dequantize, quantize
 
@@ -51,8 +51,24 @@ def table_config_from_header(header: dict) -> LaplaceTableConfig:
 
 
 def grid_from_header(header: dict) -> VoxelGrid:
+    """The voxel grid of a file; ``contraction`` (absent in files without a far field) holds the
+    foreground cube's center and half side (see :class:`~ralhe_me.octree.Contraction`)."""
+    contraction = header.get("contraction")
+    if contraction is not None:
+        contraction = Contraction(center=tuple(float(v) for v in contraction["center"]),
+                                  radius=float(contraction["radius"]), log_range=float(contraction["log_range"]))
     return VoxelGrid(origin=np.asarray(header["origin"], dtype=np.float64), extent=float(header["extent"]),
-                     depth=int(header["depth"]))
+                     depth=int(header["depth"]), contraction=contraction)
+
+
+def _with_contraction(header: dict, grid: VoxelGrid) -> dict:
+    """``header`` with the grid's contraction, if any; a plain grid adds no key, so its files are
+    byte for byte what they were before far-field contraction existed."""
+    if grid.contraction is not None:
+        header["contraction"] = {"center": [float(v) for v in grid.contraction.center],
+                                 "radius": float(grid.contraction.radius),
+                                 "log_range": float(grid.contraction.log_range)}
+    return header
 
 
 def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequence[str],
@@ -60,7 +76,7 @@ def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequ
                 mean: np.ndarray, std: np.ndarray, decoder_shift: int, lmbda: float,
                 gain_level: Optional[int] = None) -> dict:
     """``gain_level``: the octree level of the gain map (section ``gains``), None without one."""
-    return {
+    return _with_contraction({
         "num_points": int(num_points), "depth": int(grid.depth),
         "origin": [float(v) for v in grid.origin], "extent": float(grid.extent),
         "sh_degree": int(sh_degree), "attributes": list(names),
@@ -70,15 +86,16 @@ def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequ
         "signal_mean": np.asarray(mean, np.float64).tolist(), "signal_std": np.asarray(std, np.float64).tolist(),
         "decoder_shift": int(decoder_shift), "lambda": float(lmbda),
         "gain_level": None if gain_level is None else int(gain_level),
-    }
+    }, grid)
 
 
 def baseline_header(kind: str, *, num_points: int, grid: VoxelGrid, sh_degree: int,
                     gain_level: Optional[int] = None) -> dict:
     """Header of a file whose attributes a classical coder (``kind``) wrote (same geometry)."""
-    return {"attribute_codec": kind, "num_points": int(num_points), "depth": int(grid.depth),
-            "origin": [float(v) for v in grid.origin], "extent": float(grid.extent), "sh_degree": int(sh_degree),
-            "gain_level": None if gain_level is None else int(gain_level)}
+    return _with_contraction({
+        "attribute_codec": kind, "num_points": int(num_points), "depth": int(grid.depth),
+        "origin": [float(v) for v in grid.origin], "extent": float(grid.extent), "sh_degree": int(sh_degree),
+        "gain_level": None if gain_level is None else int(gain_level)}, grid)
 
 
 @torch.no_grad()

@@ -58,6 +58,9 @@ class CodecConfig:
     lmbda: float = 1e-3  # rate weight: loss = D + lmbda * bits per Gaussian
     depth: Optional[int] = None  # octree depth J; None: choose automatically
     max_merge_fraction: float = 0.05  # rule of the automatic depth choice
+    # "auto": contract the far field (octree.Contraction) when far Gaussians would set a bounding
+    # cube 4x the foreground's or more; "off": one plain cube around every Gaussian
+    far_field: str = "auto"
     covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen (fewest bytes, or by PSNR at step 0)
     covariance_step: Optional[float] = None  # residual log-scale step (0: plain VQ); None: chosen by PSNR
     covariance_min_psnr: float = 42.0  # automatic choice: renders of the quantized model vs unquantized, dB

@@ -50,6 +50,10 @@ def _checked(header: dict) -> dict:
         raise CorruptDataError(f"invalid SH degree {header['sh_degree']}")
     if not 1 <= int(header["depth"]) <= 21:
         raise CorruptDataError(f"invalid depth {header['depth']}")
+    try:
+        grid_from_header(header)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptDataError(f"invalid voxel grid in the header: {exc}") from None
     return header
 
 

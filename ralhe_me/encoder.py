@@ -33,7 +33,8 @@ from .gaussians import GaussianModel, codable_model
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
-from .octree import OctreeLevels, VoxelizedModel, choose_depth, voxelize, with_model
+from .octree import (OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth, far_field_contraction, voxelize,
+                     with_model)
 from .render_refine import RenderTarget
 from .synthesis import plane_sizes
 from .train import TrainingResult, train_attributes
@@ -211,12 +212,23 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     if len(model) == 0:
         raise EncodeError("the model has no Gaussians")
     model = codable_model(model)
-    depth = config.depth if config.depth is not None else choose_depth(model.means, config.max_merge_fraction)
+    if config.far_field not in ("auto", "off"):
+        raise EncodeError(f"far_field must be 'auto' or 'off', got {config.far_field!r}")
+    contraction = far_field_contraction(model.means) if config.far_field == "auto" else None
+    if config.depth is not None:
+        depth = config.depth
+    elif contraction is not None:
+        # the depth follows the foreground; the far field is as coarse as the contraction makes it
+        foreground = contraction.forward(model.means)
+        foreground = model.means[np.abs(foreground).max(axis=1) <= 1.0]
+        depth = choose_depth(foreground, config.max_merge_fraction, contraction=contraction)
+    else:
+        depth = choose_depth(model.means, config.max_merge_fraction)
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
-    vox = voxelize(model, depth)
+    vox = voxelize(model, depth, VoxelGrid.bounding(model.means, depth, contraction))
     merged = len(model) - len(vox.model)
-    if config.depth is None and merged > config.max_merge_fraction * len(model):
+    if config.depth is None and contraction is None and merged > config.max_merge_fraction * len(model):
         lo, hi = model.means.min(axis=0), model.means.max(axis=0)
         axis = int(np.argmax(hi.astype(np.float64) - lo))
         first, last = int(np.argmin(model.means[:, axis])), int(np.argmax(model.means[:, axis]))
