@@ -415,6 +415,19 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
                         seconds=times)
 
 
+def write_atomically(path_out: str, data: bytes) -> None:
+    """Write ``data`` through a ``.part`` file and a rename: an interrupted or failed write never
+    leaves a truncated file under the final name."""
+    tmp = path_out + ".part"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path_out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None, finetune_iters: int = 0,
                 dataset: Optional[str] = None, finetune_progress: bool = False) -> EncodeResult:
     """Read an INRIA ``.ply``, encode it, write ``path_out`` atomically; with ``finetune_iters``
@@ -436,12 +449,5 @@ def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None,
         render_target = make_render_target(vox, geometry, model, config, dataset)
     result = encode_model(model, config, voxelized=vox, geometry=geometry, progress=progress,
                           render_target=render_target)
-    tmp = path_out + ".part"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(result.data)
-        os.replace(tmp, path_out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path_out, result.data)
     return result

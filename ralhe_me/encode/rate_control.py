@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Callable, List, Optional, Tuple
 
 from ..config import CodecConfig
 from ..encoder import (EncodeError, EncodeResult, encode_geometry, encode_model, finetune_geometry,
-                       make_render_target, prepare)
+                       make_render_target, prepare, write_atomically)
 from ..evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, codable_model, read_ply
 from ..octree import VoxelizedModel
@@ -289,12 +288,5 @@ def encode_file_to_target(path_in: str, path_out: str, config: CodecConfig, targ
     else:
         log(f"positions and covariances take {prepared.geometry_bytes:,} bytes")
     outcome = encode_to_target(prepared, config, target, log=log, progress=progress)
-    tmp = path_out + ".part"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(outcome.chosen.result.data)
-        os.replace(tmp, path_out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path_out, outcome.chosen.result.data)
     return outcome
