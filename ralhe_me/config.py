@@ -61,6 +61,10 @@ class CodecConfig:
     # "auto": contract the far field (octree.Contraction) when far Gaussians would set a bounding
     # cube 4x the foreground's or more; "off": one plain cube around every Gaussian
     far_field: str = "auto"
+    # the automatic depth stops before the merge rule's at the first depth whose voxelized renders
+    # are this close to the input's (PSNR, dB): deeper octrees cost ~3 bits per sparse Gaussian per
+    # level for precision no coded file keeps (None: the merge rule alone)
+    depth_transparent_psnr: Optional[float] = 50.0
     covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen (fewest bytes, or by PSNR at step 0)
     covariance_step: Optional[float] = None  # residual log-scale step (0: plain VQ); None: chosen by PSNR
     covariance_min_psnr: float = 42.0  # automatic choice: renders of the quantized model vs unquantized, dB
