@@ -35,14 +35,18 @@ def _parse_resolution(text: str):
 # ---------------------------------------------------------------- sub-commands
 
 def cmd_voxelize(args) -> int:
-    from .gaussians import read_ply, write_ply
-    from .octree import choose_depth, voxelize
+    from .config import CodecConfig
+    from .encoder import choose_grid
+    from .gaussians import codable_model, read_ply, write_ply
+    from .octree import voxelize
 
-    model = read_ply(args.input)
-    depth = args.depth if args.depth is not None else choose_depth(model.means, args.max_merge)
-    vox = voxelize(model, depth)
+    model = codable_model(read_ply(args.input))
+    config = CodecConfig(depth=args.depth, max_merge_fraction=args.max_merge, far_field=args.far_field)
+    grid, _ = choose_grid(model, config)  # the grid `ralhe encode` would code on
+    vox = voxelize(model, grid.depth, grid)
     write_ply(vox.model, args.output)
-    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {depth} "
+    far = " (far field contracted)" if grid.contraction is not None else ""
+    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {grid.depth}{far} "
           f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}")
     return 0
 
@@ -217,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="input INRIA 3DGS .ply")
     p.add_argument("output", help="output .ply (voxel centers, merged attributes, Morton order)")
     p.add_argument("--depth", type=int, default=None,
-                   help="octree depth J (grid of 2^J voxels per axis); default: smallest J merging "
-                        "at most --max-merge of the Gaussians")
+                   help="octree depth J (grid of 2^J voxels per axis); default: what ralhe encode chooses, the "
+                        "smallest J merging at most --max-merge of the Gaussians, or a shallower one whose "
+                        "voxelized renders are within 50 dB of the input's")
+    p.add_argument("--far-field", choices=("auto", "off"), default="auto",
+                   help="auto (default): contract the far field as ralhe encode does; off: one plain cube")
     p.add_argument("--max-merge", type=float, default=0.05,
                    help="fraction of Gaussians the automatic depth may merge away (default 0.05)")
     p.set_defaults(func=cmd_voxelize)

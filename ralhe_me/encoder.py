@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -205,16 +205,18 @@ class EncodeResult:
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
-def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
-    """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) at
-    the configured (or automatic) depth; a :class:`DepthWarning` when the automatic depth merges
-    more than ``config.max_merge_fraction`` of the Gaussians."""
-    if len(model) == 0:
-        raise EncodeError("the model has no Gaussians")
-    model = codable_model(model)
+def choose_grid(model: GaussianModel,  # already through codable_model
+                config: CodecConfig) -> Tuple[VoxelGrid, bool]:
+    """The voxel grid the encoder codes ``model`` on, and whether its depth is the merge rule's
+    (False: set by ``config.depth`` or stopped early by the renders). The rules, in order: the far
+    field is contracted when far Gaussians would set the cube (``far_field``); the depth is the
+    shallowest merging at most ``max_merge_fraction`` (of the foreground's Gaussians, when
+    contracted); it stops earlier at a depth whose voxelized renders are transparent
+    (``depth_transparent_psnr``)."""
     if config.far_field not in ("auto", "off"):
         raise EncodeError(f"far_field must be 'auto' or 'off', got {config.far_field!r}")
     contraction = far_field_contraction(model.means) if config.far_field == "auto" else None
+    merge_rule = config.depth is None
     if config.depth is not None:
         depth = config.depth
     elif contraction is not None:
@@ -225,13 +227,27 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     else:
         depth = choose_depth(model.means, config.max_merge_fraction)
     if config.depth is None and config.depth_transparent_psnr is not None:
+        merge_depth = depth
         depth = transparent_depth(model, depth, config.depth_transparent_psnr, contraction,
                                   min_depth=max(MIN_AUTO_DEPTH, config.architecture.num_levels - 1))
+        merge_rule = depth == merge_depth
+    return VoxelGrid.bounding(model.means, depth, contraction), merge_rule
+
+
+def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
+    """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
+    :func:`choose_grid`'s grid; a :class:`DepthWarning` when the merge rule's deepest depth still
+    merges more than ``config.max_merge_fraction`` of the Gaussians."""
+    if len(model) == 0:
+        raise EncodeError("the model has no Gaussians")
+    model = codable_model(model)
+    grid, merge_rule = choose_grid(model, config)
+    depth = grid.depth
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
-    vox = voxelize(model, depth, VoxelGrid.bounding(model.means, depth, contraction))
+    vox = voxelize(model, depth, grid)
     merged = len(model) - len(vox.model)
-    if config.depth is None and contraction is None and merged > config.max_merge_fraction * len(model):
+    if merge_rule and grid.contraction is None and merged > config.max_merge_fraction * len(model):
         lo, hi = model.means.min(axis=0), model.means.max(axis=0)
         axis = int(np.argmax(hi.astype(np.float64) - lo))
         first, last = int(np.argmin(model.means[:, axis])), int(np.argmax(model.means[:, axis]))
