@@ -108,7 +108,10 @@ def build_sweep(args):
 
 
 def main(argv=None) -> int:
+    from ralhe_me.allocator import keep_freed_memory
+
     args = parse_args(argv)
+    keep_freed_memory()
     if args.workers is not None and args.workers < 1:
         print(f"run.py: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2

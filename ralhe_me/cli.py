@@ -338,8 +338,11 @@ def _warning_printer(default):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .allocator import keep_freed_memory
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(warnings.showwarning)
         try:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from ..allocator import keep_freed_memory
 from .jobs import JobOutcome, failed, run_job
 from .scene import prepare_scene, preparation_record
 from .spec import Job, Sweep
@@ -41,6 +42,7 @@ class PreparationFailure:
 
 def _prepare_task(settings):
     """A scene's preparation: (the small record the driver writes, the scene for the jobs)."""
+    keep_freed_memory()  # a Ray worker is its own process
     try:
         prepared = prepare_scene(settings, log=lambda m: print(f"[sweep] {m}", flush=True))
     except Exception as exc:  # noqa: BLE001 - reported by every job of the scene
@@ -51,6 +53,7 @@ def _prepare_task(settings):
 
 
 def _job_task(prepared, job: Job) -> JobOutcome:
+    keep_freed_memory()
     if isinstance(prepared, PreparationFailure):
         return JobOutcome(job, error=f"preparing {job.scene} failed: {prepared.error}", traceback=prepared.traceback)
     return run_job(prepared, job)
