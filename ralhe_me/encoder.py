@@ -33,8 +33,8 @@ from .gaussians import GaussianModel, codable_model
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
-from .octree import (Contraction, OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth, far_field_contraction,
-                     voxelize, with_model)
+from .octree import (MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth,
+                     far_field_contraction, voxelize, with_model)
 from .render_refine import RenderTarget
 from .synthesis import plane_sizes
 from .train import TrainingResult, train_attributes
@@ -257,9 +257,6 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
                       f"along {'xyz'[axis]}: far-out Gaussians coarsen every voxel, coincident ones merge at any "
                       "depth", DepthWarning, stacklevel=2)
     return vox
-
-
-MIN_AUTO_DEPTH = 8  # the shallowest depth the automatic choices try (choose_depth's default)
 
 
 def transparent_depth(model: GaussianModel, merge_depth: int, min_psnr: float,

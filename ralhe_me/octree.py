@@ -15,6 +15,7 @@ import numpy as np
 from .gaussians import OPACITY_EPS, GaussianModel
 
 MAX_DEPTH = 21  # 3 * 21 = 63 bits fit an int64 Morton code
+MIN_AUTO_DEPTH = 8  # the shallowest depth the automatic depth choices try
 
 
 class OctreeError(ValueError):
@@ -122,10 +123,14 @@ class VoxelGrid:
     contraction: Optional[Contraction] = None
 
     @property
+    def step(self) -> float:
+        """Side of a voxel in the grid's own space (contracted space, for a contracted grid)."""
+        return self.extent / float(1 << self.depth)
+
+    @property
     def voxel_size(self) -> float:
         """Side of a voxel in world units (in the foreground cube, for a contracted grid)."""
-        size = self.extent / float(1 << self.depth)
-        return size * self.contraction.radius if self.contraction is not None else size
+        return self.step * self.contraction.radius if self.contraction is not None else self.step
 
     @classmethod
     def bounding(cls, means: np.ndarray, depth: int, contraction: Optional[Contraction] = None) -> "VoxelGrid":
@@ -144,12 +149,12 @@ class VoxelGrid:
     def quantize(self, means: np.ndarray) -> np.ndarray:
         """Integer voxel coordinates (int64 [N, 3]) of positions ``means`` [N, 3]."""
         y = self.contraction.forward(means) if self.contraction is not None else means.astype(np.float64)
-        q = np.floor((y - self.origin) / (self.extent / float(1 << self.depth)))
+        q = np.floor((y - self.origin) / self.step)
         return np.clip(q, 0, (1 << self.depth) - 1).astype(np.int64)
 
     def centers(self, coords: np.ndarray) -> np.ndarray:
         """World positions (float32 [N, 3]) of the centers of voxels ``coords`` [N, 3]."""
-        y = self.origin + (coords.astype(np.float64) + 0.5) * (self.extent / float(1 << self.depth))
+        y = self.origin + (coords.astype(np.float64) + 0.5) * self.step
         if self.contraction is not None:
             y = self.contraction.inverse(y)
         return y.astype(np.float32)
@@ -264,7 +269,7 @@ def occupied_voxel_count(means: np.ndarray, depth: int, contraction: Optional[Co
     return int(len(np.unique(morton_encode(grid.quantize(means)))))
 
 
-def choose_depth(means: np.ndarray, max_merge_fraction: float = 0.05, min_depth: int = 8,
+def choose_depth(means: np.ndarray, max_merge_fraction: float = 0.05, min_depth: int = MIN_AUTO_DEPTH,
                  max_depth: int = 18, contraction: Optional[Contraction] = None) -> int:
     """Smallest depth in [min_depth, max_depth] at which at most ``max_merge_fraction`` of
     the Gaussians are merged away (1 - voxels / Gaussians); ``max_depth`` if none is."""

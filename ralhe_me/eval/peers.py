@@ -35,11 +35,6 @@ PEERS_DIR = Path(__file__).resolve().parents[2] / ".peers"
 #: Seconds one splat-transform call may take before it is stopped (SOG's SH k-means is slowest).
 DEFAULT_TIMEOUT_S = 900.0
 
-#: splat-transform's own default of SOG's SH k-means iterations (``-i``). Its CPU cost grows with
-#: the square of the Gaussian count for SH degree >= 1: on 2 cores a 20k SH3 scene took 15 s at
-#: 1 iteration, a 50k one 160 s at 1 iteration and over 900 s at 10.
-SOG_DEFAULT_ITERATIONS = 10
-
 _STDERR_TAIL_LINES = 15
 
 
@@ -200,7 +195,9 @@ def encode_peer(fmt: str, ply_path: str | os.PathLike, out_dir: str | os.PathLik
     """Code ``ply_path`` (an INRIA 3DGS .ply) as peer format ``fmt`` into ``out_dir``, decode it back.
 
     Writes ``<stem><ext>`` (the coded file) and ``<stem>.<fmt>.decoded.ply``. ``sog_iterations``
-    sets SOG's SH k-means iterations (None: splat-transform's default, 10). Raises
+    sets SOG's SH k-means iterations (None: splat-transform's default, 10); their CPU cost grows with
+    the square of the Gaussian count for SH degree >= 1 (2 cores: a 50k SH3 scene took 160 s at 1
+    iteration, over 900 s at 10). Raises
     :class:`PeerInputError` for an unknown format or missing input and :class:`PeerError` when
     the tool is missing or fails (the message holds the command and the end of its stderr).
     """
