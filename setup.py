@@ -4,11 +4,22 @@ Install with ``bash scripts/setup.sh`` (pip, builds MinkowskiEngine) or ``conda 
 (environment.yml). The package needs torch at build time for its CPU rasterizer extension,
 so install it with ``pip install --no-build-isolation -e .`` after torch.
 """
+import glob
 import os
 
 from setuptools import Extension, find_packages, setup
 
 ext_modules, cmdclass = [], {}
+# The native decoder's library sources (ralhe_me/decode/native/README.md); the per-stage Python
+# extensions below compile the parts they wrap instead of holding copies.
+NATIVE_SRC = os.path.join("ralhe_me", "decode", "native", "src")
+NATIVE_FLAGS = ["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off"]
+
+
+def native_sources(*names):
+    return [os.path.join(NATIVE_SRC, n) for n in names]
+
+
 try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
 
@@ -24,17 +35,19 @@ try:
             )
         )
     # The native reader of CompressAI's rANS streams, shared by the two decoder loops below.
-    rans_header = os.path.join("ralhe_me", "entropy", "csrc", "rans_decoder.h")
+    rans_header = os.path.join(NATIVE_SRC, "rans_reader.h")
     # The latent decoder's lockstep loop (integer ARM + rANS reading); pybind11 only (no libtorch);
     # latent_coder.py falls back to numpy/torch without it.
     ext_modules.append(
         Extension(
             "ralhe_me.entropy._lockstep_cpu",
-            [os.path.join("ralhe_me", "entropy", "csrc", "lockstep.cpp")],
-            depends=[rans_header],
-            include_dirs=include_paths(),  # torch ships pybind11's headers
+            [os.path.join("ralhe_me", "entropy", "csrc", "lockstep.cpp")]
+            + native_sources("latents.cpp", "integer_arm.cpp", "laplace_tables.cpp"),
+            depends=[rans_header] + native_sources("latents.h", "integer_arm.h", "laplace_tables.h", "common.h",
+                                                   "det_math.h"),
+            include_dirs=include_paths() + [NATIVE_SRC],  # torch ships pybind11's headers
             language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
+            extra_compile_args=NATIVE_FLAGS,
         )
     )
     # The occupancy decoder's per-level loop (contexts, adaptive tables, rANS reading); pybind11
@@ -42,11 +55,12 @@ try:
     ext_modules.append(
         Extension(
             "ralhe_me.geometry._occupancy_cpu",
-            [os.path.join("ralhe_me", "geometry", "csrc", "occupancy.cpp")],
-            depends=[rans_header],
-            include_dirs=include_paths(),
+            [os.path.join("ralhe_me", "geometry", "csrc", "occupancy.cpp")]
+            + native_sources("occupancy.cpp", "categorical.cpp"),
+            depends=[rans_header] + native_sources("occupancy.h", "categorical.h", "octree.h", "common.h"),
+            include_dirs=include_paths() + [NATIVE_SRC],
             language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno"],
+            extra_compile_args=NATIVE_FLAGS,
         )
     )
     # Inference-only kernels of the attribute synthesis (inverse RAHT in place); pybind11 only.
@@ -55,10 +69,23 @@ try:
     ext_modules.append(
         Extension(
             "ralhe_me.nn._decode_cpu",
-            [os.path.join("ralhe_me", "nn", "csrc", "decode.cpp")],
-            include_dirs=include_paths(),
+            [os.path.join("ralhe_me", "nn", "csrc", "decode.cpp")] + native_sources("raht.cpp"),
+            depends=native_sources("raht.h", "common.h"),
+            include_dirs=include_paths() + [NATIVE_SRC],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off"],
+        )
+    )
+    # The native decoder for Python: the whole library plus one binding file per part.
+    native_dir = os.path.dirname(NATIVE_SRC)
+    ext_modules.append(
+        Extension(
+            "ralhe_me.decode._native",
+            sorted(glob.glob(os.path.join(native_dir, "python", "*.cpp"))) + sorted(glob.glob(os.path.join(NATIVE_SRC, "*.cpp"))),
+            depends=sorted(glob.glob(os.path.join(NATIVE_SRC, "*.h"))) + [os.path.join(native_dir, "python", "bind.h")],
+            include_dirs=include_paths() + [NATIVE_SRC],
+            language="c++",
+            extra_compile_args=NATIVE_FLAGS,
         )
     )
     if ext_modules:
@@ -71,8 +98,10 @@ setup(
     version="0.1.0",
     description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
     packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
-    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "entropy/csrc/*.h", "geometry/csrc/*.cpp",
-                                 "nn/csrc/*.cpp"]},
+    package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "geometry/csrc/*.cpp",
+                                 "nn/csrc/*.cpp", "decode/native/*.md",
+                                 "decode/native/src/*", "decode/native/python/*", "decode/native/cli/*",
+                                 "decode/native/wasm/*", "decode/native/Makefile"]},
     python_requires=">=3.9",
     install_requires=["numpy<2", "torch>=2.0", "plyfile", "tqdm", "pyyaml", "compressai==1.2.8", "open3d"],
     extras_require={"test": ["pytest"], "bench": ["DracoPy", "matplotlib"],

@@ -168,7 +168,7 @@ def cmd_decode(args) -> int:
     from .decoder import decode_file
 
     start = time.perf_counter()
-    result = decode_file(args.input, args.output, threads=args.threads)
+    result = decode_file(args.input, args.output, threads=args.threads, engine=args.engine)
     print(f"wrote {args.output}: {len(result.model)} Gaussians, SH degree {result.header['sh_degree']}, "
           f"decoded in {time.perf_counter() - start:.2f} s")
     return 0
@@ -299,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode a .ralhe file; the output is a standard INRIA 3DGS .ply.")
     p.add_argument("input", help="input .ralhe file")
     p.add_argument("output", help="output .ply")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of the Python engine (default: torch's)")
+    p.add_argument("--engine", choices=("native", "python"), default=None,
+                   help="native: the C++ decoder (default when it is built; the same Gaussians, faster); "
+                        "python: the reference decoder")
     p.set_defaults(func=cmd_decode)
 
     from .finetune import add_finetune_arguments, run_finetune_command

@@ -17,7 +17,7 @@ from .attributes import denormalize_opacity_logits, denormalize_sh
 from .config import ArchitectureConfig
 from .entropy.laplace import LaplaceTableConfig
 from .octree import Contraction, OctreeLevels, VoxelGrid
-from .synthesis import AttributeSynthesis
+from .synthesis import AttributeSynthesis, native_module
 from .weights import dequantize, quantize
 
 SECTION_POSITIONS = "positions"
@@ -34,10 +34,12 @@ def quantize_decoders(synthesis: AttributeSynthesis, shift: int) -> List[np.ndar
 
 
 def load_decoders(synthesis: AttributeSynthesis, ints: Sequence[np.ndarray], shift: int) -> None:
-    """Set the decoders to the fixed-point weights ``ints`` (step 2**-shift)."""
+    """Set the decoders to the fixed-point weights ``ints`` (step 2**-shift), and keep the
+    integers on ``synthesis`` for the native synthesis (see :func:`reconstruct_attributes`)."""
     with torch.no_grad():
         for (_, p), v in zip(synthesis.decoder_parameters(), ints):
             p.copy_(dequantize(v, shift).reshape(p.shape))
+    synthesis.set_quantized_weights(ints, shift)
 
 
 def architecture_from_header(header: dict) -> ArchitectureConfig:
@@ -103,10 +105,24 @@ def reconstruct_attributes(synthesis: AttributeSynthesis, latents: Sequence[np.n
                            mean: np.ndarray, std: np.ndarray,
                            gain: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Integer latent planes [A, n] -> SH [N, K, 3] and opacity logits [N] (``gain`` [N]: the
-    gain map's per-point gains of the SH signals)."""
-    sh_norm, op_norm = synthesis.decode([torch.as_tensor(l, dtype=torch.float32) for l in latents])
-    return (denormalize_sh(sh_norm.numpy(), mean, std, gain),
-            denormalize_opacity_logits(op_norm.numpy(), mean, std))
+    gain map's per-point gains of the SH signals).
+
+    With the native decoder built (and the weights set by :func:`load_decoders`) the synthesis
+    and the denormalization run in its C++ kernels (decode/native/src/synthesis.h,
+    attributes.h): the encoder's reconstruction and every decoder then give the same bits.
+    Without it, the torch synthesis and numpy denormalization (the references)."""
+    module = native_module()
+    decoded = synthesis.native_decode(latents) if module is not None else None
+    if decoded is None:
+        sh_norm, op_norm = synthesis.decode([torch.as_tensor(l, dtype=torch.float32) for l in latents])
+        if module is None:
+            return (denormalize_sh(sh_norm.numpy(), mean, std, gain),
+                    denormalize_opacity_logits(op_norm.numpy(), mean, std))
+        decoded = (np.ascontiguousarray(sh_norm.numpy().transpose(1, 0, 2)),
+                   np.ascontiguousarray(op_norm.numpy().reshape(-1)))
+    return module.denormalize(decoded[0], decoded[1], np.ascontiguousarray(mean, dtype=np.float64),
+                              np.ascontiguousarray(std, dtype=np.float64),
+                              None if gain is None else np.ascontiguousarray(gain, dtype=np.float64))
 
 
 def levels_for(coords: np.ndarray, header: dict) -> OctreeLevels:

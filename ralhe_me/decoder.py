@@ -6,6 +6,7 @@ written atomically (never a partial file).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .geometry.covariance_code import decode_shapes
 from .geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions
 from .nn.neighbors import NeighborMap
 from .synthesis import AttributeSynthesis, plane_sizes
+from .native import REBUILD_HINT, load_native
 from .weights import decode_int_tensors
 
 
@@ -63,11 +65,43 @@ def _checked(header: dict) -> dict:
 DEFAULT_DECODE_THREADS = 1
 
 
-def decode_bytes(data: bytes, num_threads: Optional[int] = DEFAULT_DECODE_THREADS) -> DecodeResult:
+#: Decoding engines: "native" is the C++ decoder (ralhe_me/decode/native, the extension
+#: ralhe_me.decode._native), "python" this module's reference path. Both give the same
+#: Gaussians: positions, covariance and every integer stage exactly; the attribute networks'
+#: float32 results too (fixed operation order, no fused multiply-adds; see native/README.md).
+ENGINES = ("native", "python")
+#: ralhe_me/decode/native/python/bindings.cpp kApiVersion
+NATIVE_API_VERSION = 1
+
+
+@functools.lru_cache(maxsize=None)
+def native_decoder():
+    """The extension ralhe_me.decode._native if it is built, current and has the whole-file
+    ``decode``; None otherwise (a stale build warns once)."""
+    module = load_native("ralhe_me.decode._native", NATIVE_API_VERSION)
+    return module if module is not None and hasattr(module, "decode") else None
+
+
+def default_engine() -> str:
+    """"native" when the native decoder is built, else "python"."""
+    return "native" if native_decoder() is not None else "python"
+
+
+def decode_bytes(data: bytes, num_threads: Optional[int] = DEFAULT_DECODE_THREADS,
+                 engine: Optional[str] = None) -> DecodeResult:
     """Decode the bytes of a ``.ralhe`` file; raise a BitstreamError subclass if invalid.
-    ``num_threads``: torch intra-op threads while decoding (restored after; None: leave as set)."""
+    ``num_threads``: torch intra-op threads while decoding (restored after; None: leave as set;
+    the native engine runs on one thread). ``engine``: one of :data:`ENGINES`, None for
+    :func:`default_engine`. Files whose attributes a baseline coder wrote (header
+    ``attribute_codec`` "raht" or "scalar") are always decoded by the Python engine."""
+    if engine is None:
+        engine = default_engine()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown decoding engine {engine!r} (choose from {', '.join(ENGINES)})")
     container = unpack(data)
     try:
+        if engine == "native" and container.header.get("attribute_codec", "ralhe") == "ralhe":
+            return _decode_native(data, container.header)
         with intra_op_threads(num_threads):
             return _decode(container)
     except BitstreamError:
@@ -75,6 +109,18 @@ def decode_bytes(data: bytes, num_threads: Optional[int] = DEFAULT_DECODE_THREAD
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as exc:
         # Checksums passed, so this is a consistent but invalid file (or a CRC collision).
         raise CorruptDataError(f"inconsistent file content ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_native(data: bytes, header: dict) -> DecodeResult:
+    native = native_decoder()
+    if native is None:
+        raise ImportError(f"the native decoder (ralhe_me.decode._native) is not built: {REBUILD_HINT}, "
+                          "or decode with the Python engine")
+    out = native.decode(bytes(data))
+    model = GaussianModel(means=out["means"], log_scales=out["log_scales"], quats=out["quats"],
+                          opacity_logits=out["opacity_logits"], sh=out["sh"])
+    seconds = {k: v for k, v in out["seconds"].items() if k != "container"}  # the Python engine's stages
+    return DecodeResult(model=model, header=header, seconds=seconds)
 
 
 def _decode(container) -> DecodeResult:
@@ -154,14 +200,16 @@ def _decode_baseline(kind: str, container, coords, header):
     return decode_attributes(kind, container.section("attributes"), coords, int(header["depth"]), num_sh)
 
 
-def decode_file(path_in: str, path_out: str, threads: int | None = None) -> DecodeResult:
-    """Decode ``path_in`` and write the INRIA ``.ply`` ``path_out`` (atomically)."""
+def decode_file(path_in: str, path_out: str, threads: int | None = None,
+                engine: Optional[str] = None) -> DecodeResult:
+    """Decode ``path_in`` and write the INRIA ``.ply`` ``path_out`` (atomically); ``engine`` as
+    :func:`decode_bytes`."""
     if threads:
         torch.set_num_threads(threads)
     if not os.path.isfile(path_in):
         raise FileNotFoundError(f"{path_in}: no such file")
     with open(path_in, "rb") as fh:
         data = fh.read()
-    result = decode_bytes(data, num_threads=threads or DEFAULT_DECODE_THREADS)
+    result = decode_bytes(data, num_threads=threads or DEFAULT_DECODE_THREADS, engine=engine)
     write_ply(result.model, path_out)
     return result

@@ -20,12 +20,22 @@ convolutions) plus, when ``skip`` is set, a point-wise linear map from the upsam
 to the output added to it: the classical "sum of the pyramid" reconstruction is then exactly
 representable, training starts from it, and the 4 layers learn what it misses.
 
+Native decoding. Once :meth:`AttributeSynthesis.set_quantized_weights` gave it the file's
+integer weights (codec.py load_decoders does), decoding all points without autograd runs the
+native decoder's synthesis (``ralhe_me.decode._native``, decode/native/src/synthesis.h) when
+it is built: one fixed order of float32 operations, so the encoder's reconstruction, this
+decoder, the ``ralhe-decode`` command and WebAssembly give the same bits. The torch path
+stays the reference: training, subsets of rows, float weights and builds without the
+extension use it (it agrees with the native one to float32 rounding, not bit for bit).
+
 Decode side: no optimizer, no renderer, no encoder import.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,6 +49,48 @@ from .nn.inverse_raht import InverseRaht
 from .octree import OctreeLevels
 
 TRANSFORMS = ("raht", "pyramid")
+NATIVE_API_VERSION = 1  # the API_VERSION of ralhe_me.decode._native these sources call (python/bindings.cpp)
+
+
+def native_module():
+    """The native decoder extension with its synthesis kernels (``synthesize``, ``denormalize``),
+    or None when it is not built (or built from other sources)."""
+    from .native import load_native
+
+    module = load_native("ralhe_me.decode._native", NATIVE_API_VERSION)
+    return module if module is not None and hasattr(module, "synthesize") else None
+
+
+def _neighbour_columns() -> Tuple[np.ndarray, np.ndarray]:
+    """MinkowskiEngine kernel offsets k != 13 and the occupancy decoder's neighbour column of each
+    (geometry/occupancy.py NEIGHBOUR_OFFSETS), what the native synthesis reads."""
+    from .geometry.occupancy import NEIGHBOUR_OFFSETS
+
+    column = {tuple(int(v) for v in o): j for j, o in enumerate(NEIGHBOUR_OFFSETS)}
+    ks = np.array([k for k in range(27) if k != 13])
+    cols = np.array([column[(k % 3 - 1, k // 3 % 3 - 1, k // 9 - 1)] for k in ks])
+    return ks, cols
+
+
+def _int32_planes(planes: Sequence) -> Optional[List[np.ndarray]]:
+    """Latent planes (numpy integers or integer-valued floats / tensors) as int32 [A, n] arrays, or
+    None when some value is no int32 (then only the torch path can decode them)."""
+    out = []
+    for p in planes:
+        a = p.detach().numpy() if isinstance(p, Tensor) else np.asarray(p)
+        if a.ndim != 2 or a.dtype.kind not in "iuf":
+            return None
+        if a.dtype.kind in "iu":
+            if a.size and (int(a.min()) < -(1 << 31) or int(a.max()) >= (1 << 31)):
+                return None
+            out.append(np.ascontiguousarray(a, dtype=np.int32))
+            continue
+        with np.errstate(invalid="ignore"):
+            q = np.ascontiguousarray(a, dtype=np.int32)
+        if not np.array_equal(q, a):  # fractions, NaN and values beyond int32 differ
+            return None
+        out.append(q)
+    return out
 
 
 def decoder_configs(arch: ArchitectureConfig) -> Tuple[DecoderConfig, DecoderConfig]:
@@ -87,6 +139,9 @@ class AttributeSynthesis(nn.Module):
         self._segment_start: Optional[Tensor] = None
         self._gather_index = None
         self._inverse: Optional[InverseRaht] = None
+        self._levels: Optional[OctreeLevels] = None
+        self._native_inputs: Optional[tuple] = None  # (coords, depth, neighbours, point_to_voxel), per bind
+        self._quantized: Optional[tuple] = None  # (ints, shift, parameters, their versions): set_quantized_weights
 
     @property
     def num_attributes(self) -> int:
@@ -101,6 +156,28 @@ class AttributeSynthesis(nn.Module):
                        ("opacity.skip", self.opacity_skip), ("opacity.skip_bias", self.opacity_skip_bias)]
         return params
 
+    def set_quantized_weights(self, ints: Sequence[np.ndarray], shift: int) -> None:
+        """Record that the decoder parameters hold the fixed-point weights ``ints`` (file order, step
+        2**-shift; codec.py load_decoders sets both): native decoding needs the integers. Any later
+        change of a parameter (training, load_state_dict) makes them stale, and decoding goes back
+        to torch until they are set again."""
+        params = [p for _, p in self.decoder_parameters()]
+        if len(ints) != len(params):
+            raise ValueError(f"{len(ints)} weight tensors for {len(params)} decoder parameters")
+        ints = [np.ascontiguousarray(np.asarray(v, dtype=np.int64).reshape(p.shape)) for v, p in zip(ints, params)]
+        self._quantized = (ints, int(shift), params, [p._version for p in params])
+
+    def quantized_weights(self) -> Optional[Tuple[List[np.ndarray], int]]:
+        """(ints, shift) of :meth:`set_quantized_weights` if the parameters still hold them, else None."""
+        if self._quantized is None:
+            return None
+        ints, shift, params, versions = self._quantized
+        now = [p for _, p in self.decoder_parameters()]
+        if len(now) != len(params) or any(p is not q or p._version != v for p, q, v in zip(now, params, versions)):
+            self._quantized = None
+            return None
+        return ints, shift
+
     def bind(self, levels: OctreeLevels, neighbors: Optional[NeighborMap] = None) -> None:
         """Attach the geometry: upsampling maps, the finest voxels' 3x3x3 neighbour map (built
         from the coordinates unless given, e.g. by the octree decoder) and the segment starts
@@ -110,6 +187,7 @@ class AttributeSynthesis(nn.Module):
         p2v = [torch.as_tensor(p, dtype=torch.int64) for p in levels.point_to_voxel]
         self._plane_p2v = p2v * self.arch.latent_channels
         self._gather_index = None
+        self._levels, self._native_inputs = levels, None
         if self.arch.transform == "raht":
             self._inverse = InverseRaht.from_coords(levels.coords[0], levels.depth)
         if neighbors is not None and neighbors.num_points != len(levels.coords[0]):
@@ -141,16 +219,54 @@ class AttributeSynthesis(nn.Module):
             raise ValueError(f"planes hold {values.shape[1]} latents, the levels {total}")
         return values.index_select(1, index).view(values.shape[0], -1, len(planes))
 
+    def _native_geometry(self) -> tuple:
+        """(coords int32 [N, 3], depth, neighbour rows int32 [N, 26] in NEIGHBOUR_OFFSETS order
+        (-1: empty), point_to_voxel int32 [N] per level (pyramid; else empty)) of the bound levels."""
+        if self._native_inputs is None:
+            levels, table = self._levels, self._neighbors.table.numpy()
+            n = len(table)
+            ks, cols = _neighbour_columns()
+            rows = np.empty((n, 26), dtype=np.int32)
+            rows[:, cols] = np.where(table[:, ks] == n, -1, table[:, ks])
+            p2v = [] if self.arch.transform == "raht" else \
+                [np.ascontiguousarray(p, dtype=np.int32) for p in levels.point_to_voxel]
+            self._native_inputs = (np.ascontiguousarray(levels.coords[0], dtype=np.int32), int(levels.depth), rows, p2v)
+        return self._native_inputs
+
+    def native_decode(self, planes: Sequence) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Integer latent planes [A, n] -> normalized SH [N, K, 3] and opacity [N] (float32,
+        point-major) by the native synthesis, or None where it cannot run (extension not built,
+        no current :meth:`set_quantized_weights`, latents that are not int32)."""
+        if self._neighbors is None:
+            raise RuntimeError("bind() the octree levels before decoding")
+        module = native_module()
+        weights = self.quantized_weights() if module is not None else None
+        if weights is None:
+            return None
+        ints = _int32_planes(planes)
+        if ints is None:
+            return None
+        coords, depth, neighbours, p2v = self._native_geometry()
+        arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self.arch).items()}
+        return module.synthesize(arch, self.num_sh, weights[0], weights[1], coords, depth, neighbours, p2v, ints)
+
     def decode(self, planes: List[Tensor], rows: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Latent planes [A, n] -> normalized SH [K, N, 3] and opacity [1, N, 1], or only the
         finest voxels ``rows`` (sorted, unique) -> [K, S, 3] and [1, S, 1].
 
-        Without autograd (the codec's reconstruction, encoder and decoder alike) the inverse
-        RAHT and the point-wise layers run in C++ when built, with torch's bits (see
-        nn/inverse_raht.py and nn/grouped_decoder.py), and the results may be views of
-        point-major memory."""
+        Without autograd, for all rows, with the file's integer weights set
+        (:meth:`set_quantized_weights`) and the native decoder built, the native synthesis runs
+        (:meth:`native_decode`; views of point-major memory). Otherwise torch, where without
+        autograd the inverse RAHT and the point-wise layers run in C++ when built, with torch's
+        bits (see nn/inverse_raht.py and nn/grouped_decoder.py), and the results may be views
+        of point-major memory too."""
         if self._neighbors is None:
             raise RuntimeError("bind() the octree levels before decoding")
+        if rows is None and not torch.is_grad_enabled():
+            native = self.native_decode(planes)
+            if native is not None:
+                sh, opacity = (torch.from_numpy(a) for a in native)
+                return sh.permute(1, 0, 2), opacity.view(1, -1, 1)
         up = self.upsample(planes)
         plan = self._neighbors if rows is None else self._neighbors.subset_plan(rows)
         up_sh, up_op = up[: self.num_sh].contiguous(), up[self.num_sh:].contiguous()

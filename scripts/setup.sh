@@ -46,7 +46,13 @@ $VPY -c "import ray" 2>/dev/null || { say "installing ray"; $PIP install -q "ray
 $VPY -m ralhe_me.install_minkowski
 $VPY -c "from ralhe_me.compat import check_stack; check_stack()"
 
-# 6. The formats people ship (SPZ, SOG, compressed PLY) for the main job's comparison: Node.js and
+# 6. The native decoder (ralhe_me/decode/native: the ralhe-decode command and the C library;
+#    g++ and make only), then its WebAssembly build and the web viewer (Emscripten, Chromium and
+#    npm packages; one line and no failure where they cannot be installed).
+bash scripts/build_native.sh
+bash scripts/setup_wasm.sh
+
+# 7. The formats people ship (SPZ, SOG, compressed PLY) for the main job's comparison: Node.js and
 #    splat-transform into .peers/ (one line and no failure where they cannot be installed).
 bash scripts/setup_peers.sh
 say "ready: $VENV"

@@ -3,24 +3,9 @@
 // neighbour maps (nn/neighbors.py).  Each has a torch/numpy reference in Python with the same
 // results bit for bit, used where this module is not built; tests compare the two.
 //
-// inverse_raht: the inverse RAHT of ralhe_me/nn/inverse_raht.py (InverseRaht.__call__, the torch
-// reference, which training differentiates) with the same floating-point operations on the same
-// operands:
-//
-//   low = v[pair_out];  prev[left] = a * low - b * high;  prev[left + 1] = b * low + a * high
-//
-// with a and b rounded to the data's type first, each product rounded, then the difference/sum
-// rounded (this file is compiled with -ffp-contract=off: no fused multiply-adds unless written).
-// Nothing is reduced, so the thread count cannot matter either.
-//
-// Layout.  The torch version builds each step's node array anew (rows sorted by transform code,
-// singletons copied down).  Here every node lives for good in the row of its first point (its
-// first leaf in transform-code order): a merged node and its left child share that row, and the
-// right child's row is its own first leaf, written by the butterfly that creates it.  A
-// butterfly then touches only the two rows of its pair and singletons never move: the whole
-// transform runs in one [M, X] buffer.  The butterflies run in coefficient order (coarsest step
-// first), reading the high-pass coefficients in blocks transposed into a small tile.  raht_plan
-// (from the points) or raht_pairs (from a RahtPlan) give the (left, right) rows of every merge.
+// inverse_raht, raht_plan, raht_pairs: Python wrappers of the native decoder's inverse RAHT
+// (ralhe_me/decode/native/src/raht.{h,cpp}: operations, layout and plan are described there), the
+// same code the native decoder runs.  Errors become ValueError, as before the move.
 //
 // Columns.  The input is P arrays [Q, M] (column (p, q) contiguous: the latent planes, p the
 // channel, q the attribute), the output [Q, M, P] in point order (attribute-major, channel last:
@@ -41,6 +26,9 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
+#include "raht.h"
+
 namespace py = pybind11;
 
 namespace {
@@ -48,164 +36,50 @@ namespace {
 using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
+// ralhe::Error (the library's) -> ValueError, as these functions raised before the move
+template <typename F>
+auto as_value_error(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const ralhe::Error& e) {
+    throw std::invalid_argument(e.what());
+  }
+}
+
 // (left, right) first-leaf rows of every merge, coarsest step first.  stage_starts / stage_left:
 // the plan's steps in forward order (finest first), as RahtStep.starts and RahtStep.left.
 py::tuple raht_pairs(int64_t num_points, const std::vector<I64>& stage_starts, const std::vector<I64>& stage_left) {
-  if (num_points < 1) throw std::invalid_argument("raht_pairs: empty point set");
   if (stage_starts.size() != stage_left.size()) throw std::invalid_argument("raht_pairs: starts / left count differ");
-  const size_t S = stage_starts.size();
-  std::vector<int64_t> leaf(num_points), next;
-  for (int64_t i = 0; i < num_points; ++i) leaf[i] = i;
-  std::vector<std::vector<int64_t>> ls(S), rs(S);
-  int64_t total = 0;
-  for (size_t s = 0; s < S; ++s) {
-    const int64_t n_in = int64_t(leaf.size());
-    auto st = stage_starts[s].unchecked<1>();
-    auto lf = stage_left[s].unchecked<1>();
-    const int64_t n_out = st.shape(0), np = lf.shape(0);
-    if (n_out + np != n_in) throw std::invalid_argument("raht_pairs: step " + std::to_string(s) + " does not merge its nodes");
-    ls[s].resize(np);
-    rs[s].resize(np);
-    for (int64_t p = 0; p < np; ++p) {
-      const int64_t l = lf(p);
-      if (l < 0 || l + 1 >= n_in || (p > 0 && l <= lf(p - 1) + 1)) throw std::invalid_argument("raht_pairs: invalid pair");
-      ls[s][p] = leaf[l];
-      rs[s][p] = leaf[l + 1];
-    }
-    next.resize(n_out);
-    int64_t prev = -1;
-    for (int64_t j = 0; j < n_out; ++j) {
-      const int64_t i = st(j);
-      if (i <= prev || i >= n_in) throw std::invalid_argument("raht_pairs: invalid group starts");
-      next[j] = leaf[i];
-      prev = i;
-    }
-    leaf.swap(next);
-    total += np;
+  std::vector<const int64_t*> sp, lp;
+  std::vector<int64_t> sn, ln;
+  for (size_t s = 0; s < stage_starts.size(); ++s) {
+    if (stage_starts[s].ndim() != 1 || stage_left[s].ndim() != 1) throw std::invalid_argument("raht_pairs: steps must be 1-D");
+    sp.push_back(stage_starts[s].data());
+    sn.push_back(stage_starts[s].shape(0));
+    lp.push_back(stage_left[s].data());
+    ln.push_back(stage_left[s].shape(0));
   }
-  if (leaf.size() != 1 || total != num_points - 1) throw std::invalid_argument("raht_pairs: the steps do not end in one node");
-  I64 left(total), right(total);
-  int64_t* lo = left.mutable_data();
-  int64_t* ro = right.mutable_data();
-  int64_t k = 0;
-  for (size_t s = S; s-- > 0;) {
-    std::copy(ls[s].begin(), ls[s].end(), lo + k);
-    std::copy(rs[s].begin(), rs[s].end(), ro + k);
-    k += int64_t(ls[s].size());
-  }
-  // every row but the DC's is the right child of exactly one merge
-  std::vector<char> seen(num_points, 0);
-  for (int64_t g = 0; g < total; ++g) {
-    if (ro[g] <= 0 || ro[g] >= num_points || seen[ro[g]]) throw std::invalid_argument("raht_pairs: right rows are not a permutation");
-    seen[ro[g]] = 1;
-  }
-  return py::make_tuple(left, right);
+  std::vector<int64_t> left, right;
+  as_value_error([&] { ralhe::raht_pairs(num_points, sp, sn, lp, ln, left, right); return 0; });
+  I64 lo(int64_t(left.size())), ro(int64_t(right.size()));
+  std::copy(left.begin(), left.end(), lo.mutable_data());
+  std::copy(right.begin(), right.end(), ro.mutable_data());
+  return py::make_tuple(lo, ro);
 }
 
-// The inverse plan straight from the points (what build_plan + raht_pairs give, without the
-// per-step arrays training needs): coords int64 [M, 3] (unique, in [0, 2^depth)) -> the (left,
-// right) rows and weights a, b of every merge, coarsest step first, and the points' order by
-// transform code.  Transform code: bit 3 l + axis is bit l of that axis (x = 0), as
-// baselines/raht.py transform_codes; merges along bit s pair adjacent nodes with equal code >> 1,
-// a = sqrt(w1 / (w1 + w2)), b = sqrt(w2 / (w1 + w2)) in float64 as numpy computes them.
-py::tuple raht_plan(I64 coords_in, int64_t depth) {
-  if (coords_in.ndim() != 2 || coords_in.shape(1) != 3) throw std::invalid_argument("coords must have shape [M, 3]");
-  if (depth < 0 || depth > 21) throw std::invalid_argument("depth must be an integer in [0, 21]");
-  const int64_t M = coords_in.shape(0);
-  if (M < 1) throw std::invalid_argument("cannot transform an empty point set");
-  const int64_t* c = coords_in.data();
-  const int64_t lim = int64_t(1) << depth;
-  auto spread = [](uint64_t v) {
-    v &= 0x1FFFFF;
-    v = (v | (v << 32)) & 0x1F00000000FFFFull;
-    v = (v | (v << 16)) & 0x1F0000FF0000FFull;
-    v = (v | (v << 8)) & 0x100F00F00F00F00Full;
-    v = (v | (v << 4)) & 0x10C30C30C30C30C3ull;
-    v = (v | (v << 2)) & 0x1249249249249249ull;
-    return v;
-  };
-  std::vector<std::pair<uint64_t, int64_t>> keyed(M);
-  for (int64_t i = 0; i < M; ++i) {
-    const int64_t x = c[3 * i], y = c[3 * i + 1], z = c[3 * i + 2];
-    if (x < 0 || y < 0 || z < 0 || x >= lim || y >= lim || z >= lim)
-      throw std::invalid_argument("coords must lie in [0, 2^" + std::to_string(depth) + ")");
-    keyed[i] = {spread(uint64_t(x)) | (spread(uint64_t(y)) << 1) | (spread(uint64_t(z)) << 2), i};
-  }
-  // LSD radix sort by code (8-bit digits over the 3 * depth code bits); stable, so ties keep the
-  // input order (ties are rejected below anyway)
-  {
-    std::vector<std::pair<uint64_t, int64_t>> tmp(M);
-    for (int64_t shift = 0; shift < 3 * depth; shift += 8) {
-      int64_t count[257] = {0};
-      for (const auto& e : keyed) ++count[((e.first >> shift) & 0xFF) + 1];
-      for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
-      for (const auto& e : keyed) tmp[count[(e.first >> shift) & 0xFF]++] = e;
-      keyed.swap(tmp);
-    }
-  }
-  I64 order(M);
-  int64_t* ord = order.mutable_data();
-  std::vector<uint64_t> code(M);
-  std::vector<int64_t> weight(M, 1), leaf(M);
-  for (int64_t i = 0; i < M; ++i) {
-    if (i > 0 && keyed[i].first == keyed[i - 1].first) throw std::invalid_argument("coords must be unique");
-    ord[i] = keyed[i].second;
-    code[i] = keyed[i].first;
-    leaf[i] = i;
-  }
-  // per step (finest first): the merges; emitted coarsest first
-  std::vector<int64_t> step_end;  // cumulative merge count after each step
-  std::vector<int64_t> ls, rs;
-  std::vector<double> as, bs;
-  ls.reserve(M);
-  rs.reserve(M);
-  as.reserve(M);
-  bs.reserve(M);
-  int64_t n = M;
-  for (int64_t s = 0; s < 3 * depth; ++s) {
-    int64_t out = 0;
-    for (int64_t i = 0; i < n;) {
-      const uint64_t key = code[i] >> 1;
-      if (i + 1 < n && (code[i + 1] >> 1) == key) {
-        const int64_t w1 = weight[i], w2 = weight[i + 1];
-        const double wsum = double(w1 + w2);
-        ls.push_back(leaf[i]);
-        rs.push_back(leaf[i + 1]);
-        as.push_back(std::sqrt(double(w1) / wsum));
-        bs.push_back(std::sqrt(double(w2) / wsum));
-        code[out] = key;
-        weight[out] = w1 + w2;
-        leaf[out] = leaf[i];
-        i += 2;
-      } else {
-        code[out] = key;
-        weight[out] = weight[i];
-        leaf[out] = leaf[i];
-        i += 1;
-      }
-      ++out;
-    }
-    n = out;
-    step_end.push_back(int64_t(ls.size()));
-  }
-  if (n != 1) throw std::invalid_argument("coords must lie in [0, 2^depth)");
-  const int64_t G = M - 1;
-  I64 left(G), right(G);
+// The inverse plan straight from the points: coords int64 [M, 3] (unique, in [0, 2^depth)) ->
+// (left rows, right rows, a, b, order), what build_plan + raht_pairs give.
+py::tuple raht_plan(I64 coords, int64_t depth) {
+  if (coords.ndim() != 2 || coords.shape(1) != 3) throw std::invalid_argument("coords must have shape [M, 3]");
+  const ralhe::RahtPlan plan = as_value_error([&] { return ralhe::raht_plan(coords.data(), coords.shape(0), depth); });
+  const int64_t G = int64_t(plan.left.size()), M = plan.num_points();
+  I64 left(G), right(G), order(M);
   F64 a(G), b(G);
-  int64_t* lo = left.mutable_data();
-  int64_t* ro = right.mutable_data();
-  double* ao = a.mutable_data();
-  double* bo = b.mutable_data();
-  int64_t k = 0;
-  for (size_t st = step_end.size(); st-- > 0;) {
-    const int64_t begin = st ? step_end[st - 1] : 0, end = step_end[st];
-    for (int64_t g = begin; g < end; ++g, ++k) {
-      lo[k] = ls[g];
-      ro[k] = rs[g];
-      ao[k] = as[g];
-      bo[k] = bs[g];
-    }
-  }
+  std::copy(plan.left.begin(), plan.left.end(), left.mutable_data());
+  std::copy(plan.right.begin(), plan.right.end(), right.mutable_data());
+  std::copy(plan.a.begin(), plan.a.end(), a.mutable_data());
+  std::copy(plan.b.begin(), plan.b.end(), b.mutable_data());
+  std::copy(plan.order.begin(), plan.order.end(), order.mutable_data());
   return py::make_tuple(left, right, a, b, order);
 }
 
@@ -225,59 +99,25 @@ py::array_t<T> inverse_raht(const std::vector<Arr<T>>& columns, I64 left_rows, I
       order_in.shape(0) != M)
     throw std::invalid_argument("inverse_raht: plan of " + std::to_string(G + 1) + " points for " + std::to_string(M) +
                                 " coefficients");
-  const int64_t* L = left_rows.data();
-  const int64_t* R = right_rows.data();
-  const double* A = a_in.data();
-  const double* B = b_in.data();
   const int64_t* order = order_in.data();
-  {  // a valid order of merges: each reads a row that exists and creates a new one
-    std::vector<char> exists(M, 0);
-    exists[0] = 1;
-    for (int64_t g = 0; g < G; ++g) {
-      if (L[g] < 0 || L[g] >= M || R[g] < 0 || R[g] >= M || !exists[L[g]] || exists[R[g]])
-        throw std::invalid_argument("inverse_raht: invalid merge rows");
-      exists[R[g]] = 1;
-    }
-  }
-  for (int64_t m = 0; m < M; ++m)
+  as_value_error([&] { ralhe::check_raht_merges(M, left_rows.data(), right_rows.data()); return 0; });
+  std::vector<int64_t> row_of(M, -1);
+  for (int64_t m = 0; m < M; ++m) {
     if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("inverse_raht: order out of range");
-
-  std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);  // each row is written before it is read (checked)
-  T* w = work.get();
+    row_of[order[m]] = m;
+  }
+  for (int64_t n = 0; n < M; ++n)
+    if (row_of[n] < 0) throw std::invalid_argument("inverse_raht: order is not a permutation");
   std::vector<const T*> column(X);  // column x = q * P + p
   for (int64_t q = 0; q < Q; ++q)
     for (int64_t p = 0; p < P; ++p) column[q * P + p] = columns[p].data() + q * M;
-  for (int64_t x = 0; x < X; ++x) w[x] = column[x][0];  // the DC: the root's row, 0
-  // Merges in blocks: the block's high-pass coefficients (rows 1 + g of every column) transposed
-  // into a small tile first, so both the reads and the butterflies stay in the L1 cache.
-  constexpr int64_t kBlock = 64;
-  std::vector<T> tile(size_t(kBlock) * size_t(X));
-  for (int64_t g0 = 0; g0 < G; g0 += kBlock) {
-    const int64_t nb = std::min(kBlock, G - g0);
-    for (int64_t x = 0; x < X; ++x) {
-      const T* col = column[x] + 1 + g0;
-      for (int64_t i = 0; i < nb; ++i) tile[i * X + x] = col[i];
-    }
-    for (int64_t i = 0; i < nb; ++i) {
-      const int64_t g = g0 + i;
-      T* __restrict lo = w + L[g] * X;  // distinct rows (L != R), and the tile is apart
-      T* __restrict hi = w + R[g] * X;
-      const T* __restrict h = tile.data() + i * X;
-      const T a = static_cast<T>(A[g]), b = static_cast<T>(B[g]);
-      for (int64_t x = 0; x < X; ++x) {
-        const T l = lo[x], al = a * l, bh = b * h[x], bl = b * l, ah = a * h[x];
-        lo[x] = al - bh;
-        hi[x] = bl + ah;
-      }
-    }
-  }
+  std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);
+  T* w = work.get();
+  ralhe::inverse_raht<T, T>(M, left_rows.data(), right_rows.data(), a_in.data(), b_in.data(), column.data(), X, w);
   // to point order: gather (sequential writes to the Q output planes, one row read per point)
-  std::vector<int64_t> row_of(M, -1);
-  for (int64_t m = 0; m < M; ++m) row_of[order[m]] = m;
   py::array_t<T> out({Q, M, P});
   T* o = out.mutable_data();
   for (int64_t n = 0; n < M; ++n) {
-    if (row_of[n] < 0) throw std::invalid_argument("inverse_raht: order is not a permutation");
     const T* row = w + row_of[n] * X;
     for (int64_t q = 0; q < Q; ++q)
       for (int64_t p = 0; p < P; ++p) o[(q * M + n) * P + p] = row[q * P + p];

@@ -1,0 +1,56 @@
+// ralhe_me.decode._native.decode: the whole native decode for ralhe_me/decoder.py (engine "native").
+#include <pybind11/numpy.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../src/decoder.h"
+#include "bind.h"
+
+namespace ralhe_py {
+namespace {
+
+// A numpy array owning `v` (moved, no copy) with `shape`.
+py::array_t<float> to_numpy(std::vector<float>&& v, std::vector<py::ssize_t> shape) {
+  auto* owned = new std::vector<float>(std::move(v));
+  py::capsule free_it(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+  return py::array_t<float>(shape, owned->data(), free_it);
+}
+
+py::dict decode(py::bytes data) {
+  // the bytes object stays alive (and unchanged: bytes are immutable) while the GIL is released
+  char* buffer = nullptr;
+  py::ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(data.ptr(), &buffer, &size) != 0) throw py::error_already_set();
+  ralhe::DecodedModel m;
+  {
+    py::gil_scoped_release release;
+    m = ralhe::decode(ralhe::Bytes(reinterpret_cast<const uint8_t*>(buffer), size_t(size)));
+  }
+  const py::ssize_t n = m.n;
+  py::dict out;
+  out["num_points"] = m.n;
+  out["sh_degree"] = m.sh_degree;
+  out["means"] = to_numpy(std::move(m.means), {n, 3});
+  out["log_scales"] = to_numpy(std::move(m.log_scales), {n, 3});
+  out["quats"] = to_numpy(std::move(m.quats), {n, 4});
+  out["opacity_logits"] = to_numpy(std::move(m.opacity_logits), {n});
+  out["sh"] = to_numpy(std::move(m.sh), {n, py::ssize_t(m.num_sh), 3});
+  py::dict seconds;
+  for (const auto& s : m.seconds) seconds[py::str(s.first)] = s.second;
+  out["seconds"] = seconds;
+  return out;
+}
+
+}  // namespace
+
+void bind_decoder(py::module_& m) {
+  m.def("decode", &decode, py::arg("data"),
+        "Decode the bytes of a .ralhe file: a dict of float32 arrays means [N, 3], log_scales [N, 3], "
+        "quats [N, 4], opacity_logits [N], sh [N, K, 3], plus num_points, sh_degree and seconds (per "
+        "stage).  Raises ralhe_me.bitstream's BitstreamError subclasses.");
+  m.attr("DECODER_VERSION") = ralhe::kDecoderVersion;
+}
+
+}  // namespace ralhe_py

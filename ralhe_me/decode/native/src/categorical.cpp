@@ -1,0 +1,248 @@
+// The static categorical decoder; see categorical.h and ralhe_me/entropy/categorical.py.
+#include "categorical.h"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+
+namespace ralhe {
+
+namespace {
+
+// Order-0 exp-Golomb codes, MSB first (categorical.py exp_golomb_decode).
+class ExpGolombReader {
+ public:
+  explicit ExpGolombReader(Bytes b) : data_(b.data), num_bits_(uint64_t(b.size) * 8) {}
+
+  int64_t next() {
+    uint64_t zeros = 0;
+    while (true) {
+      if (pos_ >= num_bits_) corrupt("exp-Golomb table ends early");
+      if (bit(pos_)) break;
+      ++pos_;
+      if (++zeros > 62) corrupt("exp-Golomb table ends early or holds an oversized value");
+    }
+    if (zeros + 1 > num_bits_ - pos_) corrupt("exp-Golomb table ends early or holds an oversized value");
+    uint64_t x = 0;
+    for (uint64_t i = 0; i <= zeros; ++i) x = (x << 1) | bit(pos_++);
+    return int64_t(x) - 1;
+  }
+  // Whole bytes consumed.
+  size_t bytes_used() const { return size_t((pos_ + 7) / 8); }
+
+ private:
+  uint64_t bit(uint64_t i) const { return (data_[i >> 3] >> (7 - (i & 7))) & 1; }
+
+  const uint8_t* data_;
+  uint64_t num_bits_, pos_ = 0;
+};
+
+// categorical.py quantize_frequencies of one row of weights w [a] (each 0 .. 2**15): a weight of
+// 0 gets 0, a positive one 1 plus its share of the rest, the units left over going to the largest
+// remainders (ties to the lower symbol); rows sum to 2**16.
+void quantize_row(const int64_t* w, int a, int64_t* freq) {
+  int64_t npos = 0, total = 0;
+  for (int s = 0; s < a; ++s) {
+    npos += w[s] > 0;
+    total += w[s];
+  }
+  const int64_t spare = npos > 0 ? kTotalFreq - npos : 0;
+  const int64_t denom = std::max<int64_t>(total, 1);
+  int64_t given = 0;
+  std::vector<int64_t> rem(static_cast<size_t>(a));
+  for (int s = 0; s < a; ++s) {
+    const int64_t scaled = w[s] * spare;
+    freq[s] = scaled / denom + (w[s] > 0);
+    given += scaled / denom;
+    rem[s] = w[s] > 0 ? scaled % denom : -1;
+  }
+  const int64_t left = spare - given;  // in [0, npos)
+  if (left <= 0) return;
+  if (a == 2) {
+    freq[rem[0] >= rem[1] ? 0 : 1] += 1;
+    return;
+  }
+  // the `left` largest remainders, ties to the lower symbol (a stable sort by -rem)
+  std::vector<int32_t> order(static_cast<size_t>(a));
+  for (int s = 0; s < a; ++s) order[s] = s;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return rem[x] > rem[y]; });
+  for (int64_t r = 0; r < left; ++r) freq[order[r]] += 1;
+}
+
+// categorical.py frequencies_to_cdfs of one row of frequencies f [a] into cdf [max(a, 2) + 2]:
+// alphabet 1 widened to 2, a symbol holding all 2**16 gives 1 to the next (cyclically), escape
+// of zero width.
+void frequencies_to_cdf(const int64_t* freq, int a, int32_t* cdf) {
+  const int a2 = std::max(a, 2);
+  std::vector<int64_t> f(size_t(a2), 0);
+  std::copy(freq, freq + a, f.begin());
+  const auto top = std::max_element(f.begin(), f.end());  // the first largest, as np.argmax
+  if (*top == kTotalFreq) {
+    const int s = int(top - f.begin());
+    f[s] -= 1;
+    f[(s + 1) % a2] += 1;
+  }
+  int64_t sum = 0;
+  cdf[0] = 0;
+  for (int s = 0; s < a2; ++s) {
+    sum += f[s];
+    cdf[s + 1] = int32_t(sum);
+  }
+  cdf[a2 + 1] = int32_t(kTotalFreq);
+}
+
+}  // namespace
+
+uint16_t check16(Bytes head, Bytes body) {
+  return uint16_t(crc32(body.data, body.size, crc32(head.data, head.size)) & 0xFFFF);
+}
+
+std::vector<RansSegment> split_rans_segments(Bytes data, int64_t num_symbols) {
+  if (num_symbols < 0) corrupt("negative rANS symbol count");
+  const int64_t num_segments = num_symbols / kSegmentSymbols + (num_symbols % kSegmentSymbols != 0);
+  if (uint64_t(num_segments) * 8 > data.size)  // every segment holds at least the 8-byte rANS flush
+    corrupt(std::to_string(data.size) + " bytes cannot hold " + std::to_string(num_symbols) + " symbols");
+  std::vector<RansSegment> segments;
+  if (num_segments == 0) return segments;
+  size_t pos = 0;
+  std::vector<uint64_t> lengths;
+  for (int64_t i = 0; i + 1 < num_segments; ++i) lengths.push_back(read_varint(data, pos, "rANS segment lengths"));
+  for (int64_t i = 0; i < num_segments; ++i) {
+    const int64_t count = std::min(kSegmentSymbols, num_symbols - i * kSegmentSymbols);
+    Bytes seg;
+    if (i + 1 < num_segments) {
+      if (lengths[i] > data.size - pos) corrupt("rANS stream is truncated");
+      seg = Bytes(data.data + pos, size_t(lengths[i]));
+      pos += size_t(lengths[i]);
+    } else {
+      seg = data.from(pos, "rANS stream");
+    }
+    if (seg.size < 8 || seg.size % 4)
+      corrupt("rANS segment of " + std::to_string(seg.size) + " bytes cannot be valid");
+    segments.push_back({seg, count});
+  }
+  return segments;
+}
+
+void SegmentedRansReader::open_next() {
+  // claim() bounds the symbols read by the segments' counts, so a next segment exists; the check
+  // keeps a caller that forgot to claim from reading outside them
+  if (next_ >= segments_.size()) corrupt("more symbols requested than the stream holds");
+  const RansSegment& seg = segments_[next_++];
+  if (seg.count <= 0) corrupt("rANS segment holds no symbols");
+  reader_.reset(seg.bytes.data, seg.bytes.size);
+  left_ = seg.count;
+}
+
+StaticCategoricalDecoder::StaticCategoricalDecoder(Bytes data, int alphabet_size) : alphabet_(alphabet_size) {
+  if (alphabet_size < 1 || alphabet_size > kMaxAlphabet)
+    fail(ErrorKind::kInvalidArgument, "alphabet_size must be in [1, 32768], got " + std::to_string(alphabet_size));
+  size_t pos = 0;
+  const uint64_t n = read_varint(data, pos, "categorical stream header");
+  const uint64_t stored_a = read_varint(data, pos, "categorical stream header");
+  const uint64_t num_contexts = read_varint(data, pos, "categorical stream header");
+  const uint64_t table_bits = read_varint(data, pos, "categorical stream header");
+  if (stored_a != uint64_t(alphabet_size))
+    corrupt("stream was coded with alphabet " + std::to_string(stored_a) + ", decoder given " +
+            std::to_string(alphabet_size));
+  if (table_bits > uint64_t(kMaxTableBits) || (n == 0) != (num_contexts == 0) || num_contexts > std::max<uint64_t>(n, 1))
+    corrupt("invalid categorical stream header");
+  if (n > uint64_t(std::numeric_limits<int64_t>::max()))
+    corrupt(std::to_string(data.size) + " bytes cannot hold " + std::to_string(n) + " symbols");
+  if (n == 0) {
+    if (pos != data.size) corrupt("trailing bytes after an empty categorical stream");
+    return;
+  }
+  if (data.size < pos + 2) corrupt("categorical stream is truncated");
+  const Bytes body = data.from(pos + 2, "categorical stream");
+  if (check16(Bytes(data.data, pos), body) != load_u16le(data.data + pos))
+    corrupt("categorical stream fails its check sum (corrupt or truncated)");
+
+  // the histogram tables (_read_tables)
+  if (num_contexts > uint64_t(body.size) * 8) corrupt("histogram table is truncated");  // a bit per flag at least
+  num_contexts_ = int64_t(num_contexts);
+  const int a = alphabet_size;
+  cdf_length_ = std::max(a, 2) + 2;
+  slot_.assign(size_t(num_contexts_), -1);
+  ExpGolombReader flags(body);
+  int64_t k = 0;
+  for (int64_t c = 0; c < num_contexts_; ++c) {
+    const int64_t used = flags.next();
+    if (used > 1) corrupt("histogram table has an invalid context flag");
+    if (used) slot_[c] = int32_t(table_bits ? k : 0);
+    k += used;
+  }
+  size_t used_bytes = flags.bytes_used();
+  std::vector<int64_t> weights(static_cast<size_t>(a)), freq(static_cast<size_t>(a));
+  if (table_bits == 0) {
+    // uniform tables: every used context has the same row, held once
+    std::fill(weights.begin(), weights.end(), 1);
+    quantize_row(weights.data(), a, freq.data());
+    cdfs_.resize(size_t(cdf_length_));
+    frequencies_to_cdf(freq.data(), a, cdfs_.data());
+  } else {
+    if (uint64_t(k) * uint64_t(a) > 8 * uint64_t(body.size - used_bytes)) corrupt("histogram table is truncated");
+    ExpGolombReader values(body.from(used_bytes, "histogram table"));
+    cdfs_.resize(size_t(k) * size_t(cdf_length_));
+    for (int64_t row = 0; row < k; ++row) {
+      int64_t sum = 0;
+      for (int s = 0; s < a; ++s) {
+        weights[s] = values.next();
+        if (weights[s] > (int64_t(1) << table_bits)) corrupt("histogram value exceeds its precision");
+        sum += weights[s];
+      }
+      if (sum == 0) corrupt("a used context has an empty histogram");
+      quantize_row(weights.data(), a, freq.data());
+      frequencies_to_cdf(freq.data(), a, cdfs_.data() + size_t(row) * size_t(cdf_length_));
+    }
+    used_bytes += values.bytes_used();
+  }
+  reader_ = SegmentedRansReader(body.from(used_bytes, "categorical stream"), int64_t(n));
+}
+
+const int32_t* StaticCategoricalDecoder::cdf_of(int64_t context) const {
+  if (context < 0 || context >= num_contexts_)
+    corrupt("context outside the stream's " + std::to_string(num_contexts_) + " contexts");
+  const int32_t s = slot_[size_t(context)];
+  if (s < 0) corrupt("a context has no table in the stream (corrupt stream or wrong contexts)");
+  return cdfs_.data() + size_t(s) * size_t(cdf_length_);
+}
+
+void StaticCategoricalDecoder::check_symbols(const int32_t* out, int64_t n) const {
+  if (alphabet_ > 1) return;
+  for (int64_t i = 0; i < n; ++i)  // alphabet 1 is coded as 2: garbage may decode the second
+    if (out[i] != 0) corrupt("decoded a symbol outside the alphabet");
+}
+
+void StaticCategoricalDecoder::decode(const int64_t* contexts, int64_t n, int32_t* out) {
+  if (!contexts) return decode_same(0, n, out);
+  if (n <= 0) return;
+  reader_.claim(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = reader_.decode(cdf_of(contexts[i]), cdf_length_);
+  check_symbols(out, n);
+}
+
+void StaticCategoricalDecoder::decode_same(int64_t context, int64_t n, int32_t* out) {
+  if (n <= 0) return;
+  reader_.claim(n);
+  const int32_t* cdf = cdf_of(context);
+  for (int64_t i = 0; i < n; ++i) out[i] = reader_.decode(cdf, cdf_length_);
+  check_symbols(out, n);
+}
+
+void StaticCategoricalDecoder::finish() const {
+  if (remaining()) corrupt(std::to_string(remaining()) + " symbols left undecoded");
+}
+
+std::vector<int32_t> decode_categorical(Bytes data, int alphabet_size, const int64_t* contexts, int64_t n) {
+  StaticCategoricalDecoder dec(data, alphabet_size);
+  if (contexts == nullptr && n < 0) n = dec.num_symbols();
+  if (n != dec.num_symbols())
+    corrupt("stream holds " + std::to_string(dec.num_symbols()) + " symbols, " + std::to_string(n) + " contexts given");
+  std::vector<int32_t> out(static_cast<size_t>(n));
+  dec.decode(contexts, n, out.data());
+  dec.finish();
+  return out;
+}
+
+}  // namespace ralhe

@@ -1,0 +1,118 @@
+// Shared vocabulary of the native decoder: byte views, the error type and small readers.
+//
+// Every failure on a bad file throws ralhe::Error with a kind that names it the way the Python
+// decoder does (ralhe_me/bitstream.py): BadMagicError, UnsupportedVersionError,
+// TruncatedFileError, ChecksumError, CorruptDataError.  Nothing in the library prints or exits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ralhe {
+
+enum class ErrorKind : int {
+  kBadMagic = 1,            // BadMagicError
+  kUnsupportedVersion = 2,  // UnsupportedVersionError
+  kTruncated = 3,           // TruncatedFileError
+  kChecksum = 4,            // ChecksumError
+  kCorrupt = 5,             // CorruptDataError: checksums pass, content inconsistent
+  kUnsupported = 6,         // a valid file this decoder cannot decode (e.g. a baseline codec)
+  kIO = 7,                  // reading or writing a file failed
+  kInvalidArgument = 8,     // API misuse (null pointers, ...)
+};
+
+inline const char* error_name(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kBadMagic: return "BadMagicError";
+    case ErrorKind::kUnsupportedVersion: return "UnsupportedVersionError";
+    case ErrorKind::kTruncated: return "TruncatedFileError";
+    case ErrorKind::kChecksum: return "ChecksumError";
+    case ErrorKind::kCorrupt: return "CorruptDataError";
+    case ErrorKind::kUnsupported: return "UnsupportedFileError";
+    case ErrorKind::kIO: return "IOError";
+    case ErrorKind::kInvalidArgument: return "InvalidArgumentError";
+  }
+  return "Error";
+}
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}
+  ErrorKind kind() const { return kind_; }
+
+ private:
+  ErrorKind kind_;
+};
+
+[[noreturn]] inline void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+// Checksums passed but the content is inconsistent: the Python decoder's CorruptDataError.
+[[noreturn]] inline void corrupt(const std::string& message) { throw Error(ErrorKind::kCorrupt, message); }
+
+// A read-only view of bytes owned elsewhere (the file buffer outlives every decode step).
+struct Bytes {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+
+  Bytes() = default;
+  Bytes(const uint8_t* d, size_t n) : data(d), size(n) {}
+  explicit Bytes(const std::vector<uint8_t>& v) : data(v.data()), size(v.size()) {}
+
+  uint8_t operator[](size_t i) const { return data[i]; }
+  // [offset, offset + length), or a CorruptDataError naming `what` if it runs past the end.
+  Bytes sub(size_t offset, size_t length, const char* what) const {
+    if (offset > size || length > size - offset) corrupt(std::string(what) + " is truncated");
+    return Bytes(data + offset, length);
+  }
+  Bytes from(size_t offset, const char* what) const {
+    if (offset > size) corrupt(std::string(what) + " is truncated");
+    return Bytes(data + offset, size - offset);
+  }
+};
+
+// LEB128 unsigned varint as ralhe_me/entropy/categorical.py read_varint (7 bits per byte, low
+// first, high bit = more); advances pos.  At most 10 bytes (Python refuses longer).
+inline uint64_t read_varint(Bytes b, size_t& pos, const char* what) {
+  uint64_t value = 0;
+  for (int shift = 0; shift <= 63; shift += 7) {
+    if (pos >= b.size) corrupt(std::string(what) + ": varint runs past the end");
+    uint8_t byte = b[pos++];
+    value |= uint64_t(byte & 0x7F) << shift;
+    if (!(byte & 0x80)) return value;
+  }
+  corrupt(std::string(what) + ": varint too long");
+}
+
+inline uint32_t load_u32le(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+inline uint16_t load_u16le(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+inline float load_f32le(const uint8_t* p) {
+  uint32_t u = load_u32le(p);
+  float f;
+  static_assert(sizeof(f) == 4, "float32");
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+// zlib's CRC-32 (the polynomial 0xEDB88320, reflected), as Python's zlib.crc32.
+inline uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0) {
+  static uint32_t table[256];
+  static bool ready = [] {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      table[i] = c;
+    }
+    return true;
+  }();
+  (void)ready;
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+inline uint32_t crc32(Bytes b) { return crc32(b.data, b.size); }
+
+}  // namespace ralhe

@@ -1,0 +1,46 @@
+// The covariance section: a VQ codeword per Gaussian plus an entropy-coded scalar residual
+// (ralhe_me/geometry/covariance_code.py, covariance_vq.py).
+//
+// Section: version byte 1; flags byte (bit 0: the residual steps are scaled per point by the gain
+// map); float32 steps (log-scale, quaternion); varint length + the VQ stream; if a step is
+// nonzero: per coded component (3 log-scales if that step > 0, then 4 quaternion components if
+// that one is) its zigzag offset (varint), the common span (varint) and the residual symbols
+// (static categorical coder, one context per component, component-major).
+// VQ stream: version byte 1, varints M and K, varint length + the K float16 codewords (high and
+// low byte planes of the 7 components: 14 contexts of the static coder, 256 symbols), then the M
+// indices (static coder, one context, K symbols).
+//
+// Reconstruction in float32 exactly as Python: log_scales = codeword + (r * step) * g, likewise
+// the quaternions, with g the point's gain rounded to float32, only when the flag says so.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common.h"
+
+namespace ralhe {
+
+constexpr int kMaxCodebookSize = 1 << 15;  // covariance_vq.MAX_CODEBOOK_SIZE
+
+// IEEE half -> single (exact).
+float half_to_float(uint16_t h);
+
+struct CovarianceCodebook {
+  int64_t size = 0;
+  std::vector<float> log_scales;  // [K, 3] float16 values
+  std::vector<float> quats;       // [K, 4]
+};
+
+// decode_covariance_indices: the codebook and the indices [M] of a VQ stream, where M must be
+// `expected` (checked from the header, before anything is decoded).
+void decode_covariance_indices(Bytes data, int64_t expected, CovarianceCodebook& codebook, std::vector<int32_t>& indices);
+
+// decode_shapes: the n shapes of a covariance section; point_gain [n] (the gain map's per-point
+// gains, or nullptr when the file has none) is used only when the section's flag says so.  A
+// CorruptDataError if the section is bad, holds another count than n, or needs absent gains.
+void decode_shapes(Bytes section, const double* point_gain,  // [n] or nullptr
+                   int64_t n, std::vector<float>& log_scales,  // [n, 3]
+                   std::vector<float>& quats);                  // [n, 4]
+
+}  // namespace ralhe

@@ -1,0 +1,71 @@
+// Exp-Golomb decoder weights (weights.h), as weights.py decode_int_tensors and
+// entropy/categorical.py exp_golomb_decode.
+#include "weights.h"
+
+#include <string>
+
+namespace ralhe {
+
+namespace {
+
+constexpr int kMaxOrder = 24;  // weights.py MAX_ORDER
+
+[[noreturn]] void bad(const std::string& what) { corrupt("decoder weights: " + what); }
+
+// weights.py _unzigzag in numpy's int64 arithmetic (wrapping, floor division): exact inverse of the
+// zigzag for every value a valid section holds, and Python's result for the rest.
+int64_t unzigzag(uint64_t u) {
+  if (!(u & 1)) return int64_t(u) >> 1;
+  return int64_t(uint64_t(0) - (u + 1)) >> 1;  // -(u + 1) // 2, u + 1 even
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> decode_int_tensors(Bytes data, const std::vector<int64_t>& counts) {
+  std::vector<std::vector<int64_t>> out;
+  out.reserve(counts.size());
+  size_t pos = 0;
+  for (size_t t = 0; t < counts.size(); ++t) {
+    const int64_t count = counts[t];
+    if (count < 0) bad("negative tensor size");
+    if (pos >= data.size) bad("weight section ends early");
+    const int k = data[pos++];
+    if (k >= kMaxOrder) bad("invalid exp-Golomb order " + std::to_string(k));
+    // every code takes at least one bit: refuse counts the rest of the section cannot hold
+    if (uint64_t(count) > 8 * uint64_t(data.size - pos)) bad("weight section ends early");
+    std::vector<int64_t> values(static_cast<size_t>(count));
+    // order-0 exp-Golomb codes of u >> k, MSB first: z zeros, then the z + 1 bits of value + 1
+    const uint64_t nbits = 8 * uint64_t(data.size - pos);
+    const uint8_t* base = data.data + pos;
+    uint64_t bit = 0;
+    auto read_bit = [&](uint64_t b) { return (base[b >> 3] >> (7 - (b & 7))) & 1; };
+    for (int64_t i = 0; i < count; ++i) {
+      uint64_t one = bit;
+      while (one < nbits && !read_bit(one)) ++one;
+      if (one >= nbits) bad("corrupt weight codes (exp-Golomb table ends early)");
+      const uint64_t zeros = one - bit, end = one + zeros + 1;
+      if (end > nbits || zeros > 62) bad("corrupt weight codes (exp-Golomb table ends early or holds an oversized value)");
+      uint64_t v = 0;
+      for (uint64_t b = one; b < end; ++b) v = (v << 1) | read_bit(b);
+      values[size_t(i)] = int64_t(v - 1);
+      bit = end;
+    }
+    pos += size_t((bit + 7) / 8);
+    // the k low bits of every value, MSB first, packed across values
+    const uint64_t low_bytes = (uint64_t(count) * k + 7) / 8;
+    if (low_bytes > data.size - pos) bad("weight section ends early");
+    const uint8_t* low = data.data + pos;
+    uint64_t lb = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      uint64_t u = uint64_t(values[size_t(i)]) << k;  // numpy's int64 shift: wraps
+      for (int j = k - 1; j >= 0; --j, ++lb) u |= uint64_t((low[lb >> 3] >> (7 - (lb & 7))) & 1) << j;
+      values[size_t(i)] = unzigzag(u);
+    }
+    pos += size_t(low_bytes);
+    out.push_back(std::move(values));
+  }
+  if (pos != data.size) bad(std::to_string(data.size - pos) + " unexpected bytes after the weights");
+  return out;
+}
+
+}  // namespace ralhe

@@ -1,0 +1,136 @@
+// The JavaScript API of the RALHE decoder built to WebAssembly (wasm/build.sh), for Node.js and
+// browsers (an ES module; the build's ralhe_decode.mjs + .wasm sit in ../build/wasm/).
+//
+//   import { createDecoder } from "./ralhe_decode.js";
+//   const decoder = await createDecoder();
+//   const g = decoder.decode(new Uint8Array(fileBytes));   // throws RalheDecodeError
+//   g.numPoints, g.shDegree, g.means /* Float32Array [n*3] */, ...;  const ply = g.ply();
+//
+// The arrays are copies (they stay valid whatever the module does next); the floats are bit for
+// bit those of the native decoder.
+
+const STATUS_NAMES = [
+  "OK", "BadMagicError", "UnsupportedVersionError", "TruncatedFileError", "ChecksumError",
+  "CorruptDataError", "UnsupportedFileError", "IOError", "InvalidArgumentError", "OutOfMemoryError",
+];
+
+// A failed decode: `name` is the status name (the Python decoder's exception name, e.g.
+// "CorruptDataError"), `status` the C API's code, `message` the decoder's message.
+export class RalheDecodeError extends Error {
+  constructor(status, name, message) {
+    super(message ? `${name}: ${message}` : name);
+    this.name = name;
+    this.status = status;
+    this.detail = message;
+  }
+}
+
+// Field order of ralhe_wasm_array (wasm/exports.cpp) and the floats per point of each.
+const ARRAYS = [
+  ["means", () => 3],
+  ["logScales", () => 3],
+  ["quats", () => 4],
+  ["opacityLogits", () => 1],
+  ["sh", (numSh) => 3 * numSh],
+];
+
+class Decoder {
+  constructor(module) {
+    this.module = module;
+  }
+
+  _error(status) {
+    const M = this.module;
+    const name = M.UTF8ToString(M._ralhe_status_name(status)) || STATUS_NAMES[status] || `status ${status}`;
+    return new RalheDecodeError(status, name, M.UTF8ToString(M._ralhe_last_error()));
+  }
+
+  // Copies `bytes` into the module's memory, runs fn(gaussiansPtr) on the decoded result and
+  // frees everything, whatever fn does.
+  _withDecoded(bytes, fn) {
+    const M = this.module;
+    if (!(bytes instanceof Uint8Array)) bytes = new Uint8Array(bytes);
+    const input = M._malloc(Math.max(bytes.length, 1));
+    if (!input) throw new RalheDecodeError(9, "OutOfMemoryError", `cannot copy ${bytes.length} bytes into WebAssembly memory`);
+    const g = M._ralhe_wasm_new();
+    try {
+      if (!g) throw new RalheDecodeError(9, "OutOfMemoryError", "cannot allocate the result");
+      M.HEAPU8.set(bytes, input);
+      const status = M._ralhe_decode(input, bytes.length, g);
+      if (status !== 0) throw this._error(status);
+      return fn(g);
+    } finally {
+      M._ralhe_wasm_delete(g);
+      M._free(input);
+    }
+  }
+
+  // The .ply bytes of the struct at `g` (a copy).
+  _ply(g) {
+    const M = this.module;
+    const status = M._ralhe_wasm_to_ply(g);
+    if (status !== 0) throw this._error(status);
+    const data = M._ralhe_wasm_ply_data();
+    const size = M._ralhe_wasm_ply_size();
+    try {
+      return M.HEAPU8.slice(data, data + size);  // HEAPU8 read after the call: memory may have grown
+    } finally {
+      M._ralhe_free_buffer(data);
+    }
+  }
+
+  // Decode a whole .ralhe file: {numPoints, shDegree, numSh, means [n*3], logScales [n*3],
+  // quats [n*4] (w, x, y, z), opacityLogits [n], sh [n*numSh*3], ply() -> Uint8Array}.
+  decode(bytes) {
+    return this._withDecoded(bytes, (g) => {
+      const M = this.module;
+      const numPoints = M._ralhe_wasm_num_points(g);
+      const shDegree = M._ralhe_wasm_sh_degree(g);
+      const numSh = M._ralhe_wasm_num_sh(g);
+      const result = { numPoints, shDegree, numSh };
+      ARRAYS.forEach(([key, perPoint], which) => {
+        const ptr = M._ralhe_wasm_array(g, which);
+        const count = numPoints * perPoint(numSh);
+        result[key] = count ? M.HEAPF32.slice(ptr >>> 2, (ptr >>> 2) + count) : new Float32Array(0);
+      });
+      result.ply = () => this.plyOf(result);
+      return result;
+    });
+  }
+
+  // Decode straight to the INRIA .ply bytes (what `ralhe-decode IN OUT.ply` writes), without
+  // copying the arrays out.
+  decodeToPly(bytes) {
+    return this._withDecoded(bytes, (g) => this._ply(g));
+  }
+
+  // The .ply bytes of arrays shaped as decode() returns them.
+  plyOf(gaussians) {
+    const M = this.module;
+    const { numPoints, shDegree } = gaussians;
+    const g = M._ralhe_wasm_alloc(numPoints, shDegree);
+    if (!g) throw new RalheDecodeError(9, "OutOfMemoryError", `cannot allocate ${numPoints} points`);
+    try {
+      const numSh = M._ralhe_wasm_num_sh(g);
+      ARRAYS.forEach(([key, perPoint], which) => {
+        const count = numPoints * perPoint(numSh);
+        const array = gaussians[key];
+        if (!array || array.length !== count) throw new RangeError(`${key} must hold ${count} floats`);
+        if (count) M.HEAPF32.set(array, M._ralhe_wasm_array(g, which) >>> 2);
+      });
+      return this._ply(g);
+    } finally {
+      M._ralhe_wasm_free_alloc(g);
+    }
+  }
+}
+
+// Instantiate the WebAssembly module (once per decoder; reuse the decoder).  options:
+//   moduleUrl: where ralhe_decode.mjs is (default ../build/wasm/ralhe_decode.mjs beside this file)
+//   any other key is passed to the Emscripten factory (e.g. wasmBinary, locateFile).
+export async function createDecoder(options = {}) {
+  const { moduleUrl, ...moduleOptions } = options;
+  const url = moduleUrl ? new URL(moduleUrl, import.meta.url).href : new URL("../build/wasm/ralhe_decode.mjs", import.meta.url).href;
+  const { default: factory } = await import(url);
+  return new Decoder(await factory(moduleOptions));
+}
