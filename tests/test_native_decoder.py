@@ -411,3 +411,22 @@ def test_timing_lists_the_stages(written):
     assert r.returncode == 0
     for stage in ("container", "positions", "gains", "covariance", "latents", "attributes", "write", "total"):
         assert stage in r.stderr
+
+
+def _has_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="the 8-lane synthesis kernel needs AVX2")
+@pytest.mark.parametrize("name", ("sh3_vq", "pyramid", "gain"))
+def test_synthesis_lane_count_changes_no_bit(written, name, tmp_path):
+    """8 attribute lanes (AVX2) and 4 (SSE, WebAssembly) give the same .ply bytes."""
+    src, default_ply = written[name]
+    four = tmp_path / "four.ply"
+    env = dict(os.environ, RALHE_SYNTHESIS_LANES="4")
+    r = subprocess.run([str(_cli()), str(src), str(four)], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert four.read_bytes() == default_ply.read_bytes()

@@ -2,6 +2,7 @@
 #include "attributes.h"
 
 #include <limits>
+#include <vector>
 
 // No fused multiply-adds even in a build that forgets -ffp-contract=off (every build passes it).
 #if defined(__clang__)
@@ -16,15 +17,30 @@ namespace ralhe {
 
 void denormalize_sh(const float* sh_norm, int64_t M, int K, const double* mean, const double* std, const double* gain,
                     float* sh) {
-  for (int64_t n = 0; n < M; ++n) {
-    const float* x = sh_norm + n * K * 3;
-    float* out = sh + n * K * 3;
-    for (int k = 0; k < K; ++k)
-      for (int c = 0; c < 3; ++c) {
-        double v = static_cast<double>(x[k * 3 + c]);
-        v = gain ? (v * gain[n]) * std[k] : v * std[k];
-        out[k * 3 + c] = static_cast<float>(v + mean[k * 3 + c]);
-      }
+  // per point a flat run of 3 K values with the per-value std and mean laid out alike, so the
+  // loops are branch-free and vectorize (the same operations in the same order per value)
+  const int W = 3 * K;
+  std::vector<double> sd(W), mn(W);
+  for (int k = 0; k < K; ++k)
+    for (int c = 0; c < 3; ++c) {
+      sd[k * 3 + c] = std[k];
+      mn[k * 3 + c] = mean[k * 3 + c];
+    }
+  const double* __restrict s = sd.data();
+  const double* __restrict m = mn.data();
+  if (gain) {
+    for (int64_t n = 0; n < M; ++n) {
+      const float* x = sh_norm + n * W;
+      float* out = sh + n * W;
+      const double g = gain[n];
+      for (int i = 0; i < W; ++i) out[i] = static_cast<float>((static_cast<double>(x[i]) * g) * s[i] + m[i]);
+    }
+  } else {
+    for (int64_t n = 0; n < M; ++n) {
+      const float* x = sh_norm + n * W;
+      float* out = sh + n * W;
+      for (int i = 0; i < W; ++i) out[i] = static_cast<float>(static_cast<double>(x[i]) * s[i] + m[i]);
+    }
   }
 }
 

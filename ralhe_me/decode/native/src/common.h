@@ -11,6 +11,15 @@
 #include <string>
 #include <vector>
 
+// A loop that does most of a stage's work lives in a function called many times (per step, per
+// chunk of points, per table), kept out of line: WebAssembly engines first run a function from
+// a quickly compiled baseline, and only calls made after its optimized code is ready use it.
+#if defined(__GNUC__) || defined(__clang__)
+#define RALHE_NOINLINE __attribute__((noinline))
+#else
+#define RALHE_NOINLINE
+#endif
+
 namespace ralhe {
 
 enum class ErrorKind : int {

@@ -309,10 +309,16 @@ DecodedModel decode(const Container& container) {
              latents, m.sh.data(), m.opacity_logits.data());
   std::vector<std::vector<int32_t>>().swap(latents);
   std::vector<int32_t>().swap(pos.neighbours);
-  denormalize_sh(m.sh.data(), n, num_sh, header.signal_mean.data(), header.signal_std.data(),
-                 gain.empty() ? nullptr : gain.data(), m.sh.data());
-  denormalize_opacity_logits(m.opacity_logits.data(), n, num_sh, header.signal_mean.data(), header.signal_std.data(),
-                             m.opacity_logits.data());
+  // in chunks of points, one call each (WebAssembly engines optimize a function between calls)
+  constexpr int64_t kChunk = 8192;
+  for (int64_t b = 0; b < n; b += kChunk) {
+    const int64_t c = std::min(kChunk, n - b);
+    float* sh = m.sh.data() + b * num_sh * 3;
+    denormalize_sh(sh, c, num_sh, header.signal_mean.data(), header.signal_std.data(),
+                   gain.empty() ? nullptr : gain.data() + b, sh);
+    float* logits = m.opacity_logits.data() + b;
+    denormalize_opacity_logits(logits, c, num_sh, header.signal_mean.data(), header.signal_std.data(), logits);
+  }
   m.means.resize(size_t(n) * 3);
   voxel_centers(header.grid, pos.coords.data(), n, m.means.data());
   m.seconds.emplace_back("attributes", since(t0));

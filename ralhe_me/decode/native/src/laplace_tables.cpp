@@ -48,7 +48,7 @@ int64_t half_width(const LaplaceTableConfig& c, int64_t scale_bin) {
 }
 
 // laplace.py _table_pmfs for one mean bin: p [2W + 2], residuals -W..W then the escape.
-void table_pmf(double inv_b, double one_minus, double f, int64_t w, double* p) {
+RALHE_NOINLINE void table_pmf(double inv_b, double one_minus, double f, int64_t w, double* p) {
   for (int64_t i = 0; i <= 2 * w; ++i) {
     const double k = double(i - w);
     const double d = std::fabs(k - f);  // exact
@@ -67,7 +67,8 @@ void table_pmf(double inv_b, double one_minus, double f, int64_t w, double* p) {
 // laplace.py _quantize_pmf for one row: frequencies >= 1 summing to 2**16 (1 each, then the floor
 // of p * budget, then one more to the largest remainders, ties to the lower index, cycling if
 // needed; a negative remainder takes from the first largest frequency, one at a time).
-void quantize_pmf(const double* p, int64_t n, int64_t* freq, std::vector<double>& frac, std::vector<int64_t>& order) {
+RALHE_NOINLINE void quantize_pmf(const double* p, int64_t n, int64_t* freq, std::vector<double>& frac,
+                                 std::vector<int64_t>& order) {
   const double budget = double(kTotalFreq - n);
   frac.resize(size_t(n));
   int64_t sum = 0;

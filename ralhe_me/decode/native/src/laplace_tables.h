@@ -51,7 +51,7 @@ struct CdfTablesView {
   void check(int64_t cdf_size) const;
   // One symbol of table t (t is trusted: callers compute it in range).
   int32_t decode(RansReader& reader, int64_t t) const {
-    return reader.decode(cdf + start[t], length[t], offset[t]);
+    return reader.decode_near(cdf + start[t], length[t], offset[t], -offset[t]);  // the center: residual 0
   }
 };
 

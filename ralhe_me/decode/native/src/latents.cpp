@@ -10,7 +10,10 @@
 // of segments are contiguous loads.  The contexts live in a ring of K rows, int16 [A][K][Gp]
 // (contexts are clamped to +-(2**15 - 1), so int16 holds them exactly): latent t of a segment is
 // row t % K, and rows start at zero (the contexts before a segment's start).  The latents
-// themselves go to vals, int32 [A][S][Gp], written once per step.
+// themselves go to vals, int32 [A][S][Gp], written once per step; or, with direct_output(), to a
+// tile of the last kTile steps, int32 [A][kTile][Gp], copied to the output planes every kTile
+// steps (each segment's kTile latents in one contiguous run): no whole-stream buffer and no
+// strided gather after it.
 //
 // Vectors are GCC/clang vector extensions of N lanes (N segments at once): 16 with AVX-512, 8 with
 // AVX2, 4 otherwise (one SSE or WebAssembly SIMD128 register of floats), so that a layer's
@@ -24,6 +27,15 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+// Every product and partial sum here is an exact integer (see Exactness above), so a fused
+// multiply-add gives the same bits as a separate multiply and add: where the target has FMA
+// (the AVX2 and AVX-512 kernels) the compiler may fuse them.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=fast")
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT ON
+#endif
 
 // Lane vectors are passed between always-inline functions only: no ABI is involved.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -51,6 +63,7 @@ constexpr int kBaseLanes = 4;
 #endif
 
 constexpr int kBlock = 16;    // Gp is a multiple of this (the widest lane count)
+constexpr int kTile = 32;     // steps per tile (direct_output)
 constexpr int kMaxDim = 256;  // ArmConfig allows up to 255 inputs / hidden units
 constexpr int32_t kOutCap = 1 << 28;  // beyond every clip range of the outputs (see round_shift)
 
@@ -213,17 +226,27 @@ constexpr size_t kScratchBytes = sizeof(Scratch<16>);
 constexpr size_t kScratchAlign = 128;  // the widest lane vector (alignof depends on the target ISA)
 
 // One step: contexts of segments [0, na) of every attribute -> mu_out, idx_out [A * na] (a-major).
-// Each block of N segments runs in the cheapest arithmetic exact for its own contexts.
+// Each block of N segments runs in the cheapest arithmetic exact for its own contexts.  Blocks of
+// kBlock segments whose contexts are all zero (last_nonzero [A][Gp / kBlock]: the last step that
+// stored a nonzero latent there, below t - K) are skipped: their results are the attribute's
+// zero-context result, which the caller takes from Model (about 90% of the blocks of a typical
+// file).
 template <int N>
 inline __attribute__((always_inline)) void eval_step_lanes(const Model& md, const int16_t* ring, int64_t Gp, int t,
-                                                           int na, int32_t* mu_out, int32_t* idx_out, void* scratch) {
+                                                           int na, const int32_t* last_nonzero, int32_t* mu_out,
+                                                           int32_t* idx_out, void* scratch) {
   typedef Vec<N> X;
   typedef typename X::H H;
   Scratch<N>& sc = *static_cast<Scratch<N>*>(scratch);
   const int16_t* rows[kMaxDim];
   for (int a = 0; a < md.A; ++a) {
     for (int j = 0; j < md.K; ++j) rows[j] = ring + (int64_t(a) * md.K + (t + j) % md.K) * Gp;
+    const int32_t* live = last_nonzero + int64_t(a) * (Gp / kBlock);
     for (int g0 = 0; g0 < na; g0 += N) {
+      if (live[g0 / kBlock] < t - md.K) {  // N divides kBlock: the whole block is zero-context
+        g0 += kBlock - N;
+        continue;
+      }
       const int nl = std::min(N, na - g0);
       int32_t* mo = mu_out + int64_t(a) * na + g0;
       int32_t* io = idx_out + int64_t(a) * na + g0;
@@ -282,21 +305,23 @@ inline __attribute__((always_inline)) void eval_step_lanes(const Model& md, cons
   }
 }
 
-typedef void (*StepFn)(const Model&, const int16_t*, int64_t, int, int, int32_t*, int32_t*, void*);
+typedef void (*StepFn)(const Model&, const int16_t*, int64_t, int, int, const int32_t*, int32_t*, int32_t*, void*);
 
-void step_base(const Model& md, const int16_t* ring, int64_t Gp, int t, int na, int32_t* mu, int32_t* idx,
-               void* scratch) {
-  eval_step_lanes<kBaseLanes>(md, ring, Gp, t, na, mu, idx, scratch);
+void step_base(const Model& md, const int16_t* ring, int64_t Gp, int t, int na, const int32_t* last_nonzero,
+               int32_t* mu, int32_t* idx, void* scratch) {
+  eval_step_lanes<kBaseLanes>(md, ring, Gp, t, na, last_nonzero, mu, idx, scratch);
 }
 
 #if RALHE_X86_DISPATCH
 __attribute__((target("arch=x86-64-v4"))) void step_avx512(const Model& md, const int16_t* ring, int64_t Gp, int t,
-                                                           int na, int32_t* mu, int32_t* idx, void* scratch) {
-  eval_step_lanes<16>(md, ring, Gp, t, na, mu, idx, scratch);
+                                                           int na, const int32_t* last_nonzero, int32_t* mu,
+                                                           int32_t* idx, void* scratch) {
+  eval_step_lanes<16>(md, ring, Gp, t, na, last_nonzero, mu, idx, scratch);
 }
 __attribute__((target("arch=x86-64-v3"))) void step_avx2(const Model& md, const int16_t* ring, int64_t Gp, int t,
-                                                         int na, int32_t* mu, int32_t* idx, void* scratch) {
-  eval_step_lanes<8>(md, ring, Gp, t, na, mu, idx, scratch);
+                                                         int na, const int32_t* last_nonzero, int32_t* mu,
+                                                         int32_t* idx, void* scratch) {
+  eval_step_lanes<8>(md, ring, Gp, t, na, last_nonzero, mu, idx, scratch);
 }
 #endif
 
@@ -341,6 +366,23 @@ struct LatentLoop::State {
   std::vector<int16_t> ring;
   std::vector<int32_t> vals;
   std::vector<int32_t> mu, idx;
+  std::vector<int32_t> last_nonzero;  // [A][Gp / kBlock]: see eval_step_lanes
+  std::vector<int32_t*> dest;         // [A][G] when set: segment g's latents go to dest[g][t], not vals
+  std::vector<int32_t> dest_length;   // [G] each segment's length (direct_output)
+  std::vector<int32_t> tile;          // [A][kTile][Gp] (direct_output)
+
+  // Steps [t0, t1] of the tile (t0 a multiple of kTile) to the outputs.
+  void flush_tile(int t0, int t1) {
+    for (int a = 0; a < md.A; ++a) {
+      const int32_t* tb = tile.data() + int64_t(a) * kTile * Gp;
+      int32_t* const* drow = dest.data() + int64_t(a) * G;
+      for (int64_t g = 0; g < G; ++g) {
+        const int rows = std::min(t1 + 1, dest_length[g]) - t0;
+        int32_t* d = drow[g] + t0;
+        for (int r = 0; r < rows; ++r) d[r] = tb[r * Gp + g];
+      }
+    }
+  }
   std::vector<unsigned char> scratch;
 
   void* aligned_scratch() {
@@ -348,11 +390,72 @@ struct LatentLoop::State {
     return scratch.data() + (kScratchAlign - p % kScratchAlign) % kScratchAlign;
   }
 
+  void ensure_vals() {  // allocated on first use: a run straight into outputs never needs it
+    if (vals.empty()) vals.assign(size_t(md.A) * S * Gp, 0);
+  }
+
   void check_step(int t, int na) const {
     if (t < 0 || t >= S || na < 0 || na > G) bad_argument("step out of range");
   }
 
-  void eval_step(int t, int na) { step(md, ring.data(), Gp, t, na, mu.data(), idx.data(), aligned_scratch()); }
+  // The ARM of step t; blocks skipped as zero-context are left as they were in mu and idx
+  // unless fill_zero (then they get Model's zero-context result).
+  void eval_step(int t, int na, bool fill_zero) {
+    step(md, ring.data(), Gp, t, na, last_nonzero.data(), mu.data(), idx.data(), aligned_scratch());
+    if (!fill_zero) return;
+    const int64_t nb = Gp / kBlock;
+    for (int a = 0; a < md.A; ++a)
+      for (int64_t b = 0; b * kBlock < na; ++b)
+        if (last_nonzero[a * nb + b] < t - md.K)
+          for (int64_t g = b * kBlock; g < std::min<int64_t>(na, (b + 1) * kBlock); ++g) {
+            mu[int64_t(a) * na + g] = md.zero_mu[a];
+            idx[int64_t(a) * na + g] = md.zero_idx[a];
+          }
+  }
+
+  // The symbols of step t (after eval_step) into the step's rows (vals or tile) and the ring.
+  // One call per step (RALHE_NOINLINE: see common.h).
+  RALHE_NOINLINE void decode_step(RansReader& reader, const CdfTablesView& tables, int t, int na,
+                                             int64_t& top_out) {
+    RansReader rd = reader;  // a local copy: its state stays in registers
+    int64_t top = top_out;
+    const int32_t* pmu = mu.data();
+    const int32_t* pidx = idx.data();
+    const int32_t clamp = int32_t(md.cclamp);
+    const int64_t nb = Gp / kBlock;
+    for (int a = 0; a < md.A; ++a) {
+      int32_t* vrow = dest.empty() ? vals.data() + (int64_t(a) * S + t) * Gp
+                                   : tile.data() + (int64_t(a) * kTile + t % kTile) * Gp;
+      int16_t* rrow = ring.data() + (int64_t(a) * md.K + t % md.K) * Gp;
+      int32_t* live = last_nonzero.data() + a * nb;
+      // the zero-context table, for the blocks eval_step skipped
+      const int64_t zt = md.zero_idx[a];
+      const int32_t* zcdf = tables.cdf + tables.start[zt];
+      const int zlen = tables.length[zt], zoff = tables.offset[zt];
+      const int32_t zmu = md.zero_mu[a];
+      for (int64_t b = 0; b * kBlock < na; ++b) {
+        const int g1 = int(std::min<int64_t>(na, (b + 1) * kBlock));
+        const bool zero = live[b] < t - md.K;
+        bool nonzero = false;
+        for (int g = int(b * kBlock); g < g1; ++g) {
+          // as put(): a valid stream has |x| <= kLatentLimit; garbage from a corrupt one saturates
+          int64_t x = zero ? int64_t(rd.decode_near(zcdf, zlen, zoff, -zoff)) + zmu
+                           : int64_t(tables.decode(rd, pidx[g])) + pmu[g];
+          x = std::min<int64_t>(std::max<int64_t>(x, INT32_MIN + 1), INT32_MAX);
+          const int32_t v = int32_t(x);
+          vrow[g] = v;
+          rrow[g] = int16_t(std::min(std::max(v, -clamp), clamp));
+          top = std::max<int64_t>(top, v < 0 ? -int64_t(v) : v);
+          nonzero |= v != 0;
+        }
+        if (nonzero) live[b] = int32_t(t);
+      }
+      pmu += na;
+      pidx += na;
+    }
+    reader = rd;
+    top_out = top;
+  }
 
   // Latent x of segment g at step t (attribute a): into vals and the context ring.
   void put(int a, int t, int g, int64_t x, int64_t& top) {
@@ -361,6 +464,7 @@ struct LatentLoop::State {
     vals[(int64_t(a) * S + t) * Gp + g] = int32_t(x);
     ring[(int64_t(a) * md.K + t % md.K) * Gp + g] = int16_t(std::min<int64_t>(std::max<int64_t>(x, -md.cclamp), md.cclamp));
     top = std::max(top, x < 0 ? -x : x);
+    if (x) last_nonzero[int64_t(a) * (Gp / kBlock) + g / kBlock] = t;
   }
 };
 
@@ -446,7 +550,7 @@ LatentLoop::LatentLoop(const QuantizedArm& arm, const ArmEvalParams& p, int64_t 
   st.S = segment_length;
   st.Gp = ((segments + kBlock - 1) / kBlock) * kBlock;
   st.ring.assign(size_t(md.A) * md.K * st.Gp, 0);
-  st.vals.assign(size_t(md.A) * st.S * st.Gp, 0);
+  st.last_nonzero.assign(size_t(md.A) * (st.Gp / kBlock), -md.K - 1);  // contexts before step 0 are zeros
   st.mu.resize(size_t(md.A) * st.G);
   st.idx.resize(size_t(md.A) * st.G);
   st.scratch.resize(kScratchBytes + kScratchAlign);
@@ -462,12 +566,14 @@ const int32_t* LatentLoop::table_index() const { return s_->idx.data(); }
 
 void LatentLoop::predict(int t, int na) {
   s_->check_step(t, na);
-  s_->eval_step(t, na);
+  s_->eval_step(t, na, true);
 }
 
 void LatentLoop::store(int t, int na, const int64_t* res) {
   State& st = *s_;
   st.check_step(t, na);
+  if (!st.dest.empty()) bad_argument("store() after direct_output()");
+  st.ensure_vals();
   int64_t top = st.bound;
   for (int a = 0; a < st.md.A; ++a)
     for (int g = 0; g < na; ++g) {
@@ -482,17 +588,22 @@ bool LatentLoop::run(RansReader& reader, const CdfTablesView& tables, const int6
   if (tables.count != num_tables()) bad_argument("the tables must have one entry per table index");
   if (steps > st.S) bad_argument("more steps than the segment length");
   const int A = st.md.A;
+  if (st.dest.empty()) {
+    st.ensure_vals();
+  } else {
+    for (int32_t* d : st.dest)
+      if (!d) bad_argument("direct_output() must cover every segment");
+    st.tile.assign(size_t(A) * kTile * st.Gp, 0);
+  }
   int64_t top = st.bound;
-  RansReader rd = reader;  // a local copy: its state stays in registers across the stores below
+  RansReader rd = reader;  // written back at the end
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t na64 = active[t];
     if (na64 < 0 || na64 > st.G) bad_argument("step out of range");
     const int na = int(na64);
-    st.eval_step(int(t), na);
-    const int32_t* mu = st.mu.data();
-    const int32_t* idx = st.idx.data();
-    for (int a = 0; a < A; ++a)
-      for (int g = 0; g < na; ++g, ++mu, ++idx) st.put(a, int(t), g, int64_t(tables.decode(rd, *idx)) + *mu, top);
+    st.eval_step(int(t), na, false);
+    st.decode_step(rd, tables, int(t), na, top);
+    if (!st.dest.empty() && ((t + 1) % kTile == 0 || t + 1 == steps)) st.flush_tile(int(t - t % kTile), int(t));
     if (rd.overrun()) break;  // the symbols of this step are garbage: stop here
   }
   reader = rd;
@@ -524,11 +635,28 @@ void gather_plane(const std::vector<int32_t>& vals, int A, int S, int64_t G, int
 
 }  // namespace
 
+void LatentLoop::direct_output(int64_t first, int64_t n, const int64_t* position, int32_t* out) {
+  State& st = *s_;
+  const int64_t ng = (n + st.S - 1) / st.S;
+  if (first < 0 || n < 0 || first > st.G || ng > st.G - first) bad_argument("plane segments out of range");
+  if (!st.vals.empty()) bad_argument("direct_output() after store() or run()");
+  st.dest.resize(size_t(st.md.A) * st.G, nullptr);
+  st.dest_length.resize(size_t(st.G), 0);
+  for (int64_t j = 0; j < ng; ++j) {
+    const int64_t c = position[first + j];
+    if (c < 0 || c >= st.G) bad_argument("position out of range");
+    st.dest_length[c] = int32_t(std::min<int64_t>(st.S, n - j * st.S));
+    for (int a = 0; a < st.md.A; ++a) st.dest[a * st.G + c] = out + a * n + j * st.S;
+  }
+}
+
 void LatentLoop::gather(int64_t first, int64_t n, const int64_t* position, int32_t* out) const {
+  if (s_->vals.empty()) bad_argument("gather() needs run() or store() without direct_output()");
   gather_plane(s_->vals, s_->md.A, s_->S, s_->G, s_->Gp, first, n, position, out);
 }
 
 void LatentLoop::gather(int64_t first, int64_t n, const int64_t* position, int64_t* out) const {
+  if (s_->vals.empty()) bad_argument("gather() needs run() or store() without direct_output()");
   gather_plane(s_->vals, s_->md.A, s_->S, s_->G, s_->Gp, first, n, position, out);
 }
 
@@ -580,15 +708,15 @@ std::vector<std::vector<int32_t>> decode_latents(Bytes section, const std::vecto
   }
 
   LatentLoop loop(arms, arm_eval_params(arms, table_config), G, int(S));
-  RansReader reader(section.data, section.size);
-  if (!loop.run(reader, tables->view(), active.data(), steps))
-    corrupt("latents: the latent stream is corrupt: it ends before its last symbol or holds an impossible escape");
   int64_t first = 0;
   for (int64_t n : plane_sizes) {
     out.emplace_back(size_t(A) * n);
-    loop.gather(first, n, position.data(), out.back().data());
+    loop.direct_output(first, n, position.data(), out.back().data());
     first += (n + S - 1) / S;
   }
+  RansReader reader(section.data, section.size);
+  if (!loop.run(reader, tables->view(), active.data(), steps))
+    corrupt("latents: the latent stream is corrupt: it ends before its last symbol or holds an impossible escape");
   return out;
 }
 

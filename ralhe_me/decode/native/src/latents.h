@@ -68,6 +68,10 @@ class LatentLoop {
   // Every step (active[t] segments at step t), symbols read from `reader` with `tables` (one per
   // table index): false when the stream ran out or held an impossible escape.
   bool run(RansReader& reader, const CdfTablesView& tables, const int64_t* active, int64_t steps);
+  // Before run(): one plane's latents go straight to out [A, n] (laid out as gather() writes
+  // them) instead of the loop's own buffer; once used, every segment needs an output and
+  // store() and gather() are refused.
+  void direct_output(int64_t first, int64_t n, const int64_t* position, int32_t* out);
   // One plane's latents out [A, n]: its segments are layout segments first .. first + ceil(n / S)
   // - 1, layout segment g at coding position position[g] (position: [segments]).
   void gather(int64_t first, int64_t n, const int64_t* position, int32_t* out) const;

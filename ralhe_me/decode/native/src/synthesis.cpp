@@ -2,19 +2,22 @@
 //
 // Vectorization: across attributes.  All K + 1 attributes of a point run the same operations on
 // the same neighbours with their own weights, so lanes hold attributes: lane l of group g is
-// attribute t = g * kLanes + l (SH triplets 0..K-1, opacity K, zero weights beyond).  Opacity's
-// single output sits in output channel 0 of its lane (channels 1 and 2 get zero weights and are
-// dropped).  The convolutions then need no gathers or masks: a neighbour's row holds its hidden
-// values of all lanes contiguously.  Each lane computes exactly the scalar chain of synthesis.h.
+// attribute t = g * N + l (SH triplets 0..K-1, opacity K, zero weights beyond), N = 4 or 8.
+// Opacity's single output sits in output channel 0 of its lane (channels 1 and 2 get zero
+// weights and are dropped).  The convolutions then need no gathers or masks: a neighbour's row
+// holds its hidden values of all lanes contiguously.  Each lane computes exactly the scalar chain
+// of synthesis.h, so the lane count never changes a bit.
 //
 // Passes: one lane group at a time runs every stage over all points: the upsampled inputs (raht:
-// the inverse transform, rows in transform-code order), the point-wise layers and the skip path
-// (reading the input rows in order, writing per point), conv0, then conv1 + skip into the
-// outputs.  The buffers hold kLanes attributes, not K + 1: about 200 bytes per point in all.
+// the inverse transform, rows in transform-code order), the point-wise layers (reading the input
+// rows in order, writing per point), conv0, then conv1 + the skip path into the outputs.  The
+// buffers hold N attributes, not K + 1: 12 N + 4 N (h2 + h3) bytes per point with the default
+// widths, plus a 4-byte kernel mask per point.
 #include "synthesis.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -32,21 +35,68 @@
 namespace ralhe {
 namespace {
 
-constexpr int kLanes = 4;  // attributes per vector (16 bytes: SSE, NEON, wasm SIMD128)
-typedef float Vec __attribute__((vector_size(4 * kLanes)));
-typedef int32_t IVec __attribute__((vector_size(4 * kLanes)));
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define RALHE_X86_DISPATCH 1
+#else
+#define RALHE_X86_DISPATCH 0
+#endif
+
+#define RALHE_INLINE inline __attribute__((always_inline))
+
+// Lane vectors are passed between always-inline functions only: no ABI is involved.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+// N attributes per vector: 4 (16 bytes: SSE, NEON, wasm SIMD128) or, where the CPU has AVX2, 8.
+template <int N>
+struct Lanes {
+  typedef float V __attribute__((vector_size(4 * N)));
+  typedef int32_t I __attribute__((vector_size(4 * N)));
+};
+
+// An array of lane vectors on a 64-byte boundary.  (Not std::vector: code built
+// without AVX aligns a 32-byte vector type to 16 bytes only, and the AVX2 kernels read these
+// arrays with aligned loads.)
+template <typename V>
+class VecArray {
+ public:
+  VecArray() = default;
+  explicit VecArray(size_t n) { allocate(n, false); }  // uninitialized (scratch written before read)
+  void assign(size_t n) { allocate(n, true); }
+
+ private:
+  void allocate(size_t n, bool zero) {
+    raw_.reset(zero ? new unsigned char[n * sizeof(V) + 64]() : new unsigned char[n * sizeof(V) + 64]);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(raw_.get());
+    data_ = reinterpret_cast<V*>(raw_.get() + (64 - p % 64) % 64);
+  }
+
+ public:
+  V& operator[](size_t i) { return data_[i]; }
+  const V& operator[](size_t i) const { return data_[i]; }
+  V* data() { return data_; }
+  const V* data() const { return data_; }
+
+ private:
+  std::unique_ptr<unsigned char[]> raw_;
+  V* data_ = nullptr;
+};
+constexpr int kMaxLanes = 8;
 constexpr int kKernel = 27;
 constexpr int kCenter = 13;
 
-inline Vec load(const float* p) {  // kLanes floats (the RAHT writes the inputs as floats)
-  Vec v;
+template <typename V>
+RALHE_INLINE V load(const float* p) {  // a vector of floats (the RAHT writes the inputs as floats)
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline Vec relu(Vec v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
-  const IVec negative = v < Vec{};
-  return (Vec)((IVec)v & ~negative);
+template <typename V, typename I>
+RALHE_INLINE V relu(V v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
+  const I negative = v < V{};
+  return (V)((I)v & ~negative);
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {
@@ -63,30 +113,33 @@ struct Widths {
   int in, h1, h2, h3;
 };
 
-// The weights of one lane group, lane l of every Vec belonging to attribute g * kLanes + l.
+// The weights of one lane group, lane l of every vector belonging to attribute g * N + l.
+template <int N>
 struct LaneWeights {
-  std::vector<Vec> w0, b0;  // [in, h1], [h1]
-  std::vector<Vec> w1, b1;  // [h1, h2], [h2]
-  std::vector<Vec> c0, cb0;  // [27, h2, h3], [h3]
-  std::vector<Vec> c1, cb1;  // [27, h3, 3], [3]
-  std::vector<Vec> sk, skb;  // [in, 3], [3] (zeros without skip)
+  typedef typename Lanes<N>::V V;
+  VecArray<V> w0, b0;  // [in, h1], [h1]
+  VecArray<V> w1, b1;  // [h1, h2], [h2]
+  VecArray<V> c0, cb0;  // [27, h2, h3], [h3]
+  VecArray<V> c1, cb1;  // [27, h3, 3], [3]
+  VecArray<V> sk, skb;  // [in, 3], [3] (zeros without skip)
 };
 
-LaneWeights lane_weights(const Widths& w, int K, bool skip, const SynthesisWeights& weights, int group) {
+template <int N>
+LaneWeights<N> lane_weights(const Widths& w, int K, bool skip, const SynthesisWeights& weights, int group) {
   const int in = w.in, h1 = w.h1, h2 = w.h2, h3 = w.h3;
-  LaneWeights lw;
-  lw.w0.assign(size_t(in) * h1, Vec{});
-  lw.b0.assign(h1, Vec{});
-  lw.w1.assign(size_t(h1) * h2, Vec{});
-  lw.b1.assign(h2, Vec{});
-  lw.c0.assign(size_t(kKernel) * h2 * h3, Vec{});
-  lw.cb0.assign(h3, Vec{});
-  lw.c1.assign(size_t(kKernel) * h3 * 3, Vec{});
-  lw.cb1.assign(3, Vec{});
-  lw.sk.assign(size_t(in) * 3, Vec{});
-  lw.skb.assign(3, Vec{});
-  for (int l = 0; l < kLanes; ++l) {
-    const int t = group * kLanes + l;
+  LaneWeights<N> lw;
+  lw.w0.assign(size_t(in) * h1);
+  lw.b0.assign(h1);
+  lw.w1.assign(size_t(h1) * h2);
+  lw.b1.assign(h2);
+  lw.c0.assign(size_t(kKernel) * h2 * h3);
+  lw.cb0.assign(h3);
+  lw.c1.assign(size_t(kKernel) * h3 * 3);
+  lw.cb1.assign(3);
+  lw.sk.assign(size_t(in) * 3);
+  lw.skb.assign(3);
+  for (int l = 0; l < N; ++l) {
+    const int t = group * N + l;
     if (t > K) break;  // padding lanes keep zero weights
     const bool sh = t < K;
     const int base = sh ? 0 : kPerDecoder, a = sh ? t : 0, d = sh ? 3 : 1;
@@ -117,144 +170,320 @@ LaneWeights lane_weights(const Widths& w, int K, bool skip, const SynthesisWeigh
   return lw;
 }
 
-// Each point's existing neighbours in kernel order: entries start[n] .. start[n + 1] - 1, the
-// neighbour's row and its kernel offset (MinkowskiEngine order; the point itself at 13).
-struct NeighbourList {
-  std::vector<int64_t> start;  // [M + 1]
-  std::vector<int32_t> row;
-  std::vector<int32_t> offset;
+// Each point's kernel: bit k of mask[n] set where kernel offset k (MinkowskiEngine order; the
+// point itself at 13, always set) has a point, whose row is rows[n * 26 + column[k]] (n at 13).
+// 4 bytes per point: the convolutions walk the set bits in ascending k, the canonical order.
+struct Kernels {
+  std::vector<uint32_t> mask;  // [M]
+  const int32_t* rows = nullptr;  // [M, 26]
+  int column[kKernel];
 };
 
-NeighbourList neighbour_list(int64_t M, const int32_t* rows /* [M, 26] */) {
+Kernels kernel_masks(int64_t M, const int32_t* rows /* [M, 26] */) {
+  Kernels kn;
+  kn.rows = rows;
   // kernel offset k = (dx + 1) + 3 (dy + 1) + 9 (dz + 1) -> NEIGHBOUR_OFFSETS column
   // 9 (dx + 1) + 3 (dy + 1) + (dz + 1), minus one past the (absent) center
-  int column[kKernel];
   for (int k = 0; k < kKernel; ++k) {
     const int j = 9 * (k % 3) + 3 * (k / 3 % 3) + k / 9;
-    column[k] = j > kCenter ? j - 1 : j;
+    kn.column[k] = k == kCenter ? 0 : (j > kCenter ? j - 1 : j);
   }
-  NeighbourList list;
-  list.start.resize(M + 1);
-  int64_t count = M;  // the points themselves
+  kn.mask.resize(size_t(M));
   for (int64_t n = 0; n < M; ++n) {
     const int32_t* r = rows + n * 26;
     bool bad = false;
-    int32_t present = 0;
-    for (int j = 0; j < 26; ++j) {  // branch-free: v + 1 in [0, M] as unsigned
-      bad |= uint32_t(r[j]) + 1u > uint32_t(M);
-      present += r[j] >= 0;
+    uint32_t mask = 1u << kCenter;
+    for (int k = 0; k < kKernel; ++k) {  // branch-free: v + 1 in [0, M] as unsigned
+      if (k == kCenter) continue;
+      const int32_t v = r[kn.column[k]];
+      bad |= uint32_t(v) + 1u > uint32_t(M);
+      mask |= uint32_t(v >= 0) << k;
     }
     if (bad)
       for (int j = 0; j < 26; ++j)
         if (r[j] < -1 || r[j] >= M)
           corrupt("neighbour row " + std::to_string(r[j]) + " of point " + std::to_string(n) + " is outside [-1, " +
                   std::to_string(M) + ")");
-    count += present;
+    kn.mask[n] = mask;
   }
-  list.row.resize(count + kKernel);  // slack: every offset is written, kept only if it exists
-  list.offset.resize(count + kKernel);
-  int64_t e = 0;
-  for (int64_t n = 0; n < M; ++n) {
-    list.start[n] = e;
-    const int32_t* r = rows + n * 26;
-    for (int k = 0; k < kKernel; ++k) {
-      const int32_t v = k == kCenter ? int32_t(n) : r[column[k]];
-      list.row[e] = v;
-      list.offset[e] = k;
-      e += v >= 0;
-    }
-  }
-  list.start[M] = e;
-  return list;
+  return kn;
 }
 
-// One lane group over all points.  x [M, in, kLanes] upsampled inputs, row m those of point
-// point_of[m] (null: point m), read in row order; hid2 [M, h2], hid3 [M, h3] and skip [M, 3]
-// scratch.  Template widths (0: runtime) let the compiler unroll the common shapes; the
-// operations are the same either way.
-template <int IN, int H1, int H2, int H3>
-void run_group(const Widths& wd, const LaneWeights& w, int64_t M, const float* x, const int64_t* point_of,
-               const NeighbourList& nb, bool skip, Vec* hid2, Vec* hid3, Vec* skipped, int K, int group,
-               float* sh_norm, float* opacity_norm) {
-  const int in = IN ? IN : wd.in, h1 = H1 ? H1 : wd.h1, h2 = H2 ? H2 : wd.h2, h3 = H3 ? H3 : wd.h3;
-  const Vec* __restrict w0 = w.w0.data();
-  const Vec* __restrict w1 = w.w1.data();
-  const Vec* __restrict sk = w.sk.data();
-  // point-wise layers and skip path
-  for (int64_t m = 0; m < M; ++m) {
-    const int64_t n = point_of ? point_of[m] : m;
-    const float* xr = x + m * in * kLanes;
-    Vec xv[kMaxDecoderWidth], acc[kMaxDecoderWidth];
-    for (int i = 0; i < in; ++i) xv[i] = load(xr + i * kLanes);
-    for (int j = 0; j < h2; ++j) acc[j] = w.b1[j];
+RALHE_INLINE int lowest_bit(uint32_t m) {  // m != 0
+  return __builtin_ctz(m);
+}
+
+// What a lane group's passes read and write.  x [M, in, N] upsampled inputs, row m those of
+// point point_of[m] (null: point m) and point n's at row row_of[n] (null: row n); hid2 [M, h2]
+// and hid3 [M, h3] scratch.
+template <int N>
+struct GroupData {
+  typedef typename Lanes<N>::V V;
+  Widths wd;
+  const LaneWeights<N>* w;
+  int64_t M;
+  const float* x;
+  const int64_t* point_of;
+  const int64_t* row_of;
+  const Kernels* kn;
+  bool skip;
+  V* hid2;
+  V* hid3;
+  int K, group;
+  float* sh_norm;
+  float* opacity_norm;
+};
+
+// The passes of a lane group over rows or points [begin, end); each pass needs the previous one
+// complete over all points.  Template widths (0: runtime) let the compiler unroll the common
+// shapes; the operations are the same either way.
+
+// Pass 0, the point-wise layers of rows [begin, end), kPoints rows at a time: their chains are
+// independent, so the CPU overlaps them (one row's chain of dependent adds leaves units idle).
+template <int N, int IN, int H1, int H2>
+RALHE_INLINE void pointwise_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+  typedef typename Lanes<N>::V V;
+  typedef typename Lanes<N>::I I;
+  const LaneWeights<N>& w = *gd.w;
+  const int in = IN ? IN : gd.wd.in, h1 = H1 ? H1 : gd.wd.h1, h2 = H2 ? H2 : gd.wd.h2;
+  const V* __restrict w0 = w.w0.data();
+  const V* __restrict w1 = w.w1.data();
+  const int64_t* point_of = gd.point_of;
+  constexpr int kPoints = 4;
+  int64_t m0 = begin;
+  for (; m0 + kPoints <= end; m0 += kPoints) {
+    V xv[kPoints][kMaxDecoderWidth], acc[kPoints][kMaxDecoderWidth];
+    for (int p = 0; p < kPoints; ++p) {
+      const float* xr = gd.x + (m0 + p) * in * N;
+      for (int i = 0; i < in; ++i) xv[p][i] = load<V>(xr + i * N);
+      for (int j = 0; j < h2; ++j) acc[p][j] = w.b1[j];
+    }
     // hidden value i of linear0 is added to every linear1 chain as soon as it exists: each
     // chain still sums its terms in order i = 0, 1, ..., and nothing is stored
     for (int i = 0; i < h1; ++i) {
-      Vec h = w.b0[i];
+      V h[kPoints];
+      for (int p = 0; p < kPoints; ++p) h[p] = w.b0[i];
+      for (int k = 0; k < in; ++k)
+        for (int p = 0; p < kPoints; ++p) h[p] = h[p] + xv[p][k] * w0[k * h1 + i];
+      for (int p = 0; p < kPoints; ++p) {
+        h[p] = relu<V, I>(h[p]);
+        for (int j = 0; j < h2; ++j) acc[p][j] = acc[p][j] + h[p] * w1[i * h2 + j];
+      }
+    }
+    for (int p = 0; p < kPoints; ++p) {
+      V* __restrict out = gd.hid2 + (point_of ? point_of[m0 + p] : m0 + p) * h2;
+      for (int j = 0; j < h2; ++j) out[j] = relu<V, I>(acc[p][j]);
+    }
+  }
+  for (int64_t m = m0; m < end; ++m) {  // the last rows, one at a time
+    const float* xr = gd.x + m * in * N;
+    V xv[kMaxDecoderWidth], acc[kMaxDecoderWidth];
+    for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
+    for (int j = 0; j < h2; ++j) acc[j] = w.b1[j];
+    for (int i = 0; i < h1; ++i) {
+      V h = w.b0[i];
       for (int k = 0; k < in; ++k) h = h + xv[k] * w0[k * h1 + i];
-      h = relu(h);
+      h = relu<V, I>(h);
       for (int j = 0; j < h2; ++j) acc[j] = acc[j] + h * w1[i * h2 + j];
     }
-    Vec* __restrict out = hid2 + n * h2;
-    for (int j = 0; j < h2; ++j) out[j] = relu(acc[j]);
-    if (skip)
-      for (int o = 0; o < 3; ++o) {
-        Vec s = w.skb[o];
-        for (int i = 0; i < in; ++i) s = s + xv[i] * sk[i * 3 + o];
-        skipped[n * 3 + o] = s;
-      }
+    V* __restrict out = gd.hid2 + (point_of ? point_of[m] : m) * h2;
+    for (int j = 0; j < h2; ++j) out[j] = relu<V, I>(acc[j]);
   }
-  // conv0 + relu
-  const int64_t* __restrict start = nb.start.data();
-  const int32_t* __restrict nrow = nb.row.data();
-  const int32_t* __restrict noff = nb.offset.data();
-  const Vec* __restrict c0 = w.c0.data();
-  for (int64_t n = 0; n < M; ++n) {
-    Vec acc[kMaxDecoderWidth];
+}
+
+// Pass 1, conv0 + relu of points [begin, end).
+template <int N, int H2, int H3>
+RALHE_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+  typedef typename Lanes<N>::V V;
+  typedef typename Lanes<N>::I I;
+  const LaneWeights<N>& w = *gd.w;
+  const Kernels& kn = *gd.kn;
+  const int h2 = H2 ? H2 : gd.wd.h2, h3 = H3 ? H3 : gd.wd.h3;
+  const uint32_t* __restrict masks = kn.mask.data();
+  const V* __restrict c0 = w.c0.data();
+  for (int64_t n = begin; n < end; ++n) {
+    V acc[kMaxDecoderWidth];
     for (int o = 0; o < h3; ++o) acc[o] = w.cb0[o];
-    for (int64_t e = start[n]; e < start[n + 1]; ++e) {
-      const Vec* __restrict hm = hid2 + int64_t(nrow[e]) * h2;
-      const Vec* __restrict wk = c0 + noff[e] * h2 * h3;
+    const int32_t* r = kn.rows + n * 26;
+    for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
+      const int k = lowest_bit(bits);
+      const int64_t nb = k == kCenter ? n : r[kn.column[k]];
+      const V* __restrict hm = gd.hid2 + nb * h2;
+      const V* __restrict wk = c0 + k * h2 * h3;
       for (int i = 0; i < h2; ++i)
         for (int o = 0; o < h3; ++o) acc[o] = acc[o] + hm[i] * wk[i * h3 + o];
     }
-    Vec* __restrict out = hid3 + n * h3;
-    for (int o = 0; o < h3; ++o) out[o] = relu(acc[o]);
+    V* __restrict out = gd.hid3 + n * h3;
+    for (int o = 0; o < h3; ++o) out[o] = relu<V, I>(acc[o]);
   }
-  // conv1 + skip, scattered to the outputs
-  const Vec* __restrict c1 = w.c1.data();
-  const int t0 = group * kLanes;
-  for (int64_t n = 0; n < M; ++n) {
-    Vec acc[3] = {w.cb1[0], w.cb1[1], w.cb1[2]};
-    for (int64_t e = start[n]; e < start[n + 1]; ++e) {
-      const Vec* __restrict hm = hid3 + int64_t(nrow[e]) * h3;
-      const Vec* __restrict wk = c1 + noff[e] * h3 * 3;
+}
+
+// Pass 2, conv1 + skip (from the point's input row) of points [begin, end), scattered to the
+// outputs.
+template <int N, int IN, int H3>
+RALHE_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+  typedef typename Lanes<N>::V V;
+  const LaneWeights<N>& w = *gd.w;
+  const Kernels& kn = *gd.kn;
+  const int in = IN ? IN : gd.wd.in, h3 = H3 ? H3 : gd.wd.h3, K = gd.K, t0 = gd.group * N;
+  const uint32_t* __restrict masks = kn.mask.data();
+  const V* __restrict c1 = w.c1.data();
+  const V* __restrict sk = w.sk.data();
+  for (int64_t n = begin; n < end; ++n) {
+    V acc[3] = {w.cb1[0], w.cb1[1], w.cb1[2]};
+    const int32_t* r = kn.rows + n * 26;
+    for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
+      const int k = lowest_bit(bits);
+      const int64_t nb = k == kCenter ? n : r[kn.column[k]];
+      const V* __restrict hm = gd.hid3 + nb * h3;
+      const V* __restrict wk = c1 + k * h3 * 3;
       for (int i = 0; i < h3; ++i)
         for (int o = 0; o < 3; ++o) acc[o] = acc[o] + hm[i] * wk[i * 3 + o];
     }
-    if (skip)
-      for (int o = 0; o < 3; ++o) acc[o] = acc[o] + skipped[n * 3 + o];
-    for (int l = 0; l < kLanes; ++l) {
+    if (gd.skip) {
+      const float* xr = gd.x + (gd.row_of ? gd.row_of[n] : n) * in * N;
+      V xv[kMaxDecoderWidth];
+      for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
+      for (int o = 0; o < 3; ++o) {
+        V s = w.skb[o];
+        for (int i = 0; i < in; ++i) s = s + xv[i] * sk[i * 3 + o];
+        acc[o] = acc[o] + s;
+      }
+    }
+    float lanes[3][N];
+    std::memcpy(lanes, acc, sizeof lanes);
+    for (int l = 0; l < N; ++l) {
       const int t = t0 + l;
       if (t < K) {
-        float* o = sh_norm + (n * K + t) * 3;
-        o[0] = acc[0][l];
-        o[1] = acc[1][l];
-        o[2] = acc[2][l];
+        float* o = gd.sh_norm + (n * K + t) * 3;
+        o[0] = lanes[0][l];
+        o[1] = lanes[1][l];
+        o[2] = lanes[2][l];
       } else if (t == K) {
-        opacity_norm[n] = acc[0][l];
+        gd.opacity_norm[n] = lanes[0][l];
       }
     }
   }
 }
 
-using GroupFn = void (*)(const Widths&, const LaneWeights&, int64_t, const float*, const int64_t*, const NeighbourList&,
-                         bool, Vec*, Vec*, Vec*, int, int, float*, float*);
+template <int N, int IN, int H1, int H2, int H3>
+RALHE_INLINE void run_pass(const GroupData<N>& gd, int pass, int64_t begin, int64_t end) {
+  if (pass == 0)
+    pointwise_pass<N, IN, H1, H2>(gd, begin, end);
+  else if (pass == 1)
+    conv0_pass<N, H2, H3>(gd, begin, end);
+  else
+    conv1_pass<N, IN, H3>(gd, begin, end);
+}
 
-GroupFn group_kernel(const Widths& w) {
-  if (w.in == 3 && w.h1 == 12 && w.h2 == 4 && w.h3 == 2) return run_group<3, 12, 4, 2>;  // the default
-  if (w.in == 7 && w.h1 == 21 && w.h2 == 4 && w.h3 == 2) return run_group<7, 21, 4, 2>;  // the paper's
-  return run_group<0, 0, 0, 0>;
+// The kernels per lane count: N = 4 everywhere, N = 8 compiled for AVX2 (x86-64-v3) where GCC can
+// dispatch at load time.  AVX2 brings FMA, which -ffp-contract=off and the pragma above keep
+// unused: the bits are those of every other build.
+template <int N>
+using PassFn = void (*)(const GroupData<N>&, int, int64_t, int64_t);
+
+#define RALHE_PASS_KERNEL(NAME, TARGET, N, IN, H1, H2, H3)                            \
+  TARGET void NAME(const GroupData<N>& gd, int pass, int64_t begin, int64_t end) {    \
+    run_pass<N, IN, H1, H2, H3>(gd, pass, begin, end);                                \
+  }
+
+RALHE_PASS_KERNEL(pass4_default, , 4, 3, 12, 4, 2)  // the default architecture
+RALHE_PASS_KERNEL(pass4_paper, , 4, 7, 21, 4, 2)    // the paper's
+RALHE_PASS_KERNEL(pass4_any, , 4, 0, 0, 0, 0)
+#if RALHE_X86_DISPATCH
+#define RALHE_AVX2 __attribute__((target("arch=x86-64-v3")))
+RALHE_PASS_KERNEL(pass8_default, RALHE_AVX2, 8, 3, 12, 4, 2)
+RALHE_PASS_KERNEL(pass8_paper, RALHE_AVX2, 8, 7, 21, 4, 2)
+RALHE_PASS_KERNEL(pass8_any, RALHE_AVX2, 8, 0, 0, 0, 0)
+#endif
+
+template <int N>
+PassFn<N> pass_kernel(const Widths& w);
+template <>
+PassFn<4> pass_kernel<4>(const Widths& w) {
+  if (w.in == 3 && w.h1 == 12 && w.h2 == 4 && w.h3 == 2) return pass4_default;
+  if (w.in == 7 && w.h1 == 21 && w.h2 == 4 && w.h3 == 2) return pass4_paper;
+  return pass4_any;
+}
+#if RALHE_X86_DISPATCH
+template <>
+PassFn<8> pass_kernel<8>(const Widths& w) {
+  if (w.in == 3 && w.h1 == 12 && w.h2 == 4 && w.h3 == 2) return pass8_default;
+  if (w.in == 7 && w.h1 == 21 && w.h2 == 4 && w.h3 == 2) return pass8_paper;
+  return pass8_any;
+}
+#endif
+
+// Lanes to use: 8 on a CPU with AVX2 (when built with the dispatcher), else 4.  RALHE_SYNTHESIS_LANES
+// (4 or 8) in the environment overrides it, for the tests that compare both.
+int lanes_for_this_cpu() {
+#if RALHE_X86_DISPATCH
+  if (const char* v = std::getenv("RALHE_SYNTHESIS_LANES"))
+    if (std::string(v) == "4") return 4;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) return 8;
+#endif
+  return 4;
+}
+
+// The upsampled inputs of one lane group: x [M, in, N] (raht: rows in transform-code order).
+template <int N>
+void group_inputs(const Architecture& arch, int A, int64_t M, int in, int g, const RahtPlan& plan,
+                  const std::vector<const int32_t*>& point_to_voxel, const std::vector<PlaneView>& planes,
+                  const std::vector<int64_t>& plane_size, float* x) {
+  if (arch.transform == "raht") {  // column p * N + l of row m: channel p of lane l
+    std::vector<const int32_t*> columns(size_t(in) * N, nullptr);
+    for (int p = 0; p < in; ++p)
+      for (int l = 0; l < N; ++l) {
+        const int t = g * N + l;
+        if (t < A) columns[p * N + l] = planes[p].data + int64_t(t) * M;
+      }
+    inverse_raht<float, int32_t>(plan, columns.data(), int64_t(in) * N, x);
+    return;
+  }
+  const int L = arch.num_levels;
+  for (int p = 0; p < in; ++p) {
+    const int32_t* p2v = point_to_voxel[p % L];
+    for (int l = 0; l < N; ++l) {
+      const int t = g * N + l;
+      const int32_t* plane = t < A ? planes[p].data + int64_t(t) * plane_size[p] : nullptr;
+      float* xl = x + p * N + l;
+      for (int64_t n = 0; n < M; ++n) xl[n * in * N] = plane ? static_cast<float>(plane[p2v[n]]) : 0.f;
+    }
+  }
+}
+
+// All lane groups with N lanes.  The buffers hold N attributes, not K + 1.
+template <int N>
+void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const SynthesisWeights& weights, int64_t M,
+                      const Kernels& kn, const RahtPlan& plan, const std::vector<const int32_t*>& point_to_voxel,
+                      const std::vector<PlaneView>& planes, const std::vector<int64_t>& plane_size, float* sh_norm,
+                      float* opacity_norm) {
+  typedef typename Lanes<N>::V V;
+  const bool raht = arch.transform == "raht";
+  const int in = wd.in, A = K + 1;
+  std::vector<int64_t> row_of;  // the transform-code row of each point (the skip path reads it)
+  if (raht && arch.skip) {
+    row_of.resize(size_t(M));
+    for (int64_t m = 0; m < M; ++m) row_of[plan.order[m]] = m;
+  }
+  // every element is written before it is read: no zero-filling
+  std::unique_ptr<float[]> x(new float[size_t(M) * in * N]);  // [rows, in, N]
+  VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
+  const PassFn<N> kernel = pass_kernel<N>(wd);
+  const int groups = (A + N - 1) / N;
+  // passes run in chunks of points, one call each: WebAssembly engines switch a function to
+  // optimized code only between calls
+  constexpr int64_t kChunk = 4096;
+  for (int g = 0; g < groups; ++g) {
+    const LaneWeights<N> lw = lane_weights<N>(wd, K, arch.skip, weights, g);
+    group_inputs<N>(arch, A, M, in, g, plan, point_to_voxel, planes, plane_size, x.get());
+    const GroupData<N> gd{wd,  &lw,       M, x.get(), raht ? plan.order.data() : nullptr,
+                          row_of.empty() ? nullptr : row_of.data(), &kn, arch.skip, hid2.data(), hid3.data(),
+                          K,   g,         sh_norm, opacity_norm};
+    for (int pass = 0; pass < 3; ++pass)
+      for (int64_t b = 0; b < M; b += kChunk) kernel(gd, pass, b, std::min(M, b + kChunk));
+  }
 }
 
 }  // namespace
@@ -382,43 +611,17 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
                   std::to_string(lo < 0 ? lo : hi) + " of " + std::to_string(plane_size[p]));
     }
   }
-  const NeighbourList nb = neighbour_list(M, neighbours);
-
+  const Kernels kn = kernel_masks(M, neighbours);
   RahtPlan plan;
-  if (raht) {
-    plan = raht_plan(coords, M, depth);
+  if (raht) plan = raht_plan(coords, M, depth);
+#if RALHE_X86_DISPATCH
+  const int lanes = lanes_for_this_cpu();
+  if (lanes == 8) {
+    synthesize_lanes<8>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm);
+    return;
   }
-  // every element is written before it is read: no zero-filling
-  std::unique_ptr<float[]> x(new float[size_t(M) * in * kLanes]);  // [rows, in, kLanes]
-  std::unique_ptr<Vec[]> hid2(new Vec[size_t(M) * wd.h2]), hid3(new Vec[size_t(M) * wd.h3]);
-  std::unique_ptr<Vec[]> skipped(new Vec[arch.skip ? size_t(M) * 3 : 0]);
-  const GroupFn kernel = group_kernel(wd);
-  const int groups = (A + kLanes - 1) / kLanes;
-  for (int g = 0; g < groups; ++g) {
-    const LaneWeights lw = lane_weights(wd, K, arch.skip, weights, g);
-    if (raht) {  // column p * kLanes + l of row m: channel p of lane l
-      std::vector<const int32_t*> columns(size_t(in) * kLanes, nullptr);
-      for (int p = 0; p < in; ++p)
-        for (int l = 0; l < kLanes; ++l) {
-          const int t = g * kLanes + l;
-          if (t < A) columns[p * kLanes + l] = planes[p].data + int64_t(t) * M;
-        }
-      inverse_raht<float, int32_t>(plan, columns.data(), int64_t(in) * kLanes, x.get());
-    } else {
-      const int L = arch.num_levels;
-      for (int p = 0; p < in; ++p) {
-        const int32_t* p2v = point_to_voxel[p % L];
-        for (int l = 0; l < kLanes; ++l) {
-          const int t = g * kLanes + l;
-          const int32_t* plane = t < A ? planes[p].data + int64_t(t) * plane_size[p] : nullptr;
-          float* xl = x.get() + p * kLanes + l;
-          for (int64_t n = 0; n < M; ++n) xl[n * in * kLanes] = plane ? static_cast<float>(plane[p2v[n]]) : 0.f;
-        }
-      }
-    }
-    kernel(wd, lw, M, x.get(), raht ? plan.order.data() : nullptr, nb, arch.skip, hid2.get(), hid3.get(), skipped.get(), K, g,
-           sh_norm, opacity_norm);
-  }
+#endif
+  synthesize_lanes<4>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm);
 }
 
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
