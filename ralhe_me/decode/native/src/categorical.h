@@ -71,6 +71,21 @@ class SegmentedRansReader {
     --left_;
     return reader_.decode_bit(f0);
   }
+  // Decodes n claimed symbols as runs inside one segment: step(count, reader) decodes exactly
+  // `count` symbols with reader.decode_bit.  The reader is a local copy so that its state can stay
+  // in registers through the run.
+  template <class Step>
+  void decode_runs(int64_t n, Step&& step) {
+    while (n > 0) {
+      if (left_ == 0) open_next();
+      const int64_t take = n < left_ ? n : left_;
+      RansReader local = reader_;
+      step(take, local);
+      reader_ = local;
+      left_ -= take;
+      n -= take;
+    }
+  }
 
  private:
   void open_next();

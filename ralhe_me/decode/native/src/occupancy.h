@@ -50,6 +50,9 @@ class OccupancyBitSource {
   virtual void decode(const int32_t* index, int64_t n, const int64_t* f0s, int64_t num_tables, uint8_t* bits) = 0;
   // Symbols decoded so far.
   virtual int64_t consumed() const = 0;
+  // The rANS reader behind a native source (the level loop then decodes symbol by symbol, without
+  // the per-batch tables); nullptr for any other source.
+  virtual SegmentedRansReader* native_reader() { return nullptr; }
 };
 
 // The native source: the stream's rANS segments read with ralhe::RansReader.
@@ -58,6 +61,7 @@ class SegmentBitSource : public OccupancyBitSource {
   explicit SegmentBitSource(SegmentedRansReader reader) : reader_(std::move(reader)) {}
   void decode(const int32_t* index, int64_t n, const int64_t* f0s, int64_t num_tables, uint8_t* bits) override;
   int64_t consumed() const override { return reader_.consumed(); }
+  SegmentedRansReader* native_reader() override { return &reader_; }
 
  private:
   SegmentedRansReader reader_;
