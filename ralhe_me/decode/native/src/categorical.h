@@ -65,6 +65,12 @@ class SegmentedRansReader {
     --left_;
     return reader_.decode(cdf, length, 0);
   }
+  // decode() with a bucket table of the CDF (see StaticCategoricalDecoder::decode_same).
+  int32_t decode_bucketed(const int32_t* cdf, int length, const int32_t* first, int shift) {
+    if (left_ == 0) open_next();
+    --left_;
+    return reader_.decode_from(cdf, length, 0, first[reader_.peek() >> shift]);
+  }
   // One claimed binary symbol with P(0) = f0 / 2**16.
   int decode_bit(uint32_t f0) {
     if (left_ == 0) open_next();

@@ -62,6 +62,20 @@ class RansReader {
     return finish(cdf, length, offset, std::min(std::max(s, 0), length - 2));
   }
 
+  // The low kPrecision bits of the state: the cumulative frequency the next symbol's interval
+  // holds (what a lookup keyed on it needs).
+  uint32_t peek() const { return uint32_t(x_ & ((1u << kPrecision) - 1)); }
+
+  // decode() when the symbol is known to be at least `first` (cdf[first] <= peek(), e.g. from a
+  // table of the symbol at the start of each range of cumulative frequencies): the same symbol,
+  // by walking up from `first`.  cdf must be non-decreasing.
+  RALHE_ALWAYS_INLINE int32_t decode_from(const int32_t* cdf, int length, int32_t offset, int first) {
+    const int32_t cum = int32_t(peek());
+    int s = first;
+    while (s + 1 < length - 1 && cdf[s + 1] <= cum) ++s;
+    return finish(cdf, length, offset, s);
+  }
+
   // decode() for a table whose likely symbol is `hint` (a Laplace table's center): the same
   // symbol, found by galloping out from the hint, so a symbol d places away costs about
   // 2 log2(d + 1) comparisons instead of log2(length) unpredictable ones.  cdf must be
@@ -118,12 +132,14 @@ class RansReader {
   int decode_bit(uint32_t f0) {
     const uint32_t mask = (1u << kPrecision) - 1;
     const uint32_t cum = uint32_t(x_ & mask);
-    const int bit = cum >= f0 ? 1 : 0;
-    const uint32_t start = bit ? f0 : 0;
-    const uint32_t freq = bit ? (1u << kPrecision) - f0 : f0;
+    // branch-free (the bit is hard to predict): mask1 is all ones for a 1
+    const uint32_t bit = uint32_t(cum >= f0);
+    const uint32_t mask1 = 0u - bit;
+    const uint32_t start = f0 & mask1;
+    const uint32_t freq = (((1u << kPrecision) - f0) & mask1) | (f0 & ~mask1);
     x_ = uint64_t(freq) * (x_ >> kPrecision) + (x_ & mask) - start;
     renormalize();
-    return bit;
+    return int(bit);
   }
 
  private:
