@@ -94,7 +94,7 @@ RALHE_INLINE V load(const float* p) {  // a vector of floats (the RAHT writes th
 }
 
 template <typename V, typename I>
-RALHE_INLINE V relu(V v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
+RALHE_INLINE V relu(const V& v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
   const I negative = v < V{};
   return (V)((I)v & ~negative);
 }
@@ -291,51 +291,30 @@ RALHE_INLINE void pointwise_pass(const GroupData<N>& gd, int64_t begin, int64_t 
   }
 }
 
-// A convolution's accumulation for kConvPoints points at once: each point's chain runs over
-// its own neighbours in ascending k (the canonical order), and the points' chains interleave so
-// the CPU overlaps them.  hid [M, hi] the input, W [27, hi, ho] the kernel; acc[p][o] holds the
-// bias on entry.
-constexpr int kConvPoints = 4;
-
-template <typename V, int HI, int HO>
-RALHE_INLINE void conv_accumulate(const Kernels& kn, const V* __restrict hid, const V* __restrict W, int64_t n0,
-                                  int np, int hi_rt, int ho_rt, V (*acc)[kMaxDecoderWidth]) {
-  const int hi = HI ? HI : hi_rt, ho = HO ? HO : ho_rt;
-  uint32_t bits[kConvPoints];
-  for (int p = 0; p < kConvPoints; ++p) bits[p] = p < np ? kn.mask[n0 + p] : 0;
-  while (bits[0] | bits[1] | bits[2] | bits[3]) {
-    for (int p = 0; p < kConvPoints; ++p) {
-      if (!bits[p]) continue;
-      const int k = lowest_bit(bits[p]);
-      bits[p] &= bits[p] - 1;
-      const int64_t n = n0 + p;
-      const int64_t nb = k == kCenter ? n : kn.rows[n * 26 + kn.column[k]];
-      const V* __restrict hm = hid + nb * hi;
-      const V* __restrict wk = W + k * hi * ho;
-      for (int i = 0; i < hi; ++i)
-        for (int o = 0; o < ho; ++o) acc[p][o] = acc[p][o] + hm[i] * wk[i * ho + o];
-    }
-  }
-}
-
 // Pass 1, conv0 + relu of points [begin, end).
 template <int N, int H2, int H3>
 RALHE_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   typedef typename Lanes<N>::I I;
-  static_assert(kConvPoints == 4, "conv_accumulate's loop test reads 4 points");
   const LaneWeights<N>& w = *gd.w;
+  const Kernels& kn = *gd.kn;
   const int h2 = H2 ? H2 : gd.wd.h2, h3 = H3 ? H3 : gd.wd.h3;
-  for (int64_t n0 = begin; n0 < end; n0 += kConvPoints) {
-    const int np = int(std::min<int64_t>(kConvPoints, end - n0));
-    V acc[kConvPoints][kMaxDecoderWidth];
-    for (int p = 0; p < kConvPoints; ++p)
-      for (int o = 0; o < h3; ++o) acc[p][o] = w.cb0[o];
-    conv_accumulate<V, H2, H3>(*gd.kn, gd.hid2, w.c0.data(), n0, np, h2, h3, acc);
-    for (int p = 0; p < np; ++p) {
-      V* __restrict out = gd.hid3 + (n0 + p) * h3;
-      for (int o = 0; o < h3; ++o) out[o] = relu<V, I>(acc[p][o]);
+  const uint32_t* __restrict masks = kn.mask.data();
+  const V* __restrict c0 = w.c0.data();
+  for (int64_t n = begin; n < end; ++n) {
+    V acc[kMaxDecoderWidth];
+    for (int o = 0; o < h3; ++o) acc[o] = w.cb0[o];
+    const int32_t* r = kn.rows + n * 26;
+    for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
+      const int k = lowest_bit(bits);
+      const int64_t nb = k == kCenter ? n : r[kn.column[k]];
+      const V* __restrict hm = gd.hid2 + nb * h2;
+      const V* __restrict wk = c0 + k * h2 * h3;
+      for (int i = 0; i < h2; ++i)
+        for (int o = 0; o < h3; ++o) acc[o] = acc[o] + hm[i] * wk[i * h3 + o];
     }
+    V* __restrict out = gd.hid3 + n * h3;
+    for (int o = 0; o < h3; ++o) out[o] = relu<V, I>(acc[o]);
   }
 }
 
@@ -345,39 +324,43 @@ template <int N, int IN, int H3>
 RALHE_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   const LaneWeights<N>& w = *gd.w;
+  const Kernels& kn = *gd.kn;
   const int in = IN ? IN : gd.wd.in, h3 = H3 ? H3 : gd.wd.h3, K = gd.K, t0 = gd.group * N;
+  const uint32_t* __restrict masks = kn.mask.data();
+  const V* __restrict c1 = w.c1.data();
   const V* __restrict sk = w.sk.data();
-  for (int64_t n0 = begin; n0 < end; n0 += kConvPoints) {
-    const int np = int(std::min<int64_t>(kConvPoints, end - n0));
-    V accs[kConvPoints][kMaxDecoderWidth];
-    for (int p = 0; p < kConvPoints; ++p)
-      for (int o = 0; o < 3; ++o) accs[p][o] = w.cb1[o];
-    conv_accumulate<V, H3, 3>(*gd.kn, gd.hid3, w.c1.data(), n0, np, h3, 3, accs);
-    for (int p = 0; p < np; ++p) {
-      const int64_t n = n0 + p;
-      V* acc = accs[p];
-      if (gd.skip) {
-        const float* xr = gd.x + (gd.row_of ? gd.row_of[n] : n) * in * N;
-        V xv[kMaxDecoderWidth];
-        for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
-        for (int o = 0; o < 3; ++o) {
-          V s = w.skb[o];
-          for (int i = 0; i < in; ++i) s = s + xv[i] * sk[i * 3 + o];
-          acc[o] = acc[o] + s;
-        }
+  for (int64_t n = begin; n < end; ++n) {
+    V acc[3] = {w.cb1[0], w.cb1[1], w.cb1[2]};
+    const int32_t* r = kn.rows + n * 26;
+    for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
+      const int k = lowest_bit(bits);
+      const int64_t nb = k == kCenter ? n : r[kn.column[k]];
+      const V* __restrict hm = gd.hid3 + nb * h3;
+      const V* __restrict wk = c1 + k * h3 * 3;
+      for (int i = 0; i < h3; ++i)
+        for (int o = 0; o < 3; ++o) acc[o] = acc[o] + hm[i] * wk[i * 3 + o];
+    }
+    if (gd.skip) {
+      const float* xr = gd.x + (gd.row_of ? gd.row_of[n] : n) * in * N;
+      V xv[kMaxDecoderWidth];
+      for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
+      for (int o = 0; o < 3; ++o) {
+        V s = w.skb[o];
+        for (int i = 0; i < in; ++i) s = s + xv[i] * sk[i * 3 + o];
+        acc[o] = acc[o] + s;
       }
-      float lanes[3][N];
-      std::memcpy(lanes, acc, sizeof lanes);
-      for (int l = 0; l < N; ++l) {
-        const int t = t0 + l;
-        if (t < K) {
-          float* o = gd.sh_norm + (n * K + t) * 3;
-          o[0] = lanes[0][l];
-          o[1] = lanes[1][l];
-          o[2] = lanes[2][l];
-        } else if (t == K) {
-          gd.opacity_norm[n] = lanes[0][l];
-        }
+    }
+    float lanes[3][N];
+    std::memcpy(lanes, acc, sizeof lanes);
+    for (int l = 0; l < N; ++l) {
+      const int t = t0 + l;
+      if (t < K) {
+        float* o = gd.sh_norm + (n * K + t) * 3;
+        o[0] = lanes[0][l];
+        o[1] = lanes[1][l];
+        o[2] = lanes[2][l];
+      } else if (t == K) {
+        gd.opacity_norm[n] = lanes[0][l];
       }
     }
   }
