@@ -18,7 +18,8 @@ namespace ralhe {
 void denormalize_sh(const float* sh_norm, int64_t M, int K, const double* mean, const double* std, const double* gain,
                     float* sh) {
   // per point a flat run of 3 K values with the per-value std and mean laid out alike, so the
-  // loops are branch-free and vectorize (the same operations in the same order per value)
+  // loop is branch-free and vectorizes.  Without a gain map the factor is 1.0: v * 1.0 is v
+  // exactly, so (v * 1.0) * std is the reference's v * std.
   const int W = 3 * K;
   std::vector<double> sd(W), mn(W);
   for (int k = 0; k < K; ++k)
@@ -28,19 +29,11 @@ void denormalize_sh(const float* sh_norm, int64_t M, int K, const double* mean, 
     }
   const double* __restrict s = sd.data();
   const double* __restrict m = mn.data();
-  if (gain) {
-    for (int64_t n = 0; n < M; ++n) {
-      const float* x = sh_norm + n * W;
-      float* out = sh + n * W;
-      const double g = gain[n];
-      for (int i = 0; i < W; ++i) out[i] = static_cast<float>((static_cast<double>(x[i]) * g) * s[i] + m[i]);
-    }
-  } else {
-    for (int64_t n = 0; n < M; ++n) {
-      const float* x = sh_norm + n * W;
-      float* out = sh + n * W;
-      for (int i = 0; i < W; ++i) out[i] = static_cast<float>(static_cast<double>(x[i]) * s[i] + m[i]);
-    }
+  for (int64_t n = 0; n < M; ++n) {
+    const float* x = sh_norm + n * W;
+    float* out = sh + n * W;
+    const double g = gain ? gain[n] : 1.0;
+    for (int i = 0; i < W; ++i) out[i] = static_cast<float>((static_cast<double>(x[i]) * g) * s[i] + m[i]);
   }
 }
 

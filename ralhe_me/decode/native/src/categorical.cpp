@@ -226,13 +226,14 @@ void StaticCategoricalDecoder::decode_same(int64_t context, int64_t n, int32_t* 
   if (n <= 0) return;
   reader_.claim(n);
   const int32_t* cdf = cdf_of(context);
-  constexpr int kShift = 4;  // buckets of 16 cumulative frequencies: 4096 of them
-  if (n < 4096 || cdf_length_ <= 8) {
+  constexpr int kShift = 4;  // buckets of 16 cumulative frequencies
+  constexpr int64_t kBuckets = kTotalFreq >> kShift;
+  if (n < kBuckets || cdf_length_ <= 8) {  // the bucket table would cost more than it saves
     for (int64_t i = 0; i < n; ++i) out[i] = reader_.decode(cdf, cdf_length_);
   } else {
     // first[b]: the symbol holding cumulative frequency b << kShift (the last s with cdf[s] <=
     // it, at most length - 2, as decode's search finds it); a symbol in bucket b is at least that
-    std::vector<int32_t> first(size_t(kTotalFreq >> kShift));
+    std::vector<int32_t> first(static_cast<size_t>(kBuckets));
     int s = 0;
     for (size_t b = 0; b < first.size(); ++b) {
       const int32_t c = int32_t(b << kShift);

@@ -16,8 +16,18 @@
 // a quickly compiled baseline, and only calls made after its optimized code is ready use it.
 #if defined(__GNUC__) || defined(__clang__)
 #define RALHE_NOINLINE __attribute__((noinline))
+#define RALHE_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define RALHE_NOINLINE
+#define RALHE_ALWAYS_INLINE inline
+#endif
+
+// Kernels compiled for several x86 instruction sets and picked at load time (target attributes
+// and __builtin_cpu_supports): GCC on x86-64 Linux.  Other builds use the portable kernels.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define RALHE_X86_DISPATCH 1
+#else
+#define RALHE_X86_DISPATCH 0
 #endif
 
 namespace ralhe {

@@ -309,8 +309,7 @@ DecodedModel decode(const Container& container) {
              latents, m.sh.data(), m.opacity_logits.data());
   std::vector<std::vector<int32_t>>().swap(latents);
   std::vector<int32_t>().swap(pos.neighbours);
-  // in chunks of points, one call each (WebAssembly engines optimize a function between calls)
-  constexpr int64_t kChunk = 8192;
+  constexpr int64_t kChunk = 8192;  // points per call (see RALHE_NOINLINE in common.h)
   for (int64_t b = 0; b < n; b += kChunk) {
     const int64_t c = std::min(kChunk, n - b);
     float* sh = m.sh.data() + b * num_sh * 3;

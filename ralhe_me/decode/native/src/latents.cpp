@@ -46,12 +46,6 @@ namespace ralhe {
 
 namespace {
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define RALHE_X86_DISPATCH 1
-#else
-#define RALHE_X86_DISPATCH 0
-#endif
-
 #if defined(RALHE_LATENT_LANES)  // a build may choose (4, 8 or 16)
 constexpr int kBaseLanes = RALHE_LATENT_LANES;
 #elif defined(__AVX512F__)

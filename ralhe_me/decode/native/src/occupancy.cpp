@@ -33,14 +33,6 @@
 
 #include "octree.h"
 
-// The level loop's parts stay separate functions, each called many times: WebAssembly engines
-// optimize a function after some calls, not during its one long call.
-#if defined(__GNUC__) || defined(__clang__)
-#define RALHE_SEPARATE __attribute__((noinline))
-#else
-#define RALHE_SEPARATE
-#endif
-
 namespace ralhe {
 
 namespace {
@@ -337,7 +329,7 @@ class LevelLoop {
   void add_outward(int g, int64_t s, int64_t e);
   int64_t list_coded(int64_t s, int64_t e);
   template <bool kList, bool kChild>
-  RALHE_SEPARATE void batch_native(int64_t s, int64_t m, int k);
+  RALHE_NOINLINE void batch_native(int64_t s, int64_t m, int k);
   void batch_generic(int64_t s, int64_t m, int k, bool listed);
   void build_children(int d);
   void grow(int64_t m, int64_t n);
@@ -446,7 +438,7 @@ OccupancyLeaves LevelLoop::run(int64_t num_bits) {
   return leaves;
 }
 
-RALHE_SEPARATE void LevelLoop::decode_group(int g) {
+RALHE_NOINLINE void LevelLoop::decode_group(int g) {
   const int64_t s = start_[g], e = start_[g + 1];
   if (s == e) return;
   if (use_child_neighbours_ && g) add_outward(g, s, e);
@@ -469,7 +461,7 @@ RALHE_SEPARATE void LevelLoop::decode_group(int g) {
 
 // The known outward child-level faces, per octant lane: for each odd coordinate of g the bit
 // k ^ b of the face neighbour on k's side (an earlier group, complete).
-RALHE_SEPARATE void LevelLoop::add_outward(int g, int64_t s, int64_t e) {
+RALHE_NOINLINE void LevelLoop::add_outward(int g, int64_t s, int64_t e) {
   const uint8_t* occ = occ_.data();
   const int kept = faces_kept(g);
   const int32_t* faces = faces_.data() + face_start_[g];
@@ -487,7 +479,7 @@ RALHE_SEPARATE void LevelLoop::add_outward(int g, int64_t s, int64_t e) {
 }
 
 // Bit 7: the positions whose bits 0-6 hold a 1 (coded) into list_; the others get their 1.
-RALHE_SEPARATE int64_t LevelLoop::list_coded(int64_t s, int64_t e) {
+RALHE_NOINLINE int64_t LevelLoop::list_coded(int64_t s, int64_t e) {
   list_.resize(size_t(e - s));
   int32_t* list = list_.data();
   uint8_t* occp = occp_.data();
@@ -504,7 +496,7 @@ RALHE_SEPARATE int64_t LevelLoop::list_coded(int64_t s, int64_t e) {
 // One batch read straight from the rANS reader: each context's f0 is taken from the counts at
 // its first use in the batch (stamped), so later updates within the batch do not change it.
 template <bool kList, bool kChild>
-RALHE_SEPARATE void LevelLoop::batch_native(int64_t s, int64_t m, int k) {
+RALHE_NOINLINE void LevelLoop::batch_native(int64_t s, int64_t m, int k) {
   reader_->claim(m);
   const uint32_t version = ++version_;
   const uint8_t* lane = reinterpret_cast<const uint8_t*>(lanes_.data()) + lane_byte(k);
@@ -518,7 +510,7 @@ RALHE_SEPARATE void LevelLoop::batch_native(int64_t s, int64_t m, int k) {
 
 // One batch through OccupancyBitSource::decode: the tables from the counts before the batch, one
 // per distinct f0, then the symbols, then the count updates.
-RALHE_SEPARATE void LevelLoop::batch_generic(int64_t s, int64_t m, int k, bool listed) {
+RALHE_NOINLINE void LevelLoop::batch_generic(int64_t s, int64_t m, int k, bool listed) {
   if (ctx_slot_.empty()) {
     ctx_slot_.assign(contexts_.size(), -1);
     f0_slot_.assign(size_t(kTotalFreq), -1);
@@ -567,7 +559,7 @@ RALHE_SEPARATE void LevelLoop::batch_generic(int64_t s, int64_t m, int k, bool l
 }
 
 // The children (parent order, then octant: Morton order) become the next level.
-RALHE_SEPARATE void LevelLoop::build_children(int d) {
+RALHE_NOINLINE void LevelLoop::build_children(int d) {
   const int64_t n = n_;
   resize_scratch(holder_, size_t(n) + 1, size_t(num_points_) + 1);
   const uint8_t* occ = occ_.data();
@@ -609,7 +601,7 @@ RALHE_SEPARATE void LevelLoop::build_children(int d) {
 }
 
 // Larger end-aligned buffers (4x steps up to num_points), the current level moved to their end.
-RALHE_SEPARATE void LevelLoop::grow(int64_t m, int64_t n) {
+RALHE_NOINLINE void LevelLoop::grow(int64_t m, int64_t n) {
   const int64_t cap = std::min(num_points_, 4 * m);
   std::vector<int64_t> codes(size_t(cap), 0);
   std::copy(codes_.end() - n, codes_.end(), codes.end() - n);
@@ -623,7 +615,7 @@ RALHE_SEPARATE void LevelLoop::grow(int64_t m, int64_t n) {
 // Parents [r0, r1): a child's neighbour j is the child (holder_octant) of the parent's neighbour
 // or the parent (holder).  First the parent-level values of those for the whole chunk (loads
 // only, so the cache misses overlap), then the children.
-RALHE_SEPARATE void LevelLoop::build_chunk(int64_t r0, int64_t r1, int64_t m, bool last, bool need_rows) {
+RALHE_NOINLINE void LevelLoop::build_chunk(int64_t r0, int64_t r1, int64_t m, bool last, bool need_rows) {
   const int64_t n = n_;
   const LoopTables& lt = lt_;
   const uint64_t* holder = holder_.data();

@@ -53,10 +53,9 @@ std::vector<uint8_t> ply_bytes(const PlyModel& m) {
   size_t row = ply_row_bytes(m.num_sh);
   std::vector<uint8_t> out(h.size() + row * size_t(m.n));
   std::memcpy(out.data(), h.data(), h.size());
-  // in chunks of rows, one call each: WebAssembly engines switch a function to optimized code
-  // only between calls
-  constexpr int64_t kChunk = 4096;
-  for (int64_t i = 0; i < m.n; i += kChunk) ply_rows(m, i, std::min(m.n, i + kChunk), out.data() + h.size() + row * size_t(i));
+  constexpr int64_t kChunk = 4096;  // rows per call (see RALHE_NOINLINE in common.h)
+  for (int64_t i = 0; i < m.n; i += kChunk)
+    ply_rows(m, i, std::min(m.n, i + kChunk), out.data() + h.size() + row * size_t(i));
   return out;
 }
 

@@ -23,11 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define RALHE_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define RALHE_ALWAYS_INLINE inline
-#endif
+#include "common.h"
 
 namespace ralhe {
 
@@ -56,7 +52,7 @@ class RansReader {
   // One symbol coded with CDF `cdf` [length] (cdf[0] = 0, cdf[length - 1] = 2**16,
   // non-decreasing) and value offset `offset`.
   int32_t decode(const int32_t* cdf, int length, int32_t offset) {
-    const uint32_t cum = uint32_t(x_ & ((1u << kPrecision) - 1));
+    const uint32_t cum = peek();
     // first entry greater than cum, minus one: the symbol whose interval holds cum
     const int s = int(std::upper_bound(cdf, cdf + length, int32_t(cum)) - cdf) - 1;
     return finish(cdf, length, offset, std::min(std::max(s, 0), length - 2));
@@ -81,7 +77,7 @@ class RansReader {
   // 2 log2(d + 1) comparisons instead of log2(length) unpredictable ones.  cdf must be
   // non-decreasing (as every table CdfTablesView::check accepts and the families build).
   RALHE_ALWAYS_INLINE int32_t decode_near(const int32_t* cdf, int length, int32_t offset, int hint) {
-    const int32_t cum = int32_t(x_ & ((1u << kPrecision) - 1));
+    const int32_t cum = int32_t(peek());
     int lo, hi;  // the symbol is in [lo, hi): cdf[lo] <= cum (or lo = 0), cdf[hi] > cum (or hi = length - 1)
     hint = std::min(std::max(hint, 0), length - 2);
     if (cdf[hint] <= cum) {
@@ -127,7 +123,6 @@ class RansReader {
   }
 
  public:
-
   // One binary-alphabet symbol whose CDF is [0, f0, 2**16, 2**16] (the escape never coded).
   int decode_bit(uint32_t f0) {
     const uint32_t mask = (1u << kPrecision) - 1;

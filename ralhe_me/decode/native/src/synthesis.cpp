@@ -35,14 +35,6 @@
 namespace ralhe {
 namespace {
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define RALHE_X86_DISPATCH 1
-#else
-#define RALHE_X86_DISPATCH 0
-#endif
-
-#define RALHE_INLINE inline __attribute__((always_inline))
-
 // Lane vectors are passed between always-inline functions only: no ABI is involved.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -82,19 +74,18 @@ class VecArray {
   std::unique_ptr<unsigned char[]> raw_;
   V* data_ = nullptr;
 };
-constexpr int kMaxLanes = 8;
 constexpr int kKernel = 27;
 constexpr int kCenter = 13;
 
 template <typename V>
-RALHE_INLINE V load(const float* p) {  // a vector of floats (the RAHT writes the inputs as floats)
+RALHE_ALWAYS_INLINE V load(const float* p) {  // a vector of floats (the RAHT writes the inputs as floats)
   V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 template <typename V, typename I>
-RALHE_INLINE V relu(const V& v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
+RALHE_ALWAYS_INLINE V relu(const V& v) {  // v < 0 ? +0 : v per lane (torch's clamp(min=0))
   const I negative = v < V{};
   return (V)((I)v & ~negative);
 }
@@ -209,7 +200,7 @@ Kernels kernel_masks(int64_t M, const int32_t* rows /* [M, 26] */) {
   return kn;
 }
 
-RALHE_INLINE int lowest_bit(uint32_t m) {  // m != 0
+RALHE_ALWAYS_INLINE int lowest_bit(uint32_t m) {  // m != 0
   return __builtin_ctz(m);
 }
 
@@ -221,7 +212,6 @@ struct GroupData {
   typedef typename Lanes<N>::V V;
   Widths wd;
   const LaneWeights<N>* w;
-  int64_t M;
   const float* x;
   const int64_t* point_of;
   const int64_t* row_of;
@@ -238,62 +228,36 @@ struct GroupData {
 // complete over all points.  Template widths (0: runtime) let the compiler unroll the common
 // shapes; the operations are the same either way.
 
-// Pass 0, the point-wise layers of rows [begin, end), kPoints rows at a time: their chains are
-// independent, so the CPU overlaps them (one row's chain of dependent adds leaves units idle).
+// Pass 0, the point-wise layers of rows [begin, end).
 template <int N, int IN, int H1, int H2>
-RALHE_INLINE void pointwise_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+RALHE_ALWAYS_INLINE void pointwise_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   typedef typename Lanes<N>::I I;
   const LaneWeights<N>& w = *gd.w;
   const int in = IN ? IN : gd.wd.in, h1 = H1 ? H1 : gd.wd.h1, h2 = H2 ? H2 : gd.wd.h2;
   const V* __restrict w0 = w.w0.data();
   const V* __restrict w1 = w.w1.data();
-  const int64_t* point_of = gd.point_of;
-  constexpr int kPoints = 4;
-  int64_t m0 = begin;
-  for (; m0 + kPoints <= end; m0 += kPoints) {
-    V xv[kPoints][kMaxDecoderWidth], acc[kPoints][kMaxDecoderWidth];
-    for (int p = 0; p < kPoints; ++p) {
-      const float* xr = gd.x + (m0 + p) * in * N;
-      for (int i = 0; i < in; ++i) xv[p][i] = load<V>(xr + i * N);
-      for (int j = 0; j < h2; ++j) acc[p][j] = w.b1[j];
-    }
-    // hidden value i of linear0 is added to every linear1 chain as soon as it exists: each
-    // chain still sums its terms in order i = 0, 1, ..., and nothing is stored
-    for (int i = 0; i < h1; ++i) {
-      V h[kPoints];
-      for (int p = 0; p < kPoints; ++p) h[p] = w.b0[i];
-      for (int k = 0; k < in; ++k)
-        for (int p = 0; p < kPoints; ++p) h[p] = h[p] + xv[p][k] * w0[k * h1 + i];
-      for (int p = 0; p < kPoints; ++p) {
-        h[p] = relu<V, I>(h[p]);
-        for (int j = 0; j < h2; ++j) acc[p][j] = acc[p][j] + h[p] * w1[i * h2 + j];
-      }
-    }
-    for (int p = 0; p < kPoints; ++p) {
-      V* __restrict out = gd.hid2 + (point_of ? point_of[m0 + p] : m0 + p) * h2;
-      for (int j = 0; j < h2; ++j) out[j] = relu<V, I>(acc[p][j]);
-    }
-  }
-  for (int64_t m = m0; m < end; ++m) {  // the last rows, one at a time
+  for (int64_t m = begin; m < end; ++m) {
     const float* xr = gd.x + m * in * N;
     V xv[kMaxDecoderWidth], acc[kMaxDecoderWidth];
     for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
     for (int j = 0; j < h2; ++j) acc[j] = w.b1[j];
+    // hidden value i of linear0 is added to every linear1 chain as soon as it exists: each
+    // chain still sums its terms in order i = 0, 1, ..., and nothing is stored
     for (int i = 0; i < h1; ++i) {
       V h = w.b0[i];
       for (int k = 0; k < in; ++k) h = h + xv[k] * w0[k * h1 + i];
       h = relu<V, I>(h);
       for (int j = 0; j < h2; ++j) acc[j] = acc[j] + h * w1[i * h2 + j];
     }
-    V* __restrict out = gd.hid2 + (point_of ? point_of[m] : m) * h2;
+    V* __restrict out = gd.hid2 + (gd.point_of ? gd.point_of[m] : m) * h2;
     for (int j = 0; j < h2; ++j) out[j] = relu<V, I>(acc[j]);
   }
 }
 
 // Pass 1, conv0 + relu of points [begin, end).
 template <int N, int H2, int H3>
-RALHE_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+RALHE_ALWAYS_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   typedef typename Lanes<N>::I I;
   const LaneWeights<N>& w = *gd.w;
@@ -321,7 +285,7 @@ RALHE_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64_t end)
 // Pass 2, conv1 + skip (from the point's input row) of points [begin, end), scattered to the
 // outputs.
 template <int N, int IN, int H3>
-RALHE_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
+RALHE_ALWAYS_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   const LaneWeights<N>& w = *gd.w;
   const Kernels& kn = *gd.kn;
@@ -367,7 +331,7 @@ RALHE_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end)
 }
 
 template <int N, int IN, int H1, int H2, int H3>
-RALHE_INLINE void run_pass(const GroupData<N>& gd, int pass, int64_t begin, int64_t end) {
+RALHE_ALWAYS_INLINE void run_pass(const GroupData<N>& gd, int pass, int64_t begin, int64_t end) {
   if (pass == 0)
     pointwise_pass<N, IN, H1, H2>(gd, begin, end);
   else if (pass == 1)
@@ -414,8 +378,8 @@ PassFn<8> pass_kernel<8>(const Widths& w) {
 }
 #endif
 
-// Lanes to use: 8 on a CPU with AVX2 (when built with the dispatcher), else 4.  RALHE_SYNTHESIS_LANES
-// (4 or 8) in the environment overrides it, for the tests that compare both.
+// Lanes to use: 8 on a CPU with AVX2 (when built with the dispatcher), else 4.
+// RALHE_SYNTHESIS_LANES=4 in the environment forces 4, for the tests that compare both.
 int lanes_for_this_cpu() {
 #if RALHE_X86_DISPATCH
   if (const char* v = std::getenv("RALHE_SYNTHESIS_LANES"))
@@ -472,15 +436,14 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
   const PassFn<N> kernel = pass_kernel<N>(wd);
   const int groups = (A + N - 1) / N;
-  // passes run in chunks of points, one call each: WebAssembly engines switch a function to
-  // optimized code only between calls
+  // passes run in chunks of points, one call each (see RALHE_NOINLINE in common.h)
   constexpr int64_t kChunk = 4096;
   for (int g = 0; g < groups; ++g) {
     const LaneWeights<N> lw = lane_weights<N>(wd, K, arch.skip, weights, g);
     group_inputs<N>(arch, A, M, in, g, plan, point_to_voxel, planes, plane_size, x.get());
-    const GroupData<N> gd{wd,  &lw,       M, x.get(), raht ? plan.order.data() : nullptr,
+    const GroupData<N> gd{wd,        &lw,       x.get(), raht ? plan.order.data() : nullptr,
                           row_of.empty() ? nullptr : row_of.data(), &kn, arch.skip, hid2.data(), hid3.data(),
-                          K,   g,         sh_norm, opacity_norm};
+                          K,         g,         sh_norm, opacity_norm};
     for (int pass = 0; pass < 3; ++pass)
       for (int64_t b = 0; b < M; b += kChunk) kernel(gd, pass, b, std::min(M, b + kChunk));
   }
