@@ -26,9 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_LAMBDAS = (3e-4, 1.5e-3, 6e-3)
-DEFAULT_BASELINE_STEPS = (0.4, 0.2, 0.1, 0.05, 0.025)
 LOCAL = "local"
+
+
+def _defaults():
+    from ralhe_me.sweep.spec import DEFAULT_BASELINE_STEPS, DEFAULT_LAMBDAS
+
+    return DEFAULT_LAMBDAS, DEFAULT_BASELINE_STEPS
 
 
 def _floats(text: str, what: str):
@@ -39,12 +43,15 @@ def _floats(text: str, what: str):
 
 
 def parse_args(argv=None):
+    default_lambdas, default_steps = _defaults()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scene", help="an INRIA .ply to code (default: the embedded default scene)")
     p.add_argument("--dataset", help="NeRF-synthetic folder: evaluate on its test images instead of orbit renders")
     p.add_argument("--preset", default="fast", help="model preset in models/ (default fast)")
-    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in DEFAULT_LAMBDAS),
-                   help="comma-separated rate weights, larger = smaller file (default %(default)s)")
+    p.add_argument("--lambdas", default=",".join(f"{v:g}" for v in default_lambdas),
+                   help="comma-separated rate weights, larger = smaller file; below 1e-3 the positions and "
+                        "covariances get finer too (geometry tiers, see ralhe encode --geometry-tier) "
+                        "(default %(default)s)")
     p.add_argument("--out", default=None,
                    help="output folder (default outputs/default, or the sweep file's 'out')")
     p.add_argument("--num-gaussians", type=int, default=50_000, help="size of the default scene (default 50000)")
@@ -56,7 +63,7 @@ def parse_args(argv=None):
                    help="image-domain refinement steps per rate after training, 0 to skip (default: the preset's)")
     p.add_argument("--finetune-iters", type=int, default=60, help="finetuning iterations (0 to skip)")
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
-    p.add_argument("--baseline-steps", default=",".join(f"{v:g}" for v in DEFAULT_BASELINE_STEPS),
+    p.add_argument("--baseline-steps", default=",".join(f"{v:g}" for v in default_steps),
                    help="quantizer steps of the baselines (default %(default)s)")
     p.add_argument("--peers", default="spz,cply",
                    help="formats people ship to code beside RALHE with splat-transform: spz, sog, cply "

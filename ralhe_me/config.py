@@ -68,6 +68,12 @@ class CodecConfig:
     covariance_codebook: Optional[int] = None  # VQ codebook size; None: chosen (fewest bytes, or by PSNR at step 0)
     covariance_step: Optional[float] = None  # residual log-scale step (0: plain VQ); None: chosen by PSNR
     covariance_min_psnr: float = 42.0  # automatic choice: renders of the quantized model vs unquantized, dB
+    # the geometry's precision follows lambda (encode/operating_point.py): tier t (None: lmbda's) adds
+    # t * geometry_tier_db to covariance_min_psnr and t * depth_tier_db to depth_transparent_psnr, and lets
+    # the depth pass the merge rule's (the steps: measured on the donut, see operating_point.py)
+    geometry_tier: Optional[int] = None
+    geometry_tier_db: float = 6.0
+    depth_tier_db: float = 3.0
     importance_views: int = 0  # random orbit views weighting each voxel's SH errors (0: off; measured neutral)
     importance_resolution: int = 256  # their size in pixels
     gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)

@@ -24,6 +24,7 @@ from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_
                     SECTION_POSITIONS,
                     load_decoders, make_header, quantize_decoders, reconstruct_attributes)
 from .config import CodecConfig
+from .encode.operating_point import MAX_EXTRA_LEVELS, geometry_tier
 from .entropy.integer_arm import ArmQuantizationError, QuantizedArm
 from .decoder import DEFAULT_DECODE_THREADS
 from .entropy.latent_coder import encode_latents, estimate_bits
@@ -33,7 +34,7 @@ from .gaussians import GaussianModel, codable_model
 from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from .geometry.covariance_vq import fit_codebook
 from .geometry.occupancy import encode_positions
-from .octree import (MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth,
+from .octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth,
                      far_field_contraction, voxelize, with_model)
 from .render_refine import RenderTarget
 from .synthesis import plane_sizes
@@ -121,13 +122,14 @@ def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[
     point's steps (the gain map)."""
     seed = config.training.seed
     step = config.covariance_step
+    min_psnr = geometry_tier(config).covariance_psnr
     if step is None:
-        step = choose_covariance_step(target, config.covariance_min_psnr, seed=seed, gains=gains)
+        step = choose_covariance_step(target, min_psnr, seed=seed, gains=gains)
     steps = ResidualSteps.from_ratio(step)
     if config.covariance_codebook:
         sizes = [min(config.covariance_codebook, len(target))]
     elif step == 0:
-        sizes = [choose_covariance_codebook(target, config.covariance_min_psnr, seed=seed)]
+        sizes = [choose_covariance_codebook(target, min_psnr, seed=seed)]
     else:
         sizes = sorted({min(s, len(target)) for s in RESIDUAL_CODEBOOK_CANDIDATES})
     best = None
@@ -212,7 +214,8 @@ def choose_grid(model: GaussianModel,  # already through codable_model
     field is contracted when far Gaussians would set the cube (``far_field``); the depth is the
     shallowest merging at most ``max_merge_fraction`` (of the foreground's Gaussians, when
     contracted); it stops earlier at a depth whose voxelized renders are transparent
-    (``depth_transparent_psnr``)."""
+    (``depth_transparent_psnr``). Above geometry tier 0 (encode/operating_point.py) the depth then
+    grows past that one until the voxelized renders reach the tier's target."""
     if config.far_field not in ("auto", "off"):
         raise EncodeError(f"far_field must be 'auto' or 'off', got {config.far_field!r}")
     contraction = far_field_contraction(model.means) if config.far_field == "auto" else None
@@ -231,6 +234,11 @@ def choose_grid(model: GaussianModel,  # already through codable_model
         depth = transparent_depth(model, depth, config.depth_transparent_psnr, contraction,
                                   min_depth=max(MIN_AUTO_DEPTH, config.architecture.num_levels - 1))
         merge_rule = depth == merge_depth
+    tier = geometry_tier(config)
+    if config.depth is None and tier.extends_depth:
+        depth = finer_depth(model, depth, tier.depth_psnr, contraction,
+                            max_depth=min(MAX_DEPTH, depth + MAX_EXTRA_LEVELS))
+        merge_rule = False
     return VoxelGrid.bounding(model.means, depth, contraction), merge_rule
 
 
@@ -279,9 +287,25 @@ def transparent_depth(model: GaussianModel, merge_depth: int, min_psnr: float,
     return merge_depth
 
 
+def finer_depth(model: GaussianModel, depth: int, min_psnr: float, contraction: Optional[Contraction] = None,
+                max_depth: int = 21, views: int = 6, resolution: int = 192) -> int:
+    """The first depth from ``depth`` up to ``max_depth`` whose voxelized model renders within
+    ``min_psnr`` dB of ``model`` (``views`` orbit views at ``resolution`` px), else ``max_depth``:
+    the depth of a geometry tier above 0, where the merge rule's would cap the quality."""
+    from .evaluation import orbit_views, score_views
+
+    reference = orbit_views(model, views, (resolution, resolution))
+    for d in range(depth, max_depth):
+        vox = voxelize(model, d, VoxelGrid.bounding(model.means, d, contraction))
+        if score_views(vox.model, reference, with_ssim=False).psnr >= min_psnr:
+            return d
+    return max(depth, max_depth)
+
+
 COVARIANCE_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 RESIDUAL_CODEBOOK_CANDIDATES = (64, 256, 1024)  # with a residual the size only trades index for residual bits
-COVARIANCE_STEPS = (0.8, 0.56, 0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05)  # log-scale residual steps, coarse to fine
+# log-scale residual steps, coarse to fine (the finest ones serve the high geometry tiers)
+COVARIANCE_STEPS = (0.8, 0.56, 0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025, 0.018, 0.0125)
 
 
 def _coded_psnr(target: GaussianModel, shapes, reference) -> float:

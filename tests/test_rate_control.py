@@ -11,6 +11,7 @@ from ralhe_me.cli import main as ralhe_main
 from ralhe_me.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode import rate_control
+from ralhe_me.encode.operating_point import tier_lambda, tier_of_lambda
 from ralhe_me.encode.rate_control import (PSNR, SIZE, SIZE_TOLERANCE, RateControlError, RateTarget, Trial,
                                           UnreachableTargetError, encode_to_target, parse_size, prepare_input)
 from ralhe_me.encoder import encode_model
@@ -39,8 +40,8 @@ def test_bad_targets_are_refused():
         RateTarget(SIZE, 1000, max_tries=0)
 
 
-def _trial(lmbda, size, psnr=None):
-    return Trial(lmbda, size, psnr, 0.0, result=None)
+def _trial(lmbda, size, psnr=None, geometry=0):
+    return Trial(lmbda, size, psnr, 0.0, result=None, geometry_bytes=geometry)
 
 
 def test_a_bracketed_power_law_is_hit_in_one_step():
@@ -49,24 +50,24 @@ def test_a_bracketed_power_law_is_hit_in_one_step():
     geometry, a = 5000, 300.0
     size = lambda lm: geometry + a * lm ** -0.7  # noqa: E731
     target = RateTarget(SIZE, size(2.5e-3))
-    trials = [_trial(1e-3, size(1e-3)), _trial(1e-2, size(1e-2))]
-    assert rate_control._next_lambda(trials, target, geometry) == pytest.approx(2.5e-3, rel=1e-9)
+    trials = [_trial(1e-3, size(1e-3), geometry=geometry), _trial(1e-2, size(1e-2), geometry=geometry)]
+    assert rate_control._next_lambda(trials, target) == pytest.approx(2.5e-3, rel=1e-9)
     # PSNR linear in log lambda: the same
     psnr = lambda lm: 20.0 - 1.3 * math.log(lm)  # noqa: E731
     trials = [_trial(1e-4, 0, psnr(1e-4)), _trial(1e-1, 0, psnr(1e-1))]
-    assert rate_control._next_lambda(trials, RateTarget(PSNR, psnr(3e-3)), 0) == pytest.approx(3e-3, rel=1e-9)
+    assert rate_control._next_lambda(trials, RateTarget(PSNR, psnr(3e-3))) == pytest.approx(3e-3, rel=1e-9)
 
 
 def test_a_misbehaving_curve_falls_back_to_bisection_inside_the_bracket():
     geometry = 1000
     target = RateTarget(SIZE, 3000)
     # bracketed, but the errors put the interpolation at the very edge of the bracket
-    trials = [_trial(1e-3, 3001), _trial(1e-1, 1200)]
-    nxt = rate_control._next_lambda(trials, target, geometry)
+    trials = [_trial(1e-3, 3001, geometry=geometry), _trial(1e-1, 1200, geometry=geometry)]
+    nxt = rate_control._next_lambda(trials, target)
     assert nxt == pytest.approx(math.sqrt(1e-3 * 1e-1))
     # too big a file at the largest lambda already tried: nothing further to try
-    trials = [_trial(rate_control.LAMBDA_RANGE[1], 9000)]
-    assert rate_control._next_lambda(trials, target, geometry) is None
+    trials = [_trial(rate_control.LAMBDA_RANGE[1], 9000, geometry=geometry)]
+    assert rate_control._next_lambda(trials, target) is None
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +125,44 @@ def test_targets_beyond_the_proxies_are_refused_before_any_encode(scene, size_in
     monkeypatch.setattr(rate_control, "encode_model", lambda *a, **k: pytest.fail("encoded"))
     with pytest.raises(UnreachableTargetError, match=f"alone take {size_input.geometry_bytes:,} bytes"):
         encode_to_target(size_input, config, RateTarget(SIZE, size_input.geometry_bytes))
-    psnr_input = dataclasses.replace(size_input, reference_psnr=31.0)
+    psnr_input = dataclasses.replace(size_input, reference_psnr=31.0, prepare_tier=None)  # no finer tier
     with pytest.raises(UnreachableTargetError, match="gives 31.00 dB"):
         encode_to_target(psnr_input, config, RateTarget(PSNR, 33.0))
+
+
+class _Encoded(Exception):
+    pass
+
+
+def test_a_psnr_target_above_the_geometry_climbs_the_tiers(scene, size_input, monkeypatch):
+    """A target the coded geometry cannot hold starts the search on the first geometry tier whose
+    finetuned reference allows it, at that tier's largest lambda; beyond the last tier it is refused."""
+    model, config = scene
+    asked = []
+
+    def at_tier(tier):
+        asked.append(tier)
+        return dataclasses.replace(size_input, tier=tier, reference_psnr=31.0 + 3.0 * tier, prepare_tier=at_tier)
+
+    def encode(_model, cfg, voxelized, **_):
+        assert voxelized is size_input.voxelized
+        raise _Encoded(cfg.lmbda)
+
+    monkeypatch.setattr(rate_control, "encode_model", encode)
+    start = dataclasses.replace(size_input, reference_psnr=31.0, prepare_tier=at_tier)
+    with pytest.raises(_Encoded) as first:
+        encode_to_target(start, config, RateTarget(PSNR, 36.5), log=lambda _: None)
+    assert asked == [1, 2] and first.value.args[0] == pytest.approx(tier_lambda(2))
+    assert tier_of_lambda(first.value.args[0]) == 2
+    asked.clear()
+    with pytest.raises(UnreachableTargetError, match="geometry tier 3"):
+        encode_to_target(start, config, RateTarget(PSNR, 50.0), log=lambda _: None)
+    assert asked == [1, 2, 3]
+    # a fixed tier is never left
+    asked.clear()
+    with pytest.raises(UnreachableTargetError, match="geometry tier 0"):
+        encode_to_target(start, dataclasses.replace(config, geometry_tier=0), RateTarget(PSNR, 36.5))
+    assert asked == []
 
 
 def test_a_size_below_the_smallest_file_gives_the_range_tried(scene, size_input):

@@ -188,3 +188,19 @@ def test_peer_comparison_interpolates_on_ralhe_curve():
     assert sog["ralhe_bytes_at_psnr"] is None  # 45 dB is above it
     expected = 30.0 + 10.0 * (float(np.log(250) - np.log(100)) / float(np.log(400) - np.log(100)))
     assert sog["ralhe_psnr_at_size"] == pytest.approx(expected)
+
+
+def test_peer_comparison_uses_the_pareto_front_of_a_curve_over_tiers():
+    """A larger RALHE file that is no better (the first point of a finer geometry tier) is left out
+    instead of making the whole curve 'out of range'."""
+    from ralhe_me.sweep.report import peer_comparison
+
+    def row(codec, size, psnr):
+        return {"codec": codec, "total_bytes": size, "psnr": psnr, "decode_seconds": 0.1}
+
+    rows = [row("ralhe", 100, 30.0), row("ralhe", 300, 36.0), row("ralhe", 400, 35.5), row("ralhe", 900, 40.0),
+            row("spz", 1000, 38.0)]
+    spz = peer_comparison(rows)["spz"]
+    expected = float(np.exp(np.interp(38.0, [30.0, 36.0, 40.0], np.log([100, 300, 900]))))
+    assert spz["ralhe_bytes_at_psnr"] == pytest.approx(expected)
+    assert spz["ralhe_psnr_at_size"] is None

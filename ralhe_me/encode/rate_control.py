@@ -5,7 +5,10 @@ closed form, so the only exact measure is an encode. Cheap proxies decide what i
 encode: the positions and covariances (coded once, shared by every try) bound the smallest file,
 the finetuned model with the coded shapes bounds the PSNR, and between tries the next lambda
 comes from interpolating log(attribute bytes) or PSNR against log(lambda) over the two closest
-tries that bracket the target (a bisection when the curve misbehaves). Every try is a real encode,
+tries that bracket the target (a bisection when the curve misbehaves). The geometry follows lambda
+(encode/operating_point.py): a try whose lambda falls in another geometry tier codes that tier's
+positions and covariances, prepared the first time a try needs them, so the search runs over the
+whole operating-point space. Every try is a real encode,
 so what is reported is what the file holds; PSNR is scored on the encoder's reconstruction, which
 is bit for bit what the decoder outputs.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from ..config import CodecConfig
+from .operating_point import MAX_TIER, geometry_follows_lambda, geometry_tier, tier_lambda
 from ..encoder import (EncodeError, EncodeResult, encode_geometry, encode_model, finetune_geometry,
                        make_render_target, prepare, write_atomically)
 from ..evaluation import ViewSet, dataset_views, orbit_views, score_views
@@ -81,10 +85,13 @@ class Trial:
     psnr: Optional[float]  # only for a PSNR target
     seconds: float
     result: EncodeResult = field(repr=False)
+    geometry_bytes: int = 0  # positions and covariances of the try's geometry tier
+    tier: int = 0
 
     def describe(self) -> str:
         psnr = "" if self.psnr is None else f", {self.psnr:.2f} dB"
-        return f"lambda {self.lmbda:.4g}: {self.size_bytes:,} bytes{psnr} ({self.seconds:.1f} s)"
+        return (f"lambda {self.lmbda:.4g} (geometry tier {self.tier}): {self.size_bytes:,} bytes{psnr} "
+                f"({self.seconds:.1f} s)")
 
 
 @dataclass
@@ -128,6 +135,9 @@ class PreparedInput:
     render_target: object  # render_refine.RenderTarget or None
     views: Optional[ViewSet]  # the scoring views (PSNR targets)
     reference_psnr: Optional[float]  # PSNR of the voxelized, finetuned model with the coded shapes
+    tier: int = 0  # geometry tier (encode/operating_point.py)
+    # the same input prepared at another geometry tier (None: the search keeps this one)
+    prepare_tier: Optional[Callable[[int], "PreparedInput"]] = field(default=None, repr=False, compare=False)
 
     @property
     def geometry_bytes(self) -> int:
@@ -137,9 +147,21 @@ class PreparedInput:
 def prepare_input(model: GaussianModel, config: CodecConfig, target: RateTarget, *, finetune_iters: int = 0,
                   dataset: Optional[str] = None, views: int = 8, resolution: Tuple[int, int] = (400, 400),
                   progress: bool = False) -> PreparedInput:
-    """Voxelize, code (and finetune) the geometry once; render the scoring views of a PSNR target
-    (the input's orbit renders, or ``dataset``'s test split)."""
+    """Voxelize, code (and finetune) the geometry at the geometry tier of ``config``; render the
+    scoring views of a PSNR target (the input's orbit renders, or ``dataset``'s test split). The
+    result prepares the other tiers on demand, with the same views."""
     model = codable_model(model)
+    tier = geometry_tier(config).index
+    scoring = None
+    if target.kind == PSNR:
+        scoring = dataset_views(dataset, "test", views, resolution) if dataset else \
+            orbit_views(model, views, resolution)
+    return _prepare_tier(model, dataclasses.replace(config, geometry_tier=tier), scoring, finetune_iters, dataset,
+                         progress)
+
+
+def _prepare_tier(model: GaussianModel, config: CodecConfig, scoring: Optional[ViewSet], finetune_iters: int,
+                  dataset: Optional[str], progress: bool) -> PreparedInput:
     vox = prepare(model, config)
     if finetune_iters > 0:
         vox, geometry, _ = finetune_geometry(vox, model, config, finetune_iters, dataset, progress=progress)
@@ -148,51 +170,74 @@ def prepare_input(model: GaussianModel, config: CodecConfig, target: RateTarget,
     render_target = None
     if config.training.render_steps > 0:
         render_target = make_render_target(vox, geometry, model, config, dataset)
-    scoring, reference = None, None
-    if target.kind == PSNR:
-        scoring = dataset_views(dataset, "test", views, resolution) if dataset else \
-            orbit_views(model, views, resolution)
-        reference = score_views(vox.model, scoring, with_ssim=False).psnr
-    return PreparedInput(model, vox, geometry, render_target, scoring, reference)
+    reference = None if scoring is None else score_views(vox.model, scoring, with_ssim=False).psnr
+
+    def other(tier: int) -> PreparedInput:
+        return _prepare_tier(model, dataclasses.replace(config, geometry_tier=tier), scoring, finetune_iters,
+                             dataset, progress)
+
+    return PreparedInput(model, vox, geometry, render_target, scoring, reference, config.geometry_tier, other)
 
 
 def encode_to_target(prepared: PreparedInput, config: CodecConfig, target: RateTarget,
                      log: Callable[[str], None] = print,
                      progress: Optional[Callable[[int, dict], None]] = None) -> RateControlResult:
-    """Search lambda until the file meets ``target``; every try is a full encode. Raises
-    :class:`UnreachableTargetError` (with the reachable range) when no lambda can meet it."""
-    geometry_bytes = prepared.geometry_bytes
-    if target.kind == SIZE and target.value <= geometry_bytes * (1 + SIZE_TOLERANCE):
+    """Search lambda until the file meets ``target``; every try is a full encode, on the geometry
+    tier of its lambda when the geometry follows lambda (prepared from ``prepared`` on first use).
+    Raises :class:`UnreachableTargetError` (with the reachable range) when no lambda can meet it."""
+    inputs = {prepared.tier: prepared}
+    follows = geometry_follows_lambda(config) and prepared.prepare_tier is not None
+
+    def input_at(tier: int) -> PreparedInput:
+        if tier not in inputs:
+            log(f"preparing geometry tier {tier} (finer positions and covariances)")
+            inputs[tier] = prepared.prepare_tier(tier)
+        return inputs[tier]
+
+    def tier_of(lmbda: float) -> int:
+        if not follows:
+            return prepared.tier
+        return geometry_tier(dataclasses.replace(config, lmbda=lmbda, geometry_tier=None)).index
+
+    lmbda = min(max(config.lmbda, LAMBDA_RANGE[0]), LAMBDA_RANGE[1])
+    start = input_at(tier_of(lmbda))
+    if target.kind == SIZE and target.value <= start.geometry_bytes * (1 + SIZE_TOLERANCE):
         raise UnreachableTargetError(
             f"a file of {target.describe()} is out of reach: the positions and covariances alone take "
-            f"{geometry_bytes:,} bytes (a smaller file needs a coarser --depth or a smaller --codebook)")
-    if target.kind == PSNR and target.value > prepared.reference_psnr + PSNR_CEILING_MARGIN_DB:
-        raise UnreachableTargetError(
-            f"{target.describe()} is out of reach: the model with its coded positions and covariances and "
-            f"uncoded colours gives {prepared.reference_psnr:.2f} dB on these views (a higher PSNR needs a "
-            f"deeper --depth or a finer --covariance-step)")
+            f"{start.geometry_bytes:,} bytes (a smaller file needs a coarser --depth or a smaller --codebook)")
+    if target.kind == PSNR:
+        # climb the geometry tiers until the coded geometry allows the target
+        while target.value > start.reference_psnr + PSNR_CEILING_MARGIN_DB and follows and start.tier < MAX_TIER:
+            lmbda = tier_lambda(start.tier + 1, config.geometry_tier_db)
+            start = input_at(tier_of(lmbda))
+        if target.value > start.reference_psnr + PSNR_CEILING_MARGIN_DB:
+            raise UnreachableTargetError(
+                f"{target.describe()} is out of reach: the model with its coded positions and covariances "
+                f"(geometry tier {start.tier}) and uncoded colours gives {start.reference_psnr:.2f} dB on these "
+                f"views (a higher PSNR needs a deeper --depth or a finer --covariance-step)")
 
     trials: List[Trial] = []
 
     def run(lmbda: float) -> Trial:
         t0 = time.perf_counter()
+        current = input_at(tier_of(lmbda))
         cfg = dataclasses.replace(config, lmbda=lmbda)
-        result = encode_model(prepared.model, cfg, voxelized=prepared.voxelized, geometry=prepared.geometry,
-                              render_target=prepared.render_target, progress=progress)
+        result = encode_model(current.model, cfg, voxelized=current.voxelized, geometry=current.geometry,
+                              render_target=current.render_target, progress=progress)
         psnr = None
         if target.kind == PSNR:
-            psnr = score_views(result.reconstruction, prepared.views, with_ssim=False).psnr
-        trial = Trial(lmbda, len(result.data), psnr, time.perf_counter() - t0, result)
+            psnr = score_views(result.reconstruction, current.views, with_ssim=False).psnr
+        trial = Trial(lmbda, len(result.data), psnr, time.perf_counter() - t0, result, current.geometry_bytes,
+                      current.tier)
         trials.append(trial)
         log(f"try {len(trials)}/{target.max_tries}: {trial.describe()}")
         return trial
 
-    lmbda = min(max(config.lmbda, LAMBDA_RANGE[0]), LAMBDA_RANGE[1])
     for _ in range(target.max_tries):
         trial = run(lmbda)
         if _meets(trial, target):
             return RateControlResult(target, _best(trials, target), trials, True)
-        nxt = _next_lambda(trials, target, geometry_bytes)
+        nxt = _next_lambda(trials, target)
         if nxt is None:  # the target lies beyond a lambda bound already tried
             raise UnreachableTargetError(_unreachable(trials, target))
         lmbda = nxt
@@ -200,11 +245,14 @@ def encode_to_target(prepared: PreparedInput, config: CodecConfig, target: RateT
     return RateControlResult(target, _best(trials, target), trials, met)
 
 
-def _error(trial: Trial, target: RateTarget, geometry_bytes: int) -> float:
-    """Signed distance to the target on the scale the interpolation is nearly linear on; it
-    decreases as lambda grows (a larger lambda gives a smaller file of lower PSNR)."""
+def _error(trial: Trial, target: RateTarget) -> float:
+    """Signed distance to the target on the scale the interpolation is nearly linear on (the
+    attribute bytes of a size: the try's geometry bytes left out); it decreases as lambda grows (a
+    larger lambda gives a smaller file of lower PSNR)."""
     if target.kind == SIZE:
-        return math.log(max(trial.size_bytes - geometry_bytes, 1)) - math.log(target.value - geometry_bytes)
+        if target.value <= trial.geometry_bytes:  # this tier's geometry alone is too big
+            return math.log(trial.size_bytes) - math.log(target.value)
+        return math.log(max(trial.size_bytes - trial.geometry_bytes, 1)) - math.log(target.value - trial.geometry_bytes)
     return trial.psnr - target.value
 
 
@@ -229,10 +277,10 @@ def _best(trials: List[Trial], target: RateTarget) -> Trial:
     return max(trials, key=lambda t: t.psnr)
 
 
-def _next_lambda(trials: List[Trial], target: RateTarget, geometry_bytes: int) -> Optional[float]:
+def _next_lambda(trials: List[Trial], target: RateTarget) -> Optional[float]:
     """The next lambda to try, or None when the target is beyond a bound already tried."""
     lo_bound, hi_bound = (math.log(v) for v in LAMBDA_RANGE)
-    points = sorted((math.log(t.lmbda), _error(t, target, geometry_bytes)) for t in trials)
+    points = sorted((math.log(t.lmbda), _error(t, target)) for t in trials)
     # too good (error > 0): lambda must grow; not good enough (error < 0): lambda must shrink
     below = [p for p in points if p[1] > 0]  # lambdas to the left of the target
     above = [p for p in points if p[1] < 0]
@@ -245,7 +293,7 @@ def _next_lambda(trials: List[Trial], target: RateTarget, geometry_bytes: int) -
             x = 0.5 * (left[0] + right[0])
         return math.exp(x)
     last = math.log(trials[-1].lmbda)
-    err = _error(trials[-1], target, geometry_bytes)
+    err = _error(trials[-1], target)
     slope = SIZE_SLOPE_GUESS if target.kind == SIZE else PSNR_SLOPE_GUESS
     if len(points) >= 2:  # the measured slope over the two tries nearest the target, if sane
         (x0, e0), (x1, e1) = sorted(points, key=lambda p: abs(p[1]))[:2]
@@ -284,9 +332,10 @@ def encode_file_to_target(path_in: str, path_out: str, config: CodecConfig, targ
                              resolution=resolution, progress=finetune_progress)
     if prepared.reference_psnr is not None:
         log(f"scoring on {len(prepared.views.cameras)} views; the finetuned model with the coded shapes gives "
-            f"{prepared.reference_psnr:.2f} dB; positions and covariances take {prepared.geometry_bytes:,} bytes")
+            f"{prepared.reference_psnr:.2f} dB; positions and covariances take {prepared.geometry_bytes:,} bytes "
+            f"(geometry tier {prepared.tier})")
     else:
-        log(f"positions and covariances take {prepared.geometry_bytes:,} bytes")
+        log(f"positions and covariances take {prepared.geometry_bytes:,} bytes (geometry tier {prepared.tier})")
     outcome = encode_to_target(prepared, config, target, log=log, progress=progress)
     write_atomically(path_out, outcome.chosen.result.data)
     return outcome

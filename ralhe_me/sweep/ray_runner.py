@@ -40,11 +40,12 @@ class PreparationFailure:
     traceback: str
 
 
-def _prepare_task(settings):
-    """A scene's preparation: (the small record the driver writes, the scene for the jobs)."""
+def _prepare_task(settings, tier: int = 0):
+    """A scene's preparation at geometry tier ``tier``: (the small record the driver writes, the
+    scene for the jobs)."""
     keep_freed_memory()  # a Ray worker is its own process
     try:
-        prepared = prepare_scene(settings, log=lambda m: print(f"[sweep] {m}", flush=True))
+        prepared = prepare_scene(settings, tier, log=lambda m: print(f"[sweep] {m}", flush=True))
     except Exception as exc:  # noqa: BLE001 - reported by every job of the scene
         outcome = failed(None, exc)
         failure = PreparationFailure(outcome.error, outcome.traceback)
@@ -88,11 +89,12 @@ def _schedule(ray, sweep: Sweep, pending: Dict[str, List[Job]], bar) -> List[Job
     prepare = ray.remote(num_cpus=1, num_returns=2, max_retries=1)(_prepare_task)
     run = ray.remote(num_cpus=1, max_retries=1)(_job_task)
     waiting = {}  # ref -> ("prep", scene name) or ("job", job)
-    for name, jobs in pending.items():
-        record_ref, prepared_ref = prepare.remote(sweep.scene(name))
-        waiting[record_ref] = ("prep", name)
-        for job in jobs:
-            waiting[run.remote(prepared_ref, job)] = ("job", job)
+    for name, scene_jobs in pending.items():
+        for tier, jobs in sweep.scene(name).jobs_by_tier(scene_jobs).items():
+            record_ref, prepared_ref = prepare.remote(sweep.scene(name), tier)
+            waiting[record_ref] = ("prep", name)
+            for job in jobs:
+                waiting[run.remote(prepared_ref, job)] = ("job", job)
     outcomes = []
     bar.set_running(min(cpus, len(waiting)))
     while waiting:

@@ -42,11 +42,18 @@ def write_scene_report(settings: SceneSettings, rows: List[dict], log=print) -> 
     _write_csv(out / "results.csv", rows, FIELDS)
     write_json(out / "results.json", rows)
     prep = _read_json(out / SCENE_SUMMARY) or {}
-    reference_psnr = prep.get("finetuned_psnr")
+    current = {settings.preparation_key(t) for t in {settings.job_tier(j) for j in settings.jobs()}}
+    tiers = [t for t in (_read_json(p) for p in sorted((out / ROWS).glob("scene_tier*.json")))
+             if t and t.get("key") in current]  # not a tier a run with other settings left
+    # the best the coded geometry allows: the finetuned model of the finest geometry tier
+    references = [t["finetuned_psnr"] for t in tiers if t.get("finetuned_psnr") is not None]
+    reference_psnr = max(references) if references else prep.get("finetuned_psnr")
     coded = [r for r in rows if r["codec"] not in PEERS]
     summary = _table2(out, coded, settings, log) if coded else {}
     summary.update({k: v for k, v in prep.items() if k != "key"})
     summary["reference_psnr"] = reference_psnr
+    if len(tiers) > 1:
+        summary["geometry_tiers"] = [{k: v for k, v in t.items() if k != "key"} for t in tiers]
     peers = peer_comparison(rows)
     if peers:
         summary["peers"] = peers
@@ -62,9 +69,12 @@ def write_scene_report(settings: SceneSettings, rows: List[dict], log=print) -> 
     planes = [(r, p) for r, p in planes if p.is_file()]
     voxels = out / ROWS / VOXELS
     if planes and voxels.is_file():
-        picked = [planes[0], planes[-1]] if len(planes) > 1 else planes
-        plot_latents(out / "latents.png", np.load(voxels)["coords"],
-                     [(r["parameter"], r["total_bytes"], np.load(p)) for r, p in picked])
+        coords = np.load(voxels)["coords"]
+        # the rates coded on the figure's voxels (higher geometry tiers have voxels of their own)
+        loaded = [(r, a) for r, a in ((r, np.load(p)) for r, p in planes) if a.shape[-1] == len(coords)]
+        picked = [loaded[0], loaded[-1]] if len(loaded) > 1 else loaded
+        if picked:
+            plot_latents(out / "latents.png", coords, [(r["parameter"], r["total_bytes"], a) for r, a in picked])
     return summary
 
 
@@ -108,10 +118,17 @@ def _log_interp(x, xs, ys) -> Optional[float]:
     return float(np.exp(np.interp(x, xs, np.log(ys))))
 
 
+def _pareto(sizes, psnrs, decode):
+    """The points no smaller file beats in PSNR (a curve over several geometry tiers can hold a
+    larger file that is no better): what RALHE offers at each size."""
+    keep = [i for i in range(len(sizes)) if all(psnrs[j] < psnrs[i] for j in range(i))]
+    return [sizes[i] for i in keep], [psnrs[i] for i in keep], [decode[i] for i in keep]
+
+
 def peer_comparison(rows) -> dict:
     """Per peer: its size, PSNR and decode time; RALHE's size at the peer's PSNR (interpolated on
-    RALHE's curve in log-size) and the ratio; RALHE's PSNR at the peer's size."""
-    sizes, psnrs, decode = _curve(rows, RALHE)
+    RALHE's curve in log-size, its Pareto front) and the ratio; RALHE's PSNR at the peer's size."""
+    sizes, psnrs, decode = _pareto(*_curve(rows, RALHE))
     out = {}
     for r in rows:
         if r["codec"] not in PEERS:

@@ -154,23 +154,25 @@ def run_sweep(sweep: Sweep, *, ray: bool = False, address: Optional[str] = None,
 
 def _run_serial(sweep: Sweep, pending: Dict[str, List[Job]], bar: SweepProgress, progress: bool):
     outcomes = []
-    for name, jobs in pending.items():
+    for name, scene_jobs in pending.items():
         settings = sweep.scene(name)
-        try:
-            prepared = prepare_scene(settings, log=log, progress=progress)
-        except Exception as exc:  # noqa: BLE001 - the scene's jobs fail, the sweep goes on
+        for tier, jobs in settings.jobs_by_tier(scene_jobs).items():
+            try:
+                prepared = prepare_scene(settings, tier, log=log, progress=progress)
+            except Exception as exc:  # noqa: BLE001 - the scene's jobs fail, the sweep goes on
+                for job in jobs:
+                    outcome = failed(job, exc)
+                    outcome.error = f"preparing {name} (geometry tier {tier}) failed: {outcome.error}"
+                    record_outcome(settings, outcome)
+                    bar.finished(outcome, was_running=False)
+                    outcomes.append(outcome)
+                continue
+            record_preparation(settings, preparation_record(prepared))
             for job in jobs:
-                outcome = failed(job, exc)
-                outcome.error = f"preparing {name} failed: {outcome.error}"
+                bar.started()
+                outcome = run_job(prepared, job)
                 record_outcome(settings, outcome)
-                bar.finished(outcome, was_running=False)
+                bar.finished(outcome)
                 outcomes.append(outcome)
-            continue
-        record_preparation(settings, preparation_record(prepared))
-        for job in jobs:
-            bar.started()
-            outcome = run_job(prepared, job)
-            record_outcome(settings, outcome)
-            bar.finished(outcome)
-            outcomes.append(outcome)
+            del prepared  # a tier's voxels, views and targets: free before the next tier's
     return outcomes

@@ -1,9 +1,10 @@
 """A scene's shared preparation: done once, then handed to every (codec, rate) job of the scene.
 
 Voxelizing, coding the covariances, finetuning with the coded shapes, rendering the evaluation
-views and the image-domain targets cost as much as several jobs, and every job of a scene
-codes the same result, so a sweep computes it once per scene and passes it on (on Ray, through
-the object store).
+views and the image-domain targets cost as much as several jobs, and every job of a scene at one
+geometry tier (encode/operating_point.py: the depth and covariance precision that its lambda
+calls for) codes the same result, so a sweep computes it once per scene and tier and passes it
+on (on Ray, through the object store).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 
 
 from ..config import CodecConfig, load_preset
+from ..encode.operating_point import geometry_tier
 from ..encoder import GeometryCode, finetune_geometry, make_render_target, prepare
 from ..evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, read_ply
@@ -30,9 +32,10 @@ class PreparedScene:
     """Everything the jobs of one scene share (picklable: it travels to Ray workers)."""
 
     settings: SceneSettings
-    key: str  # SceneSettings.preparation_key()
+    tier: int  # geometry tier
+    key: str  # SceneSettings.preparation_key(tier)
     num_gaussians: int
-    config: CodecConfig  # the preset with the scene's overrides (lambda set per job)
+    config: CodecConfig  # the preset with the scene's overrides and the tier (lambda set per job)
     views: ViewSet  # the evaluation views every decoded file is scored on
     voxelized: VoxelizedModel  # with the coded shapes, finetuned: what every codec codes
     geometry: GeometryCode  # positions and covariances, shared by every file
@@ -40,9 +43,10 @@ class PreparedScene:
     summary: dict  # PSNRs of the preparation stages, seconds, sizes (scene.json)
 
 
-def scene_config(settings: SceneSettings) -> CodecConfig:
-    """The preset with the scene's overrides."""
+def scene_config(settings: SceneSettings, tier: int = 0) -> CodecConfig:
+    """The preset with the scene's overrides, at geometry tier ``tier``."""
     config = load_preset(settings.preset)
+    config.geometry_tier = tier
     config.depth = settings.depth
     config.covariance_codebook = settings.codebook
     config.covariance_step = settings.covariance_step
@@ -64,19 +68,20 @@ def load_scene(settings: SceneSettings) -> GaussianModel:
     return make_default_scene(settings.num_gaussians, settings.seed)
 
 
-def prepare_scene(settings: SceneSettings, log: Callable[[str], None] = print,
+def prepare_scene(settings: SceneSettings, tier: int = 0, log: Callable[[str], None] = print,
                   progress: bool = False) -> PreparedScene:
-    """Load (or generate), voxelize, code the covariances, finetune, render the views. Writes
-    nothing (it may run on another machine): see :func:`preparation_record`."""
+    """Load (or generate), voxelize, code the covariances, finetune, render the views, at geometry
+    tier ``tier``. Writes nothing (it may run on another machine): see :func:`preparation_record`."""
     with intra_op_threads(settings.threads):
-        return _prepare(settings, log, progress)
+        return _prepare(settings, tier, log, progress)
 
 
-def _prepare(settings: SceneSettings, log, progress: bool) -> PreparedScene:
+def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> PreparedScene:
     t_start = time.perf_counter()
     original = load_scene(settings)
-    log(f"scene {settings.name}: {len(original)} Gaussians, SH degree {original.sh_degree}")
-    config = scene_config(settings)
+    config = scene_config(settings, tier)
+    log(f"scene {settings.name}: {len(original)} Gaussians, SH degree {original.sh_degree}, "
+        f"{geometry_tier(config).describe()}")
     size = (settings.resolution, settings.resolution)
     if settings.dataset:
         views = dataset_views(settings.dataset, "test", settings.views, size)
@@ -104,13 +109,14 @@ def _prepare(settings: SceneSettings, log, progress: bool) -> PreparedScene:
     render_target = None
     if config.training.render_steps > 0 and settings.codecs.get(RALHE):
         render_target = make_render_target(vox, geometry, original, config, settings.dataset)
-    key = settings.preparation_key()
-    summary = {"scene": settings.name, "key": key, "num_gaussians": len(original), "num_voxels": len(vox.model),
+    key = settings.preparation_key(tier)
+    summary = {"scene": settings.name, "key": key, "geometry_tier": tier, "num_gaussians": len(original), "num_voxels": len(vox.model),
                "depth": vox.depth, "sh_degree": original.sh_degree, "voxelized_psnr": vox_psnr,
                "covariance_coded_psnr": coded_psnr, "finetuned_psnr": reference_psnr,
                "positions_bytes": len(geometry.positions), "covariance_bytes": len(geometry.covariance),
                "preprocess_seconds": time.perf_counter() - t_start}
-    return PreparedScene(settings, key, len(original), config, views, vox, geometry, render_target, summary)
+    return PreparedScene(settings, tier, key, len(original), config, views, vox, geometry, render_target,
+                         summary)
 
 
 
@@ -124,9 +130,10 @@ class PreparationRecord:
     coords: np.ndarray  # [N, 3] int64, Morton order
     depth: int
     reference_view: np.ndarray  # [H, W, 3] uint8: the first evaluation view's target
+    tier: int = 0  # geometry tier of the preparation
 
 
 def preparation_record(prepared: PreparedScene) -> PreparationRecord:
     vox = prepared.voxelized
     reference = (np.clip(prepared.views.images[0], 0, 1) * 255 + 0.5).astype(np.uint8)
-    return PreparationRecord(prepared.summary, vox.coords, vox.depth, reference)
+    return PreparationRecord(prepared.summary, vox.coords, vox.depth, reference, prepared.tier)

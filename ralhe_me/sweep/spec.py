@@ -23,7 +23,9 @@ PEERS = {"spz": ".spz", "sog": ".sog", "cply": ".compressed.ply"}
 # SOG is opt-in: its encoder's SH k-means on the CPU grows with the square of the Gaussian count
 # (50k SH3 Gaussians: 160 s at 1 iteration, over 15 minutes at its default 10, on 2 cores).
 DEFAULT_PEERS = ("spz", "cply")
-DEFAULT_LAMBDAS = (3e-4, 1.5e-3, 6e-3)
+# from the low-rate end to near-lossless: 3e-4 is geometry tier 0, 1e-4 tier 1, 2.5e-5 tier 2
+# (encode/operating_point.py), so the curve reaches past the peers' qualities
+DEFAULT_LAMBDAS = (2.5e-5, 1e-4, 3e-4, 1.5e-3, 6e-3)
 DEFAULT_BASELINE_STEPS = (0.4, 0.2, 0.1, 0.05, 0.025)
 
 
@@ -89,8 +91,31 @@ class SceneSettings:
         coded = [Job(self.name, codec, float(rate)) for codec in CODECS for rate in sorted(self.codecs.get(codec, []))]
         return coded + [Job(self.name, peer, 0.0) for peer in PEERS if peer in self.peers]
 
-    def preparation_key(self) -> str:
-        """Hash of what the shared preparation (voxels, coded shapes, finetuning, views) depends on."""
+    def job_tier(self, job: "Job") -> int:
+        """The geometry tier of the preparation ``job`` codes (encode/operating_point.py): a RALHE
+        job's follows its lambda, the baselines code the preset's (tier 0 unless it fixes one); 0
+        when the depth and the covariance step are both fixed (every tier would prepare the same)."""
+        from ..config import load_preset
+        from ..encode.operating_point import geometry_follows_lambda, geometry_tier
+
+        config = load_preset(self.preset)
+        config.depth, config.covariance_step = self.depth, self.covariance_step
+        if not geometry_follows_lambda(config):
+            return config.geometry_tier or 0
+        if job.codec == RALHE:
+            return geometry_tier(dataclasses.replace(config, lmbda=job.parameter)).index
+        return 0
+
+    def jobs_by_tier(self, jobs: List["Job"]) -> Dict[int, List["Job"]]:
+        """``jobs`` grouped by the geometry tier of their preparation, lowest tier first."""
+        groups: Dict[int, List[Job]] = {}
+        for job in jobs:
+            groups.setdefault(self.job_tier(job), []).append(job)
+        return dict(sorted(groups.items()))
+
+    def preparation_key(self, tier: int = 0) -> str:
+        """Hash of what the shared preparation (voxels, coded shapes, finetuning, views) of geometry
+        tier ``tier`` depends on."""
         fields = {k: getattr(self, k) for k in ("scene", "dataset", "preset", "num_gaussians", "seed", "views",
                                                 "resolution", "depth", "finetune_iters", "codebook",
                                                 "covariance_step", "importance_views", "threads")}
@@ -98,11 +123,13 @@ class SceneSettings:
         fields["dataset_dir"] = _file_identity(self.dataset)
         fields["preset_file"] = _file_identity(_preset_path(self.preset))
         fields["code"] = code_version()
+        fields["geometry_tier"] = tier
         return _digest(fields)
 
     def job_key(self, job: "Job") -> str:
         """Hash of everything a job's bytes and score depend on (its preparation included)."""
-        fields = {"preparation": self.preparation_key(), "codec": job.codec, "parameter": job.parameter}
+        fields = {"preparation": self.preparation_key(self.job_tier(job)), "codec": job.codec,
+                  "parameter": job.parameter}
         if job.codec == RALHE:
             fields.update(steps=self.steps, render_steps=self.render_steps)
         if job.codec == "sog" and self.sog_iterations is not None:

@@ -86,10 +86,14 @@ def record_outcome(settings: SceneSettings, outcome) -> None:
 
 
 def record_preparation(settings: SceneSettings, record) -> None:
-    """``scene.json`` and the voxel coordinates of a prepared scene (a PreparationRecord)."""
+    """``scene.json`` and the voxel coordinates of a prepared scene (a PreparationRecord) from its
+    lowest geometry tier (the latent figure's voxels); every tier's summary in ``rows/``."""
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / ROWS).mkdir(exist_ok=True)
+    write_json(out / ROWS / f"scene_tier{record.tier}.json", record.summary)
+    if record.tier != min(settings.job_tier(job) for job in settings.jobs()):
+        return
     tmp = out / ROWS / (VOXELS + ".part.npz")
     np.savez(tmp, coords=record.coords, depth=record.depth)
     os.replace(tmp, out / ROWS / VOXELS)
