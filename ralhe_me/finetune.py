@@ -421,7 +421,11 @@ class _CodedShapes:
         optimizer.add_param_group({"params": [self.quats], "lr": self.lrs[1], "name": "codebook_quats"})
 
     def shapes(self) -> Tuple[torch.Tensor, torch.Tensor]:  # quats [N, 4], log_scales [N, 3]
-        return self.quats[self.index] + self.offsets[1], self.log_scales[self.index] + self.offsets[0]
+        from .geometry.covariance_code import compose_rotation
+
+        quats = self.quats[self.index]
+        quats = compose_rotation(quats, self.offsets[1]) if self.code.rodrigues else quats + self.offsets[1]
+        return quats, self.log_scales[self.index] + self.offsets[0]
 
     def stored_code(self):
         from dataclasses import replace

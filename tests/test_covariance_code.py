@@ -17,6 +17,12 @@ def shapes(n=3000, seed=0):
     return s, q
 
 
+def rotation_error(qs, q):  # radians between the rotations of quaternions [M, 4] (any norm, any sign)
+    a = qs / np.linalg.norm(qs, axis=1, keepdims=True).astype(np.float64)
+    b = q / np.linalg.norm(q, axis=1, keepdims=True).astype(np.float64)
+    return 2 * np.arccos(np.clip(np.abs((a * b).sum(axis=1)), 0, 1))
+
+
 def test_round_trip_is_exact_and_error_is_within_half_a_step():
     s, q = shapes()
     book = fit_codebook(s, q, 64)
@@ -32,9 +38,9 @@ def test_round_trip_is_exact_and_error_is_within_half_a_step():
     ls0, qs0 = code.shapes()
     assert np.array_equal(ls, ls0) and np.array_equal(qs, qs0) and ls.dtype == np.float32
     assert np.abs(ls - s).max() <= 0.05 + 1e-5
-    qc = canonical_quats(q)
-    err = np.minimum(np.abs(qs - qc).max(axis=1), np.abs(qs + qc).max(axis=1))  # q and -q are one rotation
-    assert err.max() <= 0.01 + 1e-5
+    assert code.rodrigues and data[0] == 2
+    # each Rodrigues component within half a step: the rotation within 2 asin(sqrt(3) step / 2)
+    assert rotation_error(qs, q).max() <= 2 * np.arcsin(np.sqrt(3) * 0.01) + 1e-5
     # the residual pays for itself: finer steps, more bytes; plain VQ is smallest
     plain = encode_shapes(quantize_shapes(s, q, book))
     finer = encode_shapes(quantize_shapes(s, q, book, ResidualSteps(0.05, 0.01)))
@@ -167,3 +173,66 @@ def test_step_rule_picks_the_coarsest_step_that_keeps_the_renders():
         assert i == 0 or psnr(COVARIANCE_STEPS[i - 1]) < target  # the coarser one fails
     coarse, fine = choose_covariance_step(model, 30.0, **kw), choose_covariance_step(model, 40.0, **kw)
     assert coarse > fine  # a stricter target, a finer step
+
+
+def test_rodrigues_residual_beats_the_cartesian_one_and_old_sections_still_decode():
+    s, q = shapes(3000, seed=2)
+    book = fit_codebook(s, q, 64)
+    steps = ResidualSteps(0.14, 0.028)
+    new = quantize_shapes(s, q, book, steps)
+    old = quantize_shapes(s, q, book, steps, rodrigues=False)  # version 1, as older files hold
+    assert np.array_equal(new.indices, old.indices)  # no rotation is far from its codeword here
+    data_new, data_old = encode_shapes(new), encode_shapes(old)
+    assert (data_new[0], data_old[0]) == (2, 1) and old.residual_quats.shape == (3000, 4)
+    assert len(data_new) < 0.97 * len(data_old)  # a rotation's 3 numbers instead of a quaternion's 4
+    qs_new, qs_old = decode_shapes(data_new)[1], decode_shapes(data_old)[1]
+    assert np.array_equal(qs_old, old.shapes()[1])  # version 1 reads as it always did
+    assert rotation_error(qs_new, q).mean() < rotation_error(qs_old, q).mean()
+
+
+def test_compose_rotation_is_the_quaternion_product():
+    from ralhe_me.geometry.covariance_code import compose_rotation
+
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(500, 4)).astype(np.float32)
+    t = (rng.normal(size=(500, 3)) * 0.3).astype(np.float32)
+    w, x, y, z = c.astype(np.float64).T
+    one = np.ones(500)
+    a, b, d = t.astype(np.float64).T
+    reference = np.stack([w * one - x * a - y * b - z * d, w * a + x * one + y * d - z * b,
+                          w * b - x * d + y * one + z * a, w * d + x * b - y * a + z * one], axis=1)  # Hamilton c (1, t)
+    got = compose_rotation(c, t)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-6)
+    import torch
+
+    assert np.array_equal(compose_rotation(torch.from_numpy(c), torch.from_numpy(t)).numpy(), got)
+
+
+def test_far_rotations_take_the_codeword_nearest_in_rotation():
+    from ralhe_me.geometry.covariance_vq import CovarianceCodebook
+
+    book = CovarianceCodebook(np.array([[-4.0, -4.0, -4.0], [-1.0, -1.0, -1.0]]),
+                              np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+    s = np.full((50, 3), -4.0, np.float32)
+    q = np.tile(np.array([[0.05, 1.0, 0.0, 0.0]], np.float32), (50, 1))  # near codeword 1's rotation
+    assert np.all(book.assign(s, q) == 0)  # the scales pick codeword 0, 174 degrees away
+    code = quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02))
+    assert code.rodrigues and np.all(code.indices == 1)
+    ls, qs = decode_shapes(encode_shapes(code))
+    assert np.abs(ls - s).max() <= 0.05 + 1e-5 and rotation_error(qs, q).max() < 0.03
+    # given indices are kept: then the section falls back to version 1
+    kept = quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), indices=np.zeros(50, np.int64))
+    assert not kept.rodrigues and np.all(kept.indices == 0) and encode_shapes(kept)[0] == 1
+
+
+def test_a_codebook_too_small_for_every_rotation_falls_back_to_version_1():
+    s, q = shapes(400, seed=4)
+    book = fit_codebook(s, q, 1)
+    code = quantize_shapes(s, q, book, ResidualSteps(0.2, 0.04))
+    assert not code.rodrigues  # random rotations: some are over 151 degrees from the one codeword
+    data = encode_shapes(code)
+    qs = decode_shapes(data)[1]
+    qc = canonical_quats(q)
+    err = np.minimum(np.abs(qs - qc).max(axis=1), np.abs(qs + qc).max(axis=1))  # version 1's bound
+    assert data[0] == 1 and err.max() <= 0.02 + 1e-5

@@ -101,11 +101,25 @@ def files():
     gain = dataclasses.replace(residual, importance_views=3, importance_resolution=48, covariance_gain=True)
     out["gain"] = _encode(base.with_sh_degree(1), gain)
 
+    # a version-1 covariance section (quaternion residual q - c, as older files hold), gain-scaled
+    import functools
+
+    from ralhe_me import encoder
+
+    kept = encoder.quantize_shapes
+    encoder.quantize_shapes = functools.partial(kept, rodrigues=False)
+    try:
+        out["cartesian"] = _encode(base.with_sh_degree(1), gain)
+    finally:
+        encoder.quantize_shapes = kept
+
     headers = {k: unpack(v).header for k, v in out.items()}
     assert headers["sh0_residual"]["sh_degree"] == 0 and headers["sh3_vq"]["sh_degree"] == 3
     assert headers["pyramid"]["architecture"]["transform"] == "pyramid"
     assert "contraction" in headers["far"]
     assert headers["gain"]["gain_level"] is not None
+    versions = {k: unpack(v).section("covariance")[0] for k, v in out.items()}
+    assert versions["cartesian"] == 1 and versions["gain"] == versions["sh0_residual"] == 2
     return out
 
 
@@ -125,7 +139,7 @@ def written(files, tmp_path_factory):
     return out
 
 
-NAMES = ("sh3_vq", "sh0_residual", "pyramid", "far", "gain")
+NAMES = ("sh3_vq", "sh0_residual", "pyramid", "far", "gain", "cartesian")
 
 
 # ---------------------------------------------------------------- agreement

@@ -11,7 +11,9 @@ namespace ralhe {
 
 namespace {
 
-constexpr int kVersion = 1;  // covariance_vq.FORMAT_VERSION and covariance_code.FORMAT_VERSION
+constexpr int kVersion = 1;            // covariance_vq.FORMAT_VERSION
+constexpr int kCartesianVersion = 1;   // covariance_code.CARTESIAN_VERSION: quaternion residual q - c
+constexpr int kRodriguesVersion = 2;   // covariance_code.FORMAT_VERSION: Rodrigues vector from c
 
 // Runs f, prefixing a CorruptDataError's message with `where` (the Python decoder's wording).
 template <typename F>
@@ -111,8 +113,9 @@ void decode_covariance_indices(Bytes data, int64_t expected, CovarianceCodebook&
 void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vector<float>& log_scales,
                    std::vector<float>& quats) {
   if (n < 0) fail(ErrorKind::kInvalidArgument, "decode_shapes: negative count");
-  if (section.size < 10 || section[0] != kVersion)
+  if (section.size < 10 || (section[0] != kCartesianVersion && section[0] != kRodriguesVersion))
     corrupt("not a covariance section (bad version byte or too short)");
+  const bool rodrigues = section[0] == kRodriguesVersion;
   const int flags = section[1];
   if (flags > 1) corrupt("unknown covariance flags " + std::to_string(flags));
   if (flags == 1 && point_gain == nullptr)
@@ -131,7 +134,7 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
   decode_covariance_indices(Bytes(section.data + pos, size_t(vq_size)), n, book, index);
   pos += size_t(vq_size);
 
-  const int cols_s = step_s > 0 ? 3 : 0, cols_q = step_q > 0 ? 4 : 0, ncol = cols_s + cols_q;
+  const int cols_s = step_s > 0 ? 3 : 0, cols_q = step_q > 0 ? (rodrigues ? 3 : 4) : 0, ncol = cols_s + cols_q;
   std::vector<int32_t> symbols;  // [ncol, n] component-major
   int64_t lows[7] = {0, 0, 0, 0, 0, 0, 0};
   if (n == 0 || ncol == 0) {
@@ -168,11 +171,27 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
       if (point_gain) d = d * g;
       log_scales[3 * i + a] = book.log_scales[3 * c + a] + d;
     }
-    for (int a = 0; a < 4; ++a) {
-      float d = residual(cols_q ? cols_s + a : -1, i) * step_q;
-      if (point_gain) d = d * g;
-      quats[4 * i + a] = book.quats[4 * c + a] + d;
+    const float* cq = book.quats.data() + 4 * c;
+    float* q = quats.data() + 4 * i;
+    if (!rodrigues) {
+      for (int a = 0; a < 4; ++a) {
+        float d = residual(cols_q ? cols_s + a : -1, i) * step_q;
+        if (point_gain) d = d * g;
+        q[a] = cq[a] + d;
+      }
+      continue;
     }
+    // covariance_code.compose_rotation: c * (1, t), each product rounded, sums from the left
+    float t[3];
+    for (int a = 0; a < 3; ++a) {
+      t[a] = residual(cols_q ? cols_s + a : -1, i) * step_q;
+      if (point_gain) t[a] = t[a] * g;
+    }
+    const float w = cq[0], x = cq[1], y = cq[2], z = cq[3];
+    q[0] = ((w - t[0] * x) - t[1] * y) - t[2] * z;
+    q[1] = ((x + t[0] * w) - t[1] * z) + t[2] * y;
+    q[2] = ((y + t[0] * z) + t[1] * w) - t[2] * x;
+    q[3] = ((z - t[0] * y) + t[1] * x) + t[2] * w;
   }
 }
 

@@ -1,17 +1,21 @@
 // The covariance section: a VQ codeword per Gaussian plus an entropy-coded scalar residual
 // (ralhe_me/geometry/covariance_code.py, covariance_vq.py).
 //
-// Section: version byte 1; flags byte (bit 0: the residual steps are scaled per point by the gain
-// map); float32 steps (log-scale, quaternion); varint length + the VQ stream; if a step is
-// nonzero: per coded component (3 log-scales if that step > 0, then 4 quaternion components if
-// that one is) its zigzag offset (varint), the common span (varint) and the residual symbols
-// (static categorical coder, one context per component, component-major).
+// Section: version byte (2: the quaternion residual is the Rodrigues vector of the rotation from
+// the codeword, 3 components; 1: the 4 components of q - c, as older files hold); flags byte (bit
+// 0: the residual steps are scaled per point by the gain map); float32 steps (log-scale,
+// quaternion); varint length + the VQ stream; if a step is nonzero: per coded component (3
+// log-scales if that step > 0, then the 3 or 4 quaternion components if that one is) its zigzag
+// offset (varint), the common span (varint) and the residual symbols (static categorical coder,
+// one context per component, component-major).
 // VQ stream: version byte 1, varints M and K, varint length + the K float16 codewords (high and
 // low byte planes of the 7 components: 14 contexts of the static coder, 256 symbols), then the M
 // indices (static coder, one context, K symbols).
 //
-// Reconstruction in float32 exactly as Python: log_scales = codeword + (r * step) * g, likewise
-// the quaternions, with g the point's gain rounded to float32, only when the flag says so.
+// Reconstruction in float32 exactly as Python: log_scales = codeword + (r * step) * g, with g the
+// point's gain rounded to float32, only when the flag says so; quaternions: t = (r * step) * g,
+// then the product c * (1, t) in covariance_code.compose_rotation's order (version 2), or
+// codeword + t (version 1).
 #pragma once
 
 #include <cstdint>
