@@ -184,7 +184,9 @@ def test_peer_comparison_interpolates_on_ralhe_curve():
     spz, sog = peers["spz"], peers["sog"]
     assert spz["ralhe_bytes_at_psnr"] == pytest.approx(200.0)  # halfway in PSNR: the geometric mean size
     assert spz["ralhe_size_ratio"] == pytest.approx(0.2)
-    assert spz["ralhe_psnr_at_size"] is None  # 1000 B is beyond RALHE's curve
+    assert not spz["ralhe_bytes_at_psnr_is_upper_bound"]
+    # 1000 B is beyond RALHE's curve: its largest file's PSNR is a lower bound
+    assert spz["ralhe_psnr_at_size"] == 40.0 and spz["ralhe_psnr_at_size_is_lower_bound"]
     assert sog["ralhe_bytes_at_psnr"] is None  # 45 dB is above it
     expected = 30.0 + 10.0 * (float(np.log(250) - np.log(100)) / float(np.log(400) - np.log(100)))
     assert sog["ralhe_psnr_at_size"] == pytest.approx(expected)
@@ -203,4 +205,23 @@ def test_peer_comparison_uses_the_pareto_front_of_a_curve_over_tiers():
     spz = peer_comparison(rows)["spz"]
     expected = float(np.exp(np.interp(38.0, [30.0, 36.0, 40.0], np.log([100, 300, 900]))))
     assert spz["ralhe_bytes_at_psnr"] == pytest.approx(expected)
-    assert spz["ralhe_psnr_at_size"] is None
+    assert spz["ralhe_psnr_at_size"] == 40.0 and spz["ralhe_psnr_at_size_is_lower_bound"]
+
+
+def test_peer_below_ralhe_smallest_file_gets_a_bound():
+    """RALHE's smallest file already beats the peer: its size is an upper bound of RALHE's size at
+    the peer's PSNR, and the table says so."""
+    from ralhe_me.sweep.report import peer_comparison, peer_table
+
+    def row(codec, size, psnr):
+        return {"codec": codec, "total_bytes": size, "psnr": psnr, "decode_seconds": 0.1}
+
+    rows = [row("ralhe", 57_520, 40.95), row("ralhe", 75_826, 44.62), row("spz", 186_562, 40.28),
+            row("sog", 60_000, 44.0)]
+    peers = peer_comparison(rows)
+    spz, sog = peers["spz"], peers["sog"]
+    assert spz["ralhe_bytes_at_psnr"] == 57_520 and spz["ralhe_bytes_at_psnr_is_upper_bound"]
+    assert spz["ralhe_size_ratio"] == pytest.approx(57_520 / 186_562)
+    assert not sog["ralhe_bytes_at_psnr_is_upper_bound"] and not sog["ralhe_psnr_at_size_is_lower_bound"]
+    line = next(l for l in peer_table("kacytran", peers) if l.startswith("SPZ"))
+    assert "<= 56.2 KiB" in line and "<= 0.31x" in line and ">= 44.62 dB" in line

@@ -127,25 +127,36 @@ def _pareto(sizes, psnrs, decode):
 
 def peer_comparison(rows) -> dict:
     """Per peer: its size, PSNR and decode time; RALHE's size at the peer's PSNR (interpolated on
-    RALHE's curve in log-size, its Pareto front) and the ratio; RALHE's PSNR at the peer's size."""
+    RALHE's curve in log-size, its Pareto front) and the ratio; RALHE's PSNR at the peer's size.
+    Beyond the curve's ends they are bounds, flagged: a peer below RALHE's smallest file's PSNR
+    gets that file's size (at most), a peer larger than RALHE's largest file that one's PSNR (at
+    least); elsewhere outside the curve, None."""
     sizes, psnrs, decode = _pareto(*_curve(rows, RALHE))
     out = {}
     for r in rows:
         if r["codec"] not in PEERS:
             continue
-        at_psnr = None
+        at_psnr, at_psnr_bound = None, False
         if len(sizes) >= 2 and np.all(np.diff(psnrs) > 0):  # PSNR rises with size: invertible
             at_psnr = _log_interp(r["psnr"], psnrs, sizes)
-        psnr_at_size = None
+        if at_psnr is None and sizes and r["psnr"] < psnrs[0]:
+            # RALHE's smallest file is already better: its size bounds RALHE's at the peer's PSNR
+            at_psnr, at_psnr_bound = float(sizes[0]), True
+        psnr_at_size, psnr_at_size_bound = None, False
         if len(sizes) >= 2:
             lo, hi = min(sizes), max(sizes)
             if lo <= r["total_bytes"] <= hi:
                 psnr_at_size = float(np.interp(np.log(r["total_bytes"]), np.log(sizes), psnrs))
+        if psnr_at_size is None and sizes and r["total_bytes"] > sizes[-1]:
+            # the peer's file is larger than RALHE's largest: RALHE reaches at least that one's PSNR
+            psnr_at_size, psnr_at_size_bound = float(psnrs[-1]), True
         out[r["codec"]] = {
             "bytes": r["total_bytes"], "psnr": r["psnr"], "decode_seconds": r["decode_seconds"],
             "ralhe_bytes_at_psnr": at_psnr,
+            "ralhe_bytes_at_psnr_is_upper_bound": at_psnr_bound,
             "ralhe_size_ratio": None if at_psnr is None else at_psnr / r["total_bytes"],
             "ralhe_psnr_at_size": psnr_at_size,
+            "ralhe_psnr_at_size_is_lower_bound": psnr_at_size_bound,
             "ralhe_decode_seconds": float(np.mean(decode)) if decode else None,
         }
     return out
@@ -153,14 +164,17 @@ def peer_comparison(rows) -> dict:
 
 def peer_table(scene: str, peers: dict) -> List[str]:
     lines = [f"{scene}: RALHE against the formats people ship (splat-transform)",
-             f"{'format':16s} {'size':>10s} {'PSNR':>8s} {'decode':>8s}   {'RALHE at its PSNR':>18s} {'ratio':>6s}"
+             f"{'format':16s} {'size':>10s} {'PSNR':>8s} {'decode':>8s}   {'RALHE at its PSNR':>18s} {'ratio':>9s}"
              f"   {'RALHE PSNR at its size':>22s}"]
     for fmt, p in peers.items():
-        at = "out of range" if p["ralhe_bytes_at_psnr"] is None else f"{p['ralhe_bytes_at_psnr'] / 1024:.1f} KiB"
-        ratio = "-" if p["ralhe_size_ratio"] is None else f"{p['ralhe_size_ratio']:.2f}x"
-        at_size = "out of range" if p["ralhe_psnr_at_size"] is None else f"{p['ralhe_psnr_at_size']:.2f} dB"
+        upper = "<= " if p.get("ralhe_bytes_at_psnr_is_upper_bound") else ""
+        lower = ">= " if p.get("ralhe_psnr_at_size_is_lower_bound") else ""
+        at = "out of range" if p["ralhe_bytes_at_psnr"] is None else \
+            f"{upper}{p['ralhe_bytes_at_psnr'] / 1024:.1f} KiB"
+        ratio = "-" if p["ralhe_size_ratio"] is None else f"{upper}{p['ralhe_size_ratio']:.2f}x"
+        at_size = "out of range" if p["ralhe_psnr_at_size"] is None else f"{lower}{p['ralhe_psnr_at_size']:.2f} dB"
         lines.append(f"{PEER_LABELS[fmt]:16s} {p['bytes'] / 1024:7.1f} KiB {p['psnr']:6.2f} dB "
-                     f"{p['decode_seconds']:6.2f} s   {at:>18s} {ratio:>6s}   {at_size:>22s}")
+                     f"{p['decode_seconds']:6.2f} s   {at:>18s} {ratio:>9s}   {at_size:>22s}")
     return lines
 
 
