@@ -229,15 +229,17 @@ def choose_grid(model: GaussianModel,  # already through codable_model
         depth = choose_depth(foreground, config.max_merge_fraction, contraction=contraction)
     else:
         depth = choose_depth(model.means, config.max_merge_fraction)
+    tier = geometry_tier(config)
+    reference = _depth_rule_renders(model)  # made once, on first use, for both depth rules
     if config.depth is None and config.depth_transparent_psnr is not None:
         merge_depth = depth
         depth = transparent_depth(model, depth, config.depth_transparent_psnr, contraction,
-                                  min_depth=max(MIN_AUTO_DEPTH, config.architecture.num_levels - 1))
+                                  min_depth=max(MIN_AUTO_DEPTH, config.architecture.num_levels - 1),
+                                  reference=reference)
         merge_rule = depth == merge_depth
-    tier = geometry_tier(config)
     if config.depth is None and tier.extends_depth:
         depth = finer_depth(model, depth, tier.depth_psnr, contraction,
-                            max_depth=min(MAX_DEPTH, depth + MAX_EXTRA_LEVELS))
+                            max_depth=min(MAX_DEPTH, depth + MAX_EXTRA_LEVELS), reference=reference)
         merge_rule = False
     return VoxelGrid.bounding(model.means, depth, contraction), merge_rule
 
@@ -267,39 +269,67 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     return vox
 
 
+DEPTH_RULE_VIEWS, DEPTH_RULE_RESOLUTION = 6, 192  # the renders the depth rules score (as the covariance's)
+
+
+def _first_depth_reaching(model: GaussianModel, depths, min_psnr: float, contraction: Optional[Contraction],
+                          renders) -> Optional[int]:
+    """The first of ``depths`` whose voxelized model renders within ``min_psnr`` dB of ``renders``
+    (of ``model``), or None."""
+    from .evaluation import score_views
+
+    for depth in depths:
+        vox = voxelize(model, depth, VoxelGrid.bounding(model.means, depth, contraction))
+        if score_views(vox.model, renders, with_ssim=False).psnr >= min_psnr:
+            return depth
+    return None
+
+
+def _depth_rule_renders(model: GaussianModel, views: int = DEPTH_RULE_VIEWS,
+                        resolution: int = DEPTH_RULE_RESOLUTION) -> Callable[[], object]:
+    """A function returning the orbit renders of ``model`` the depth rules score against, rendered
+    on its first call only."""
+    made = []
+
+    def renders():
+        if not made:
+            from .evaluation import orbit_views
+
+            made.append(orbit_views(model, views, (resolution, resolution)))
+        return made[0]
+
+    return renders
+
+
 def transparent_depth(model: GaussianModel, merge_depth: int, min_psnr: float,
                       contraction: Optional[Contraction] = None, min_depth: int = MIN_AUTO_DEPTH,
-                      views: int = 6, resolution: int = 192) -> int:
+                      views: int = DEPTH_RULE_VIEWS, resolution: int = DEPTH_RULE_RESOLUTION,
+                      reference: Optional[Callable[[], object]] = None) -> int:
     """The first depth from ``min_depth`` up whose voxelized model renders within ``min_psnr`` dB of
     ``model`` (one against the other on ``views`` orbit views at ``resolution`` px), or
     ``merge_depth`` (the merge rule's) when none before it does. Why: the merge rule follows the
     closest pairs of Gaussians, so a sparse model (kacytran: depth 17, voxelized renders at 69 dB)
-    pays ~3 bits per Gaussian per level for precision that no coded file keeps."""
-    from .evaluation import orbit_views, score_views
-
+    pays ~3 bits per Gaussian per level for precision that no coded file keeps. ``reference``: a
+    function returning those renders (:func:`_depth_rule_renders`), to share them with finer_depth."""
     if merge_depth <= min_depth:
         return merge_depth
-    reference = orbit_views(model, views, (resolution, resolution))
-    for depth in range(min_depth, merge_depth):
-        vox = voxelize(model, depth, VoxelGrid.bounding(model.means, depth, contraction))
-        if score_views(vox.model, reference, with_ssim=False).psnr >= min_psnr:
-            return depth
-    return merge_depth
+    renders = (reference or _depth_rule_renders(model, views, resolution))()
+    found = _first_depth_reaching(model, range(min_depth, merge_depth), min_psnr, contraction, renders)
+    return merge_depth if found is None else found
 
 
 def finer_depth(model: GaussianModel, depth: int, min_psnr: float, contraction: Optional[Contraction] = None,
-                max_depth: int = 21, views: int = 6, resolution: int = 192) -> int:
+                max_depth: int = 21, views: int = DEPTH_RULE_VIEWS, resolution: int = DEPTH_RULE_RESOLUTION,
+                reference: Optional[Callable[[], object]] = None) -> int:
     """The first depth from ``depth`` up to ``max_depth`` whose voxelized model renders within
     ``min_psnr`` dB of ``model`` (``views`` orbit views at ``resolution`` px), else ``max_depth``:
-    the depth of a geometry tier above 0, where the merge rule's would cap the quality."""
-    from .evaluation import orbit_views, score_views
-
-    reference = orbit_views(model, views, (resolution, resolution))
-    for d in range(depth, max_depth):
-        vox = voxelize(model, d, VoxelGrid.bounding(model.means, d, contraction))
-        if score_views(vox.model, reference, with_ssim=False).psnr >= min_psnr:
-            return d
-    return max(depth, max_depth)
+    the depth of a geometry tier above 0, where the merge rule's would cap the quality.
+    ``reference``: as for :func:`transparent_depth`."""
+    if depth >= max_depth:
+        return depth
+    renders = (reference or _depth_rule_renders(model, views, resolution))()
+    found = _first_depth_reaching(model, range(depth, max_depth), min_psnr, contraction, renders)
+    return max_depth if found is None else found
 
 
 COVARIANCE_CANDIDATES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

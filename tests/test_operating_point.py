@@ -2,11 +2,12 @@
 step, tier 0 keeps the historic rules, and a sweep prepares each tier once."""
 import dataclasses
 
-import numpy as np
 import pytest
 
 from conftest import small_codec_config
+from ralhe_me.bitstream import unpack
 from ralhe_me.cli import main as ralhe_main
+from ralhe_me.config import load_preset
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode.operating_point import (MAX_TIER, OperatingPointError, geometry_follows_lambda, geometry_tier,
                                              tier_lambda, tier_of_lambda)
@@ -134,4 +135,9 @@ def test_cli_reports_the_tier(tmp_path, capsys, scene):
                        "--finetune-iters", "0", "--codebook", "64", "--lambda", "1e-4", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "geometry tier 1 (covariance 48 dB, depth 53 dB)" in printed
-    assert np.isfinite(out.stat().st_size)
+    # the file is coded on tier 1's grid, not tier 0's
+    config = load_preset("fast")
+    config.lmbda = 1e-4
+    depth = choose_grid(scene, config)[0].depth
+    assert depth > choose_grid(scene, dataclasses.replace(config, lmbda=1e-3))[0].depth
+    assert unpack(out.read_bytes()).header["depth"] == depth and f"depth {depth}," in printed

@@ -28,8 +28,9 @@ rotation is over 151 degrees from its codeword takes the codeword nearest in rot
 (unless the indices are given); when even that one is that far (a tiny codebook), the section
 falls back to version 1.
 
-Stream: version byte (1: quaternion residual ``q - c``, 4 columns; 2: Rodrigues, 3 columns); flags byte (bit 0: steps scaled per point by the gain map); float32 steps (log-scale, quaternion); varint length + the VQ stream
-of ``covariance_vq``; if a step is nonzero: per component its zigzag offset (varint) and the
+Stream: version byte (1: quaternion residual ``q - c``, 4 columns; 2: Rodrigues, 3 columns); flags
+byte (bit 0: steps scaled per point by the gain map); float32 steps (log-scale, quaternion); varint
+length + the VQ stream of ``covariance_vq``; if a step is nonzero: per component its zigzag offset (varint) and the
 residual symbols, coded by the static categorical coder with one context per component.
 """
 from __future__ import annotations

@@ -110,8 +110,9 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
     if config.training.render_steps > 0 and settings.codecs.get(RALHE):
         render_target = make_render_target(vox, geometry, original, config, settings.dataset)
     key = settings.preparation_key(tier)
-    summary = {"scene": settings.name, "key": key, "geometry_tier": tier, "num_gaussians": len(original), "num_voxels": len(vox.model),
-               "depth": vox.depth, "sh_degree": original.sh_degree, "voxelized_psnr": vox_psnr,
+    summary = {"scene": settings.name, "key": key, "geometry_tier": tier, "num_gaussians": len(original),
+               "num_voxels": len(vox.model), "depth": vox.depth, "sh_degree": original.sh_degree,
+               "voxelized_psnr": vox_psnr,
                "covariance_coded_psnr": coded_psnr, "finetuned_psnr": reference_psnr,
                "positions_bytes": len(geometry.positions), "covariance_bytes": len(geometry.covariance),
                "preprocess_seconds": time.perf_counter() - t_start}
