@@ -23,15 +23,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ralhe_me.baselines.attribute_codecs import (  # noqa: E402
-    AttributeCodingConfig,
-    decode_attributes,
-    encode_attributes_detailed,
-    weighted_attribute_mse,
-)
+                                                 AttributeCodingConfig,
+                                                 decode_attributes,
+                                                 encode_attributes_detailed,
+                                                 weighted_attribute_mse,
+                                                 )
 from benchmarks.shared_data import GAUSSIANS  # noqa: E402
 from ralhe_me.gaussians import read_ply  # noqa: E402
-from ralhe_me.octree import choose_depth, voxelize  # noqa: E402
-from ralhe_me.rd import RDCurveError, bd_psnr, bd_rate  # noqa: E402
+from ralhe_me.geometry.octree import choose_depth, voxelize  # noqa: E402
+from ralhe_me.eval.rd import RDCurveError, bd_psnr, bd_rate  # noqa: E402
 
 MODELS = {name: GAUSSIANS[name] for name in ("donut", "playbot")}
 CODECS = {  # name: (kind, encoder config)

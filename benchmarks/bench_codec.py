@@ -43,10 +43,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from ralhe_me.baselines.attribute_codecs import encode_attributes_detailed
-    from ralhe_me.bitstream import unpack
+    from ralhe_me.decode.bitstream import unpack
     from ralhe_me.config import load_preset
-    from ralhe_me.decoder import decode_bytes
-    from ralhe_me.encoder import encode_geometry, encode_model, prepare
+    from ralhe_me.decode.decoder import decode_bytes
+    from ralhe_me.encode.encoder import encode_geometry, encode_model, prepare
     from ralhe_me.entropy.integer_arm import QuantizedArm
     from ralhe_me.entropy.latent_coder import estimate_bits
     from ralhe_me.gaussians import read_ply

@@ -30,7 +30,7 @@ FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
 def _encode(args) -> tuple:
     """(file bytes, path of the reference npz): from the cache when present."""
     from ralhe_me.config import load_preset
-    from ralhe_me.encoder import encode_model
+    from ralhe_me.encode.encoder import encode_model
 
     if args.scene:
         from benchmarks.shared_data import model_path
@@ -79,7 +79,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from ralhe_me.decoder import decode_bytes
+    from ralhe_me.decode.decoder import decode_bytes
 
     torch.set_num_threads(args.threads)
     if args.file:

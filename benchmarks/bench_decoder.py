@@ -43,7 +43,7 @@ SH, OPACITY = DecoderConfig(out_channels=3), DecoderConfig(out_channels=1)
 
 def surface_cloud(n: int, samples_per_voxel: float, seed: int = 0) -> np.ndarray:
     """About n Morton-sorted voxels of a bumpy sphere, each hit by ~samples_per_voxel samples."""
-    from ralhe_me.octree import morton_decode, morton_encode
+    from ralhe_me.geometry.octree import morton_decode, morton_encode
 
     rng = np.random.default_rng(seed)
     u = rng.normal(size=(int(n * samples_per_voxel), 3))
@@ -60,7 +60,7 @@ def load_cloud(name: str) -> np.ndarray:
     kind, _, arg = name.partition("-")
     if kind == "playbot":
         from ralhe_me.gaussians import read_ply
-        from ralhe_me.octree import voxelize
+        from ralhe_me.geometry.octree import voxelize
 
         return voxelize(read_ply(str(PLAYBOT)), int(arg.lstrip("d"))).coords
     if kind == "surface":

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ralhe_me.gaussians import read_ply  # noqa: E402
 from ralhe_me.geometry.covariance_vq import (  # noqa: E402
-    VQConfig,
-    decode_covariance,
-    encode_covariance,
-    fit_codebook,
-)
+                                             VQConfig,
+                                             decode_covariance,
+                                             encode_covariance,
+                                             fit_codebook,
+                                             )
 from ralhe_me.geometry.occupancy import OccupancyConfig, decode_positions, encode_positions  # noqa: E402
-from ralhe_me.octree import VoxelGrid, choose_depth, morton_encode, voxelize  # noqa: E402
+from ralhe_me.geometry.octree import VoxelGrid, choose_depth, morton_encode, voxelize  # noqa: E402
 
 from benchmarks.shared_data import GAUSSIANS as MODELS, SHARED  # noqa: E402  (model paths are absolute)
 CLOUDS = {"garden": "pointclouds_colmap/garden_colmap_input.ply", "truck": "pointclouds_colmap/truck_colmap_input.ply"}

@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _num_points(path: str) -> int:
-    from ralhe_me.bitstream import unpack
+    from ralhe_me.decode.bitstream import unpack
 
     with open(path, "rb") as fh:
         return int(unpack(fh.read()).header["num_points"])

@@ -24,7 +24,7 @@ from ralhe_me.default_scene import make_default_scene  # noqa: E402
 from ralhe_me.entropy.categorical import read_varint  # noqa: E402
 from ralhe_me.gaussians import read_ply  # noqa: E402
 from ralhe_me.geometry.occupancy import decode_positions, encode_positions, native_available  # noqa: E402
-from ralhe_me.octree import choose_depth, voxelize  # noqa: E402
+from ralhe_me.geometry.octree import choose_depth, voxelize  # noqa: E402
 
 from benchmarks.shared_data import GAUSSIANS  # noqa: E402
 

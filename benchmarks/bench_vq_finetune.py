@@ -40,9 +40,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from ralhe_me.config import CodecConfig
-    from ralhe_me.encoder import prepare
-    from ralhe_me.evaluation import orbit_views, score_views
-    from ralhe_me.finetune import finetune
+    from ralhe_me.encode.encoder import prepare
+    from ralhe_me.eval.evaluation import orbit_views, score_views
+    from ralhe_me.train.finetune import finetune
     from ralhe_me.gaussians import read_ply
     from ralhe_me.geometry.covariance_code import ResidualSteps, encode_shapes, quantize_shapes
     from ralhe_me.geometry.covariance_vq import fit_codebook

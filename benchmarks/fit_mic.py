@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ralhe_me.fit import FitConfig, fit  # noqa: E402
+from ralhe_me.train.fit import FitConfig, fit  # noqa: E402
 
 DEFAULT_MIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "nerf_synthetic" / "mic"
 

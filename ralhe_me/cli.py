@@ -36,9 +36,9 @@ def _parse_resolution(text: str):
 
 def cmd_voxelize(args) -> int:
     from .config import CodecConfig
-    from .encoder import choose_grid
+    from .encode.encoder import choose_grid
     from .gaussians import codable_model, read_ply, write_ply
-    from .octree import voxelize
+    from .geometry.octree import voxelize
 
     model = codable_model(read_ply(args.input))
     config = CodecConfig(depth=args.depth, max_merge_fraction=args.max_merge, far_field=args.far_field)
@@ -52,7 +52,7 @@ def cmd_voxelize(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_model
+    from .eval.evaluation import evaluate_model
 
     result = evaluate_model(args.model, reference=args.reference, dataset=args.dataset,
                             num_views=args.views, resolution=args.resolution, split=args.split,
@@ -116,7 +116,7 @@ def _rate_target(args):
 
 
 def cmd_encode(args) -> int:
-    from .encoder import encode_file
+    from .encode.encoder import encode_file
 
     config = _codec_config(args)
     target = _rate_target(args)
@@ -175,7 +175,7 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    from .decoder import decode_file
+    from .decode.decoder import decode_file
 
     start = time.perf_counter()
     result = decode_file(args.input, args.output, threads=args.threads, engine=args.engine)
@@ -185,8 +185,8 @@ def cmd_decode(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .bitstream import FORMAT_VERSION, unpack
-    from .codec import SECTION_LATENTS
+    from .decode.bitstream import FORMAT_VERSION, unpack
+    from .decode.reconstruction import SECTION_LATENTS
 
     with open(args.input, "rb") as fh:
         data = fh.read()
@@ -201,7 +201,7 @@ def cmd_info(args) -> int:
     if args.per_attribute:
         from .entropy.integer_arm import QuantizedArm
         from .entropy.latent_coder import decode_latents, estimate_bits
-        from .codec import architecture_from_header, table_config_from_header
+        from .decode.reconstruction import architecture_from_header, table_config_from_header
 
         arch, tc = architecture_from_header(h), table_config_from_header(h)
         arms = QuantizedArm.from_bytes(container.section("arms"))
@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "python: the reference decoder")
     p.set_defaults(func=cmd_decode)
 
-    from .finetune import add_finetune_arguments, run_finetune_command
-    from .fit import add_fit_arguments, run_fit_command
+    from .train.finetune import add_finetune_arguments, run_finetune_command
+    from .train.fit import add_fit_arguments, run_fit_command
 
     p = sub.add_parser("finetune", help="optimize a voxelized model's attributes (positions fixed)",
                        description="Finetune every parameter but the positions of a voxelized model against "

@@ -4,9 +4,9 @@ import zlib
 import numpy as np
 import pytest
 
-from ralhe_me.bitstream import (FORMAT_VERSION, MAGIC, BadMagicError, BitstreamError, ChecksumError,
-                                Container, CorruptDataError, TruncatedFileError, UnsupportedVersionError,
-                                pack, unpack)
+from ralhe_me.decode.bitstream import (FORMAT_VERSION, MAGIC, BadMagicError, BitstreamError, ChecksumError,
+                                       Container, CorruptDataError, TruncatedFileError, UnsupportedVersionError,
+                                       pack, unpack)
 
 
 def _example():

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import small_codec_config
-from ralhe_me.bitstream import BitstreamError, unpack
-from ralhe_me.decoder import decode_bytes, decode_file
+from ralhe_me.decode.bitstream import BitstreamError, unpack
+from ralhe_me.decode.decoder import decode_bytes, decode_file
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import encode_model
+from ralhe_me.encode.encoder import encode_model
 from ralhe_me.gaussians import write_ply
 
 
@@ -32,7 +32,7 @@ def test_decode_equals_encoder_reconstruction(encoded):
 
 
 def test_latents_round_trip_exactly(encoded):
-    from ralhe_me.codec import architecture_from_header, table_config_from_header
+    from ralhe_me.decode.reconstruction import architecture_from_header, table_config_from_header
     from ralhe_me.entropy.integer_arm import QuantizedArm
     from ralhe_me.entropy.latent_coder import decode_latents
 
@@ -133,7 +133,7 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
 def test_finetuned_geometry_is_what_the_decoder_gets(encoded):
     """finetune_geometry trains with the coded shapes in the loop: the section it codes decodes to
     exactly the finetuned model's shapes, the codewords moved, and positions are untouched."""
-    from ralhe_me.encoder import encode_geometry, finetune_geometry, prepare
+    from ralhe_me.encode.encoder import encode_geometry, finetune_geometry, prepare
     from ralhe_me.geometry.covariance_code import decode_shapes
 
     model, config, _ = encoded
@@ -154,12 +154,12 @@ def test_finetuned_geometry_is_what_the_decoder_gets(encoded):
 def test_inference_upsample_equals_training_upsample():
     """The decoder's one-gather upsampling copies the same latents as the training path's stack."""
     from ralhe_me.config import ArchitectureConfig
-    from ralhe_me.octree import OctreeLevels
-    from ralhe_me.synthesis import AttributeSynthesis, plane_sizes
+    from ralhe_me.geometry.octree import OctreeLevels
+    from ralhe_me.decode.synthesis import AttributeSynthesis, plane_sizes
 
     rng = np.random.default_rng(0)
     coords = np.unique(rng.integers(0, 64, (700, 3)), axis=0)
-    from ralhe_me.octree import morton_encode
+    from ralhe_me.geometry.octree import morton_encode
 
     coords = coords[np.argsort(morton_encode(coords))]
     arch = ArchitectureConfig(transform="pyramid", num_levels=4, latent_channels=2)

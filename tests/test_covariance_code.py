@@ -111,7 +111,7 @@ def test_corrupt_sections_raise_the_named_error():
 def test_finetune_keeps_indices_and_residuals_and_returns_the_coded_shapes():
     from test_finetune import SMALL, tiny_scene
 
-    from ralhe_me.finetune import FinetuneConfig, FinetuneError, finetune
+    from ralhe_me.train.finetune import FinetuneConfig, FinetuneError, finetune
 
     teacher = tiny_scene(n=200)
     book = fit_codebook(teacher.log_scales, teacher.quats, 8)
@@ -153,8 +153,8 @@ def test_per_point_scaled_steps():
 def test_step_rule_picks_the_coarsest_step_that_keeps_the_renders():
     from test_finetune import tiny_scene
 
-    from ralhe_me.encoder import COVARIANCE_STEPS, _coded_psnr, choose_covariance_step
-    from ralhe_me.evaluation import orbit_views
+    from ralhe_me.encode.encoder import COVARIANCE_STEPS, _coded_psnr, choose_covariance_step
+    from ralhe_me.eval.evaluation import orbit_views
 
     model = tiny_scene(n=400, seed=3)
     kw = dict(views=3, resolution=64, codebook_size=16)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ralhe_me.decoder import decode_bytes
+from ralhe_me.decode.decoder import decode_bytes
 from ralhe_me.sweep.runner import run_sweep
 from ralhe_me.eval.peers import peers_available
 from ralhe_me.sweep.spec import PEERS, SceneSettings, single_scene

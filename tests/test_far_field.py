@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import small_codec_config
-from ralhe_me.bitstream import CorruptDataError
-from ralhe_me.decoder import _checked, decode_bytes
+from ralhe_me.decode.bitstream import CorruptDataError
+from ralhe_me.decode.decoder import _checked, decode_bytes
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import DepthWarning, encode_model, prepare
-from ralhe_me.octree import Contraction, OctreeError, VoxelGrid, far_field_contraction
+from ralhe_me.encode.encoder import DepthWarning, encode_model, prepare
+from ralhe_me.geometry.octree import Contraction, OctreeError, VoxelGrid, far_field_contraction
 
 
 def slow_forward(c: Contraction, p):
@@ -119,9 +119,9 @@ def test_a_contracted_file_decodes_bit_exactly():
 # ---------------------------------------------------------------- the depth the renders need
 
 def test_transparent_depth_is_the_first_depth_whose_renders_reach_the_target():
-    from ralhe_me.encoder import transparent_depth
-    from ralhe_me.evaluation import orbit_views, score_views
-    from ralhe_me.octree import voxelize
+    from ralhe_me.encode.encoder import transparent_depth
+    from ralhe_me.eval.evaluation import orbit_views, score_views
+    from ralhe_me.geometry.octree import voxelize
 
     model = make_default_scene(1500, seed=6)
     reference = orbit_views(model, 6, (192, 192))  # the views transparent_depth scores on

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from ralhe_me.finetune import (FinetuneConfig, FinetuneError, ViewSampler, add_finetune_arguments, check_views,
-                               finetune, mean_psnr, photometric_loss, run_finetune_command, sample_orbit_cameras,
-                               ssim_torch)
+from ralhe_me.train.finetune import (FinetuneConfig, FinetuneError, ViewSampler, add_finetune_arguments, check_views,
+                                     finetune, mean_psnr, photometric_loss, run_finetune_command, sample_orbit_cameras,
+                                     ssim_torch)
 from ralhe_me.gaussians import GaussianModel, read_ply, write_ply
 from ralhe_me.render import orbit_cameras, render_model
 
@@ -84,7 +84,7 @@ def test_cameras_and_images_target_with_test_views():
 def test_dataset_target_scores_on_the_test_split():
     from conftest import MIC, shared_path
 
-    from ralhe_me.fit import random_init
+    from ralhe_me.train.fit import random_init
 
     mic = shared_path(MIC)
     model = random_init(400, 1.0, 1, 0.3, seed=0)
@@ -149,7 +149,7 @@ def test_ssim_matches_slow_reference_and_loss_is_differentiable():
     y = np.clip(x + rng.normal(size=x.shape) * 0.1, 0, 1)
     got = float(ssim_torch(torch.tensor(x), torch.tensor(y)))
     assert got == pytest.approx(_ssim_reference(x, y), abs=1e-10)
-    from ralhe_me.metrics import ssim
+    from ralhe_me.eval.metrics import ssim
 
     assert got == pytest.approx(ssim(x, y), abs=1e-10)  # the evaluation metric, written separately
     assert float(ssim_torch(torch.tensor(x), torch.tensor(x))) == pytest.approx(1.0, abs=1e-12)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import MIC, shared_path
-from ralhe_me.densify import (DensifyConfig, DensifyError, DensityStats, GaussianParams, densify_and_prune,
-                             screen_footprint, view_space_grad_norm)
-from ralhe_me.fit import (FitConfig, FitError, add_fit_arguments, fit, position_lr, random_init, run_fit_command,
-                          scene_extent)
+from ralhe_me.train.densify import (DensifyConfig, DensifyError, DensityStats, GaussianParams, densify_and_prune,
+                                    screen_footprint, view_space_grad_norm)
+from ralhe_me.train.fit import (FitConfig, FitError, add_fit_arguments, fit, position_lr, random_init, run_fit_command,
+                                scene_extent)
 from ralhe_me.gaussians import GaussianModel, read_ply
 from ralhe_me.render import Camera, orbit_cameras
 
@@ -223,7 +223,7 @@ def test_view_space_gradient_estimate_matches_the_exact_2d_gradient_in_a_render(
         from ralhe_me.render.rasterizer import composite
     except ImportError:  # pragma: no cover - internals renamed: the estimate is still tested above
         pytest.skip("renderer internals not available")
-    from ralhe_me.finetune import photometric_loss
+    from ralhe_me.train.finetune import photometric_loss
 
     model = random_init(400, 0.8, 1, 0.5, seed=2)
     cam = orbit_cameras(model.means, 4, 48, 48)[1]

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ralhe_me.gain_map import (GAIN_LIMIT, GainMapError, GainMapStreamError, decode_gain_map, encode_gain_map,
-                               gain_exponents, point_gains)
+from ralhe_me.decode.gain_map import (GAIN_LIMIT, GainMapError, GainMapStreamError, decode_gain_map, encode_gain_map,
+                                      gain_exponents, point_gains)
 
 
 def test_exponents_follow_the_voxel_mean_weight():
@@ -57,11 +57,11 @@ def test_bad_input():
 
 
 def test_files_with_a_gain_map_decode_to_the_encoders_reconstruction():
-    from ralhe_me.bitstream import unpack
+    from ralhe_me.decode.bitstream import unpack
     from ralhe_me.config import load_preset
-    from ralhe_me.decoder import decode_bytes
+    from ralhe_me.decode.decoder import decode_bytes
     from ralhe_me.default_scene import make_default_scene
-    from ralhe_me.encoder import attribute_importance, encode_model
+    from ralhe_me.encode.encoder import attribute_importance, encode_model
 
     cfg = load_preset("fast")
     cfg.training.steps = 6

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ralhe_me.importance import ImportanceConfig, ImportanceError, blending_energy, rendering_importance
+from ralhe_me.encode.importance import ImportanceConfig, ImportanceError, blending_energy, rendering_importance
 from ralhe_me.render import orbit_cameras
 from ralhe_me.render.projection import project_gaussians
 from ralhe_me.render.rasterizer import composite, model_tensors

@@ -15,12 +15,12 @@ import warnings
 import numpy as np
 import pytest
 
-import ralhe_me.encoder as encoder_module
+import ralhe_me.encode.encoder as encoder_module
 from conftest import small_codec_config
 from ralhe_me.cli import main
-from ralhe_me.decoder import decode_file
+from ralhe_me.decode.decoder import decode_file
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import DepthWarning, encode_file
+from ralhe_me.encode.encoder import DepthWarning, encode_file
 from ralhe_me.gaussians import (LOG_SCALE_MAX, LOG_SCALE_MIN, OPACITY_LOGIT_LIMIT, POSITION_LIMIT, SH_LIMIT,
                                 ClampWarning, GaussianModel, GaussianPlyError, codable_model, read_ply, write_ply)
 
@@ -252,7 +252,7 @@ def test_infinite_opacities_are_clamped_with_a_warning(tmp_path):
     np.testing.assert_array_equal(got.opacity_logits[keep], model.opacity_logits[keep])
     np.testing.assert_array_equal(got.sh, model.sh)
     # the limit is the logit the voxel merge gives alpha 1: voxelizing does not move it
-    from ralhe_me.octree import voxelize
+    from ralhe_me.geometry.octree import voxelize
 
     np.testing.assert_array_equal(voxelize(got.subset([3]), 8).model.opacity_logits, [OPACITY_LOGIT_LIMIT])
 

@@ -49,9 +49,9 @@ def test_single_point_and_batched_columns_are_independent():
 @pytest.mark.parametrize("transform", ["raht", "pyramid"])
 def test_both_transforms_round_trip_through_a_file(transform):
     from ralhe_me.config import load_preset
-    from ralhe_me.decoder import decode_bytes
+    from ralhe_me.decode.decoder import decode_bytes
     from ralhe_me.default_scene import make_default_scene
-    from ralhe_me.encoder import encode_model
+    from ralhe_me.encode.encoder import encode_model
 
     cfg = load_preset("fast")
     cfg.architecture.transform = transform
@@ -170,8 +170,8 @@ def test_synthesis_decode_equals_the_pure_torch_decode(monkeypatch):
     import ralhe_me.nn.grouped_decoder as grouped_module
     import ralhe_me.nn.neighbors as neighbors_module
     from ralhe_me.config import ArchitectureConfig
-    from ralhe_me.octree import OctreeLevels, morton_encode
-    from ralhe_me.synthesis import AttributeSynthesis
+    from ralhe_me.geometry.octree import OctreeLevels, morton_encode
+    from ralhe_me.decode.synthesis import AttributeSynthesis
 
     rng = np.random.default_rng(8)
     coords = np.unique(np.clip(rng.normal(32, 7, (2500, 3)).round(), 0, 63).astype(np.int64), axis=0)

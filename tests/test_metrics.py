@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ralhe_me.metrics import MetricError, gaussian_window, mean_psnr, mse, psnr, ssim
+from ralhe_me.eval.metrics import MetricError, gaussian_window, mean_psnr, mse, psnr, ssim
 
 
 def test_psnr_identical_and_known_mse():

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from conftest import small_codec_config
-from ralhe_me.bitstream import BitstreamError, Container, pack, unpack
+from ralhe_me.decode.bitstream import BitstreamError, Container, pack, unpack
 from ralhe_me.config import load_preset
-from ralhe_me.decoder import decode_bytes, decode_file, native_decoder
+from ralhe_me.decode.decoder import decode_bytes, decode_file, native_decoder
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import encode_model
+from ralhe_me.encode.encoder import encode_model
 from ralhe_me.gaussians import read_ply, write_ply
 
 NATIVE = Path(__file__).resolve().parent.parent / "ralhe_me" / "decode" / "native"
@@ -104,7 +104,7 @@ def files():
     # a version-1 covariance section (quaternion residual q - c, as older files hold), gain-scaled
     import functools
 
-    from ralhe_me import encoder
+    from ralhe_me.encode import encoder
 
     kept = encoder.quantize_shapes
     encoder.quantize_shapes = functools.partial(kept, rodrigues=False)
@@ -185,7 +185,7 @@ def test_engine_choice_and_cli_flag(files, tmp_path):
 
 
 def test_without_the_extension_python_decodes(files, monkeypatch):
-    import ralhe_me.decoder as decoder
+    import ralhe_me.decode.decoder as decoder
 
     monkeypatch.setattr(decoder, "native_decoder", lambda: None)
     assert decoder.default_engine() == "python"
@@ -198,8 +198,8 @@ def test_without_the_extension_python_decodes(files, monkeypatch):
 def test_baseline_files_fall_back_to_python(files, tmp_path):
     """A file whose attributes a baseline coder wrote: the native decoder refuses it by name
     (UnsupportedFileError), the Python package still decodes it (engine "native" included)."""
-    from ralhe_me.baseline_codec import encode_baseline
-    from ralhe_me.encoder import prepare
+    from ralhe_me.encode.baseline_codec import encode_baseline
+    from ralhe_me.encode.encoder import prepare
 
     config = small_codec_config()
     config.covariance_step = 0.0

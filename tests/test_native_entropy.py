@@ -12,12 +12,12 @@ import pytest
 import scipy.signal
 import torch
 
-from ralhe_me.bitstream import BitstreamError, CorruptDataError
+from ralhe_me.decode.bitstream import BitstreamError, CorruptDataError
 from ralhe_me.entropy.integer_arm import PARAM_TABLE_CONFIG, QuantizedArm
 from ralhe_me.entropy.laplace import LaplaceTableConfig, TableConfigError, get_tables
 from ralhe_me.entropy.latent_coder import LATENT_LIMIT, decode_latents, encode_latents
 from ralhe_me.nn.arm import ArmConfig, BatchedArm
-from ralhe_me.weights import WeightFormatError, decode_int_tensors, encode_int_tensors
+from ralhe_me.decode.weights import WeightFormatError, decode_int_tensors, encode_int_tensors
 
 N = pytest.importorskip("ralhe_me.decode._native", reason="the native decoder is not built")
 if not hasattr(N, "decode_latents"):

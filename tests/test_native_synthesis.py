@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import small_codec_config
-from ralhe_me.bitstream import BitstreamError, CorruptDataError
+from ralhe_me.decode.bitstream import BitstreamError, CorruptDataError
 from ralhe_me.config import ArchitectureConfig
 from ralhe_me.geometry.occupancy import NEIGHBOUR_OFFSETS
 from ralhe_me.nn.inverse_raht import InverseRaht
-from ralhe_me.octree import OctreeLevels, morton_encode
-from ralhe_me.synthesis import AttributeSynthesis, native_module, plane_sizes
+from ralhe_me.geometry.octree import OctreeLevels, morton_encode
+from ralhe_me.decode.synthesis import AttributeSynthesis, native_module, plane_sizes
 
 native = native_module()
 pytestmark = pytest.mark.skipif(native is None, reason="ralhe_me.decode._native is not built")
@@ -142,7 +142,7 @@ def test_native_equals_the_canonical_order_bit_for_bit(transform, skip, sh_degre
     assert same_bits(sh, ref_sh) and same_bits(op, ref_op)
     # AttributeSynthesis.decode takes the native path once it has the integer weights
     syn.bind(levels)
-    from ralhe_me.codec import load_decoders
+    from ralhe_me.decode.reconstruction import load_decoders
 
     load_decoders(syn, ints, SHIFT)
     with torch.no_grad():
@@ -182,20 +182,20 @@ def test_denormalize_follows_attributes_py():
 @pytest.fixture(scope="module")
 def encoded():
     from ralhe_me.default_scene import make_default_scene
-    from ralhe_me.encoder import encode_model
+    from ralhe_me.encode.encoder import encode_model
 
     return encode_model(make_default_scene(600, seed=3), small_codec_config())
 
 
 def decode_stages(data: bytes):
     """The Python decoder's stages up to the synthesis (decoder.py _decode)."""
-    from ralhe_me import codec
-    from ralhe_me.bitstream import unpack
+    from ralhe_me.decode import reconstruction as codec
+    from ralhe_me.decode.bitstream import unpack
     from ralhe_me.entropy.integer_arm import QuantizedArm
     from ralhe_me.entropy.latent_coder import decode_latents
     from ralhe_me.geometry.occupancy import decode_positions
     from ralhe_me.nn.neighbors import NeighborMap
-    from ralhe_me.weights import decode_int_tensors
+    from ralhe_me.decode.weights import decode_int_tensors
 
     container = unpack(data)
     header = container.header
@@ -230,8 +230,8 @@ def test_native_agrees_with_the_torch_path(encoded):
 
 
 def test_encoder_python_decoder_and_native_decoder_give_the_same_bits(encoded):
-    from ralhe_me import codec
-    from ralhe_me.decoder import decode_bytes
+    from ralhe_me.decode import reconstruction as codec
+    from ralhe_me.decode.decoder import decode_bytes
 
     header, syn, latents, levels, rows, ints = decode_stages(encoded.data)
     mean = np.asarray(header["signal_mean"], dtype=np.float64)

@@ -62,8 +62,8 @@ def _native(src: Path, dst: Path):
         line = proc.stderr.strip().splitlines()[-1]
         assert "error: " in line, proc.stderr
         return line.split("error: ", 1)[1].split(":", 1)[0]
-    from ralhe_me.bitstream import BitstreamError
-    from ralhe_me.decoder import decode_bytes, native_decoder
+    from ralhe_me.decode.bitstream import BitstreamError
+    from ralhe_me.decode.decoder import decode_bytes, native_decoder
     from ralhe_me.gaussians import write_ply
 
     if native_decoder() is None:
@@ -83,7 +83,7 @@ def files(tmp_path_factory):
     on an SH degree 1 scene with a far field (a few points 10^4 times further out)."""
     from ralhe_me.config import load_preset
     from ralhe_me.default_scene import make_default_scene
-    from ralhe_me.encoder import encode_model
+    from ralhe_me.encode.encoder import encode_model
 
     out = tmp_path_factory.mktemp("wasm")
     model = make_default_scene(400, seed=3)
@@ -122,7 +122,7 @@ def test_ply_bytes_equal_native(node, files, tmp_path):
 
 def _damaged(data: bytes):
     """(name, bytes) of damaged copies of a valid file, one per kind of damage."""
-    from ralhe_me.bitstream import _PREFIX, FORMAT_VERSION, MAGIC, pack, unpack
+    from ralhe_me.decode.bitstream import _PREFIX, FORMAT_VERSION, MAGIC, pack, unpack
 
     container = unpack(data)
     count = len(container.sections) + 1

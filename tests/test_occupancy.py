@@ -5,15 +5,15 @@ import pytest
 
 from conftest import GAUSSIANS, shared_path
 from ralhe_me.geometry.occupancy import (
-    GROUP_ORDER,
-    OccupancyConfig,
-    OccupancyError,
-    OccupancyStreamError,
-    decode_positions,
-    encode_positions,
-    occupancy_batches,
-)
-from ralhe_me.octree import choose_depth, morton_decode, morton_encode, voxelize
+                                         GROUP_ORDER,
+                                         OccupancyConfig,
+                                         OccupancyError,
+                                         OccupancyStreamError,
+                                         decode_positions,
+                                         encode_positions,
+                                         occupancy_batches,
+                                         )
+from ralhe_me.geometry.octree import choose_depth, morton_decode, morton_encode, voxelize
 
 
 def _morton_sorted(coords):

@@ -11,14 +11,14 @@ from ralhe_me.entropy import categorical
 from ralhe_me.entropy.categorical import read_varint, write_varint
 from ralhe_me.geometry import occupancy
 from ralhe_me.geometry.occupancy import (
-    OccupancyConfig,
-    OccupancyStreamError,
-    decode_positions,
-    encode_positions,
-    native_available,
-    search_neighbours,
-)
-from ralhe_me.octree import choose_depth, morton_encode, voxelize
+                                         OccupancyConfig,
+                                         OccupancyStreamError,
+                                         decode_positions,
+                                         encode_positions,
+                                         native_available,
+                                         search_neighbours,
+                                         )
+from ralhe_me.geometry.octree import choose_depth, morton_encode, voxelize
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="the _occupancy_cpu extension is not built")
 

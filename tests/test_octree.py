@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from ralhe_me.gaussians import GaussianModel, read_ply
-from ralhe_me.octree import (OctreeError, OctreeLevels, VoxelGrid, choose_depth, morton_decode,
-                             morton_encode, voxelize)
+from ralhe_me.geometry.octree import (OctreeError, OctreeLevels, VoxelGrid, choose_depth, morton_decode,
+                                      morton_encode, voxelize)
 from conftest import GAUSSIANS, shared_path
 
 

@@ -5,17 +5,17 @@ import dataclasses
 import pytest
 
 from conftest import small_codec_config
-from ralhe_me.bitstream import unpack
+from ralhe_me.decode.bitstream import unpack
 from ralhe_me.cli import main as ralhe_main
 from ralhe_me.config import load_preset
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode.operating_point import (MAX_TIER, OperatingPointError, geometry_follows_lambda, geometry_tier,
                                              tier_lambda, tier_of_lambda)
-from ralhe_me.encoder import (COVARIANCE_STEPS, choose_grid, choose_covariance_step, code_covariance, _coded_psnr,
-                              transparent_depth)
-from ralhe_me.evaluation import orbit_views, score_views
+from ralhe_me.encode.encoder import (COVARIANCE_STEPS, _coded_psnr, choose_covariance_step, choose_grid,
+                                     code_covariance, transparent_depth)
+from ralhe_me.eval.evaluation import orbit_views, score_views
 from ralhe_me.gaussians import codable_model, write_ply
-from ralhe_me.octree import MIN_AUTO_DEPTH, VoxelGrid, choose_depth, voxelize
+from ralhe_me.geometry.octree import MIN_AUTO_DEPTH, VoxelGrid, choose_depth, voxelize
 from ralhe_me.sweep.spec import RALHE, Job, SceneSettings
 
 

@@ -5,14 +5,14 @@ import pytest
 
 from conftest import GAUSSIANS, shared_path
 from ralhe_me.baselines.raht import (
-    RahtError,
-    build_plan,
-    raht_forward,
-    raht_forward_plan,
-    raht_inverse,
-    raht_inverse_plan,
-)
-from ralhe_me.octree import morton_encode
+                                     RahtError,
+                                     build_plan,
+                                     raht_forward,
+                                     raht_forward_plan,
+                                     raht_inverse,
+                                     raht_inverse_plan,
+                                     )
+from ralhe_me.geometry.octree import morton_encode
 
 
 def reference_raht(coords, depth, values):
@@ -131,7 +131,7 @@ def test_one_dimensional_values_and_single_point():
 
 def test_real_donut_energy_and_inverse():
     from ralhe_me.gaussians import read_ply
-    from ralhe_me.octree import voxelize
+    from ralhe_me.geometry.octree import voxelize
 
     model = read_ply(shared_path(GAUSSIANS["donut"]))
     vox = voxelize(model, 10)

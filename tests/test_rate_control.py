@@ -8,14 +8,14 @@ import pytest
 
 from conftest import small_codec_config
 from ralhe_me.cli import main as ralhe_main
-from ralhe_me.decoder import decode_bytes
+from ralhe_me.decode.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode import rate_control
 from ralhe_me.encode.operating_point import tier_lambda, tier_of_lambda
 from ralhe_me.encode.rate_control import (PSNR, SIZE, SIZE_TOLERANCE, RateControlError, RateTarget, Trial,
                                           UnreachableTargetError, encode_to_target, parse_size, prepare_input)
-from ralhe_me.encoder import encode_model
-from ralhe_me.evaluation import score_views
+from ralhe_me.encode.encoder import encode_model
+from ralhe_me.eval.evaluation import score_views
 from ralhe_me.gaussians import write_ply
 
 

@@ -3,7 +3,7 @@ and errors on curves that cannot be compared."""
 import numpy as np
 import pytest
 
-from ralhe_me.rd import RDCurveError, bd_psnr, bd_rate, psnr_at_rate
+from ralhe_me.eval.rd import RDCurveError, bd_psnr, bd_rate, psnr_at_rate
 
 RATES = np.array([100.0, 200.0, 400.0, 800.0, 1600.0])
 

@@ -8,11 +8,11 @@ import torch
 
 from conftest import small_codec_config
 from ralhe_me.attributes import SignalDistortion, denormalize_opacity_logits, denormalize_sh, extract_signals
-from ralhe_me.decoder import decode_bytes
+from ralhe_me.decode.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import EncodeError, encode_geometry, encode_model, make_render_target, prepare
-from ralhe_me.render_refine import (RenderableAttributes, RenderRefineError, RenderTarget, calibrate,
-                                    refine_latents)
+from ralhe_me.encode.encoder import EncodeError, encode_geometry, encode_model, make_render_target, prepare
+from ralhe_me.train.render_refine import (RenderableAttributes, RenderRefineError, RenderTarget, calibrate,
+                                          refine_latents)
 
 VIEWS, RES = 6, 48
 
@@ -96,8 +96,8 @@ def test_render_target_rejects_inconsistent_views(scene):
 
 
 def test_refinement_needs_the_levels_gaussians(scene):
-    from ralhe_me.octree import OctreeLevels
-    from ralhe_me.synthesis import AttributeSynthesis
+    from ralhe_me.geometry.octree import OctreeLevels
+    from ralhe_me.decode.synthesis import AttributeSynthesis
 
     _, config, vox, _, target = scene
     small = dataclasses.replace(target, means=target.means[:-1], quats=target.quats[:-1],

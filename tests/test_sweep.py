@@ -88,7 +88,7 @@ def test_resume_skips_finished_jobs(serial, tmp_path):
 
 
 def test_a_failing_job_is_reported_and_the_others_finish(tmp_path, monkeypatch, capsys):
-    import ralhe_me.baseline_codec as baseline_codec
+    import ralhe_me.encode.baseline_codec as baseline_codec
 
     def broken(*args, **kwargs):
         raise RuntimeError("baseline exploded")

@@ -9,9 +9,9 @@ from ralhe_me.attributes import extract_signals
 from ralhe_me.baselines.attribute_codecs import weighted_attribute_mse
 from ralhe_me.config import load_preset
 from ralhe_me.default_scene import make_default_scene
-from ralhe_me.encoder import prepare
-from ralhe_me.octree import OctreeLevels
-from ralhe_me.train import pyramid_latents, train_attributes
+from ralhe_me.encode.encoder import prepare
+from ralhe_me.geometry.octree import OctreeLevels
+from ralhe_me.train.schedule import pyramid_latents, train_attributes
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_weighted_mse_matches_a_direct_sum(scene):
 
 
 def test_gain_map_spends_accuracy_where_the_weights_are(scene):
-    from ralhe_me.gain_map import gain_exponents, point_gains
+    from ralhe_me.decode.gain_map import gain_exponents, point_gains
 
     config, vox, levels = scene
     n = len(vox.model)

@@ -35,7 +35,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..octree import MAX_DEPTH, morton_encode
+from ..geometry.octree import MAX_DEPTH, morton_encode
 
 
 class RahtError(ValueError):

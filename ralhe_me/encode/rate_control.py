@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from ..config import CodecConfig
-from .operating_point import MAX_TIER, geometry_follows_lambda, geometry_tier, tier_lambda
-from ..encoder import (EncodeError, EncodeResult, encode_geometry, encode_model, finetune_geometry,
-                       make_render_target, prepare, write_atomically)
-from ..evaluation import ViewSet, dataset_views, orbit_views, score_views
+from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, codable_model, read_ply
-from ..octree import VoxelizedModel
+from ..geometry.octree import VoxelizedModel
+from .encoder import (EncodeError, EncodeResult, encode_geometry, encode_model, finetune_geometry,
+                      make_render_target, prepare, write_atomically)
+from .operating_point import MAX_TIER, geometry_follows_lambda, geometry_tier, tier_lambda
 
 SIZE = "size"
 PSNR = "psnr"

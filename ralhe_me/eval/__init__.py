@@ -1,2 +1,3 @@
-"""Evaluation against other codecs: ``peers`` runs the formats people ship (SPZ, SOG, SuperSplat's
+"""Evaluation: rendering quality (``evaluation``, ``metrics``), rate-distortion comparisons
+(``rd``, ``rd_summary``) and the formats people ship (``peers``: SPZ, SOG, SuperSplat's
 compressed PLY) so RALHE's sizes and decode times can be put beside theirs."""

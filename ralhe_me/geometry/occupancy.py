@@ -49,17 +49,17 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..entropy.categorical import (
-    AdaptiveBatchDecoder,
-    AdaptiveBatchEncoder,
-    CategoricalError,
-    RANS_READERS,
-    CorruptStreamError,
-    RansStreamReader,
-    read_varint,
-    write_varint,
-)
+                                   AdaptiveBatchDecoder,
+                                   AdaptiveBatchEncoder,
+                                   CategoricalError,
+                                   RANS_READERS,
+                                   CorruptStreamError,
+                                   RansStreamReader,
+                                   read_varint,
+                                   write_varint,
+                                   )
 from ..native import load_native
-from ..octree import MAX_DEPTH, morton_decode, morton_encode
+from .octree import MAX_DEPTH, morton_decode, morton_encode
 
 
 class OccupancyError(ValueError):

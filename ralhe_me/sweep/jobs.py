@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..decoder import decode_bytes
-from ..evaluation import score_views
+from ..decode.decoder import decode_bytes
+from ..eval.evaluation import score_views
 from ..threads import intra_op_threads
 from .scene import PreparedScene
 from .spec import BASELINES, PEERS, RALHE, Job
@@ -67,7 +67,7 @@ def _run(prepared: PreparedScene, job: Job) -> JobOutcome:
     planes = None
     t0 = time.perf_counter()
     if job.codec == RALHE:
-        from ..encoder import encode_model
+        from ..encode.encoder import encode_model
 
         config = dataclasses.replace(prepared.config, lmbda=job.parameter)
         result = encode_model(None, config, voxelized=prepared.voxelized, geometry=prepared.geometry,
@@ -75,7 +75,7 @@ def _run(prepared: PreparedScene, job: Job) -> JobOutcome:
         data, sections, expected = result.data, result.section_bytes, result.reconstruction
         planes = latent_planes(result.training, prepared.voxelized)
     elif job.codec in BASELINES:
-        from ..baseline_codec import encode_baseline
+        from ..encode.baseline_codec import encode_baseline
 
         data, sections = encode_baseline(job.codec, prepared.voxelized, job.parameter, prepared.config,
                                          prepared.geometry)

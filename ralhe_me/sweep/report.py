@@ -99,7 +99,7 @@ def _curve(rows, codec):
 
 
 def _table2(out: Path, rows, settings: SceneSettings, log) -> dict:
-    from ..rd_summary import table2_line
+    from ..eval.rd_summary import table2_line
 
     codecs = sorted({r["codec"] for r in rows}, key=lambda c: (c != RALHE, c))
     curves = {c: _curve(rows, c) for c in codecs}

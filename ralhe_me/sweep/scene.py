@@ -16,13 +16,13 @@ import numpy as np
 
 
 from ..config import CodecConfig, load_preset
+from ..encode.encoder import GeometryCode, finetune_geometry, make_render_target, prepare
 from ..encode.operating_point import geometry_tier
-from ..encoder import GeometryCode, finetune_geometry, make_render_target, prepare
-from ..evaluation import ViewSet, dataset_views, orbit_views, score_views
+from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, read_ply
-from ..octree import VoxelizedModel
-from ..render_refine import RenderTarget
+from ..geometry.octree import VoxelizedModel
 from ..threads import intra_op_threads
+from ..train.render_refine import RenderTarget
 from .spec import RALHE, SceneSettings
 
 

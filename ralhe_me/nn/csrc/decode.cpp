@@ -1,4 +1,4 @@
-// Native kernels of the attribute synthesis (ralhe_me/synthesis.py), for decoding (no autograd):
+// Native kernels of the attribute synthesis (ralhe_me/decode/synthesis.py), for decoding (no autograd):
 // the inverse RAHT in place, the decoders' point-wise layers, and the index helpers of the 3x3x3
 // neighbour maps (nn/neighbors.py).  Each has a torch/numpy reference in Python with the same
 // results bit for bit, used where this module is not built; tests compare the two.

@@ -11,6 +11,6 @@ void bind_decoder(py::module_& m) __attribute__((weak));    // bind_decoder.cpp:
 void bind_geometry(py::module_& m) __attribute__((weak));   // bind_geometry.cpp
 void bind_entropy(py::module_& m) __attribute__((weak));    // bind_entropy.cpp
 void bind_synthesis(py::module_& m) __attribute__((weak));  // bind_synthesis.cpp
-// Translates ralhe::Error into the Python exception ralhe_me.bitstream.<ErrorName> (see
+// Translates ralhe::Error into the Python exception ralhe_me.decode.bitstream.<ErrorName> (see
 // bindings.cpp); every binding that can meet a bad stream lets ralhe::Error propagate.
 }  // namespace ralhe_py

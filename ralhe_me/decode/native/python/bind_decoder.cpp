@@ -1,4 +1,4 @@
-// ralhe_me.decode._native.decode: the whole native decode for ralhe_me/decoder.py (engine "native").
+// ralhe_me.decode._native.decode: the whole native decode for ralhe_me/decode/decoder.py (engine "native").
 #include <pybind11/numpy.h>
 
 #include <string>
@@ -49,7 +49,7 @@ void bind_decoder(py::module_& m) {
   m.def("decode", &decode, py::arg("data"),
         "Decode the bytes of a .ralhe file: a dict of float32 arrays means [N, 3], log_scales [N, 3], "
         "quats [N, 4], opacity_logits [N], sh [N, K, 3], plus num_points, sh_degree and seconds (per "
-        "stage).  Raises ralhe_me.bitstream's BitstreamError subclasses.");
+        "stage).  Raises ralhe_me.decode.bitstream's BitstreamError subclasses.");
   m.attr("DECODER_VERSION") = ralhe::kDecoderVersion;
 }
 

@@ -1,5 +1,5 @@
 // ralhe_me.decode._native: the attribute synthesis and denormalization (src/synthesis.h,
-// src/attributes.h), which ralhe_me/synthesis.py and codec.py reconstruct_attributes call.
+// src/attributes.h), which ralhe_me/decode/synthesis.py and reconstruction.py reconstruct_attributes call.
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 

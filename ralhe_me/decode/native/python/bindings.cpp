@@ -13,13 +13,13 @@ constexpr int kApiVersion = 1;
 PYBIND11_MODULE(_native, m) {
   m.doc() = "The native RALHE decoder (ralhe_me/decode/native)";
   m.attr("API_VERSION") = kApiVersion;
-  // ralhe::Error -> ralhe_me.bitstream's exception of the same name (CorruptDataError for kinds
+  // ralhe::Error -> ralhe_me.decode.bitstream's exception of the same name (CorruptDataError for kinds
   // it does not define), so Python callers catch BitstreamError as for the Python decoder.
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const ralhe::Error& e) {
-      py::object bitstream = py::module_::import("ralhe_me.bitstream");
+      py::object bitstream = py::module_::import("ralhe_me.decode.bitstream");
       const char* name = ralhe::error_name(e.kind());
       py::object cls = py::hasattr(bitstream, name) ? bitstream.attr(name) : bitstream.attr("CorruptDataError");
       PyErr_SetString(cls.ptr(), e.what());

@@ -1,7 +1,7 @@
 // Shared vocabulary of the native decoder: byte views, the error type and small readers.
 //
 // Every failure on a bad file throws ralhe::Error with a kind that names it the way the Python
-// decoder does (ralhe_me/bitstream.py): BadMagicError, UnsupportedVersionError,
+// decoder does (ralhe_me/decode/bitstream.py): BadMagicError, UnsupportedVersionError,
 // TruncatedFileError, ChecksumError, CorruptDataError.  Nothing in the library prints or exits.
 #pragma once
 

@@ -23,7 +23,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// What the header of a "ralhe" file says (decoder._checked and the codec.py readers).
+// What the header of a "ralhe" file says (decoder._checked and the reconstruction.py readers).
 struct Header {
   int64_t num_points = 0;
   int depth = 0;
@@ -88,7 +88,7 @@ Architecture architecture_from_header(const Json& h) {
   const Json& a = require(h, "architecture", "architecture");
   if (a.type != Json::Type::kObject) corrupt("invalid architecture: not a dictionary");
   Architecture arch;
-  // decoder_linear and num_levels have no default here: codec.py reads them directly
+  // decoder_linear and num_levels have no default here: reconstruction.py reads them directly
   require(a, "num_levels", "architecture.num_levels");
   require(a, "decoder_linear", "architecture.decoder_linear");
   for (const auto& kv : a.members) {

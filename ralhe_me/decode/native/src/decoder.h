@@ -1,4 +1,4 @@
-// The whole decode of a .ralhe file (ralhe_me/decoder.py _decode, _checked and the codec.py
+// The whole decode of a .ralhe file (ralhe_me/decode/decoder.py _decode, _checked and the reconstruction.py
 // helpers it calls): container, header checks, positions, gain map, covariance, decoder weights,
 // ARMs, latents, synthesis, denormalization, voxel centers.
 //

@@ -1,4 +1,4 @@
-// The gain map; see gain_map.h and ralhe_me/gain_map.py.
+// The gain map; see gain_map.h and ralhe_me/decode/gain_map.py.
 #include "gain_map.h"
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// The importance gain map (ralhe_me/gain_map.py): one exponent e in [-8, 8] per occupied voxel
+// The importance gain map (ralhe_me/decode/gain_map.py): one exponent e in [-8, 8] per occupied voxel
 // of octree level G, coded with the static categorical coder (one context, 17 symbols, e + 8);
 // every point below the voxel gets the gain 2^(e / 2).
 #pragma once

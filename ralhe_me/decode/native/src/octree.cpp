@@ -1,4 +1,4 @@
-// Octree levels and voxel centers; see octree.h and ralhe_me/octree.py.
+// Octree levels and voxel centers; see octree.h and ralhe_me/geometry/octree.py.
 #include "octree.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Morton codes, the octree level hierarchy and voxel centers (ralhe_me/octree.py).
+// Morton codes, the octree level hierarchy and voxel centers (ralhe_me/geometry/octree.py).
 //
 // A Morton code interleaves the bits of the voxel coordinates, x in the most significant bit of
 // each 3-bit group, so sorted codes are a breadth-first octree traversal and the voxels of level

@@ -22,7 +22,7 @@
 extern "C" {
 #endif
 
-/* Status codes; the names are the Python decoder's exception names (ralhe_me/bitstream.py). */
+/* Status codes; the names are the Python decoder's exception names (ralhe_me/decode/bitstream.py). */
 enum {
   RALHE_OK = 0,
   RALHE_BAD_MAGIC = 1,           /* BadMagicError: not a .ralhe file */

@@ -1,7 +1,7 @@
 // The attribute synthesis: integer latent planes -> normalized SH and opacity of every point.
-// Python reference: ralhe_me/synthesis.py AttributeSynthesis.decode (rows=None), with
+// Python reference: ralhe_me/decode/synthesis.py AttributeSynthesis.decode (rows=None), with
 // nn/grouped_decoder.py GroupedSparseDecoder.forward and nn/inverse_raht.py; the encoder's
-// reconstruction (codec.py reconstruct_attributes) runs this very code through the Python binding.
+// reconstruction (reconstruction.py reconstruct_attributes) runs this very code through the Python binding.
 //
 // Attributes: the K = (sh_degree + 1)^2 SH triplets (one decoder group, d = 3 outputs each) and
 // opacity (d = 1).  Each decoder reads in = planes_per_channel * C upsampled latents per point:

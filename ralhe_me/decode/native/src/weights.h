@@ -1,4 +1,4 @@
-// The decoder weights section: integer tensors as exp-Golomb codes (ralhe_me/weights.py
+// The decoder weights section: integer tensors as exp-Golomb codes (ralhe_me/decode/weights.py
 // encode_int_tensors / decode_int_tensors).
 //
 // Per tensor: one byte k (the exp-Golomb order, < 24); the order-0 exp-Golomb codes of u >> k

@@ -2,7 +2,7 @@
 
 Random initialization in a cube (INRIA: 100k points in [-1.3, 1.3]^3 for synthetic scenes),
 SH degree raised every ``sh_increase_every`` steps, adaptive density control (clone / split on
-the view-space gradient, prune by opacity and size, opacity reset; see :mod:`ralhe_me.densify`),
+the view-space gradient, prune by opacity and size, opacity reset; see :mod:`ralhe_me.train.densify`),
 exponential decay of the position learning rate, and checkpoints that resume bit for bit.
 Runs on the CPU, or on CUDA when present (same render API).
 This module is encoder-side tooling: it imports the renderer and the optimizer.
@@ -21,12 +21,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .argtypes import non_negative_int, positive_int
+from ..argtypes import non_negative_int, positive_int
 from .densify import DensifyConfig, DensityStats, GaussianParams, densify_and_prune, screen_footprint, \
     view_space_grad_norm
+from ..gaussians import SH_COEFFS_FOR_DEGREE, GaussianModel
 from .finetune import (ViewSampler, mean_psnr, photometric_loss, psnr_from_mse,
                        resolve_device, torch_threads)
-from .gaussians import SH_COEFFS_FOR_DEGREE, GaussianModel
 
 SH_C0 = 0.28209479177387814
 CHECKPOINT_FORMAT = "ralhe-fit-checkpoint-1"
@@ -203,7 +203,7 @@ def fit(dataset_dir: str, out_path: Optional[str], *, resolution: int = 200, ite
     ``train_limit`` keeps only the first train views (tests). The test split, if any, is scored
     at the end on ``config.eval_views`` views.
     """
-    from .render import load_nerf_synthetic, render
+    from ..render import load_nerf_synthetic, render
 
     cfg = config or FitConfig.for_iterations(iters)
     if iters < 1:
@@ -317,7 +317,7 @@ def fit(dataset_dir: str, out_path: Optional[str], *, resolution: int = 200, ite
         psnr, n_eval = None, 0
         if finished:
             if out_path:
-                from .gaussians import write_ply
+                from ..gaussians import write_ply
 
                 Path(out_path).parent.mkdir(parents=True, exist_ok=True)
                 write_ply(model, out_path)

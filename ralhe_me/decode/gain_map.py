@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .entropy.categorical import CategoricalError, CorruptStreamError, decode_categorical, encode_categorical
+from ..entropy.categorical import CategoricalError, CorruptStreamError, decode_categorical, encode_categorical
 
 GAIN_LIMIT = 8  # |exponent| <= 8: gains from 1/16 to 16
 
@@ -40,8 +40,8 @@ class GainMapStreamError(CorruptStreamError):
 def gain_voxels(coords: np.ndarray,  # [N, 3] unique, Morton-sorted voxel coordinates
                 level: int) -> tuple:  # -> (point_to_voxel [N] int64, number of voxels)
     """The voxels of octree level ``level`` (coordinates shifted right by it, Morton order, as in
-    :class:`~ralhe_me.octree.OctreeLevels`) and each point's voxel."""
-    from .octree import level_voxels, morton_encode
+    :class:`~ralhe_me.geometry.octree.OctreeLevels`) and each point's voxel."""
+    from ..geometry.octree import level_voxels, morton_encode
 
     if not 0 <= int(level) <= 20:
         raise GainMapError(f"gain level must be in [0, 20], got {level}")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from .baselines.attribute_codecs import encode_attributes
-from .bitstream import Container, pack
-from .codec import baseline_header
-from .config import CodecConfig
+from ..baselines.attribute_codecs import encode_attributes
+from ..config import CodecConfig
+from ..decode.bitstream import Container, pack
+from ..decode.reconstruction import baseline_header
+from ..geometry.octree import VoxelizedModel
 from .encoder import GeometryCode, encode_geometry
-from .octree import VoxelizedModel
 
 SECTION_ATTRIBUTES = "attributes"
 BASELINE_KINDS = ("raht", "scalar")

@@ -1,7 +1,7 @@
 """Decode a ``.ralhe`` file into a 3DGS model.
 
 Decode side only: imports no encoder, optimizer or renderer. Every failure on a bad file is
-a :class:`~ralhe_me.bitstream.BitstreamError` naming the problem, and output files are
+a :class:`~ralhe_me.decode.bitstream.BitstreamError` naming the problem, and output files are
 written atomically (never a partial file).
 """
 from __future__ import annotations
@@ -15,21 +15,21 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from ..entropy.integer_arm import QuantizedArm
+from ..entropy.latent_coder import decode_latents
+from ..gaussians import GaussianModel, write_ply
+from ..geometry.covariance_code import decode_shapes
+from ..geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions
+from ..native import REBUILD_HINT, load_native
+from ..nn.neighbors import NeighborMap
+from ..threads import intra_op_threads
 from .bitstream import BitstreamError, CorruptDataError, unpack
-from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
-                    SECTION_POSITIONS,
-                    architecture_from_header, grid_from_header, levels_for, load_decoders,
-                    reconstruct_attributes, table_config_from_header)
-from .entropy.integer_arm import QuantizedArm
-from .entropy.latent_coder import decode_latents
-from .threads import intra_op_threads
 from .gain_map import decode_gain_map, gain_voxels, point_gains
-from .gaussians import GaussianModel, write_ply
-from .geometry.covariance_code import decode_shapes
-from .geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions
-from .nn.neighbors import NeighborMap
+from .reconstruction import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
+                             SECTION_POSITIONS,
+                             architecture_from_header, grid_from_header, levels_for, load_decoders,
+                             reconstruct_attributes, table_config_from_header)
 from .synthesis import AttributeSynthesis, plane_sizes
-from .native import REBUILD_HINT, load_native
 from .weights import decode_int_tensors
 
 
@@ -192,7 +192,7 @@ def _decode(container) -> DecodeResult:
 
 
 def _decode_baseline(kind: str, container, coords, header):
-    from .baselines.attribute_codecs import decode_attributes
+    from ..baselines.attribute_codecs import decode_attributes
 
     if kind not in ("raht", "scalar"):
         raise CorruptDataError(f"unknown attribute codec {kind!r}")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .argtypes import non_negative_int, positive_int
-from .threads import intra_op_threads
-from .gaussians import GaussianModel
+from ..argtypes import non_negative_int, positive_int
+from ..gaussians import GaussianModel
+from ..threads import intra_op_threads
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -97,7 +97,7 @@ def sample_orbit_cameras(means: np.ndarray,  # [N, 3]
     training sees the model at a few scales without moving into the near plane; the fixed
     spiral of ``orbit_cameras`` used for evaluation is never drawn (probability zero).
     """
-    from .render import Camera, look_at_matrix, orbit_cameras, robust_bounds
+    from ..render import Camera, look_at_matrix, orbit_cameras, robust_bounds
 
     if num_views <= 0:
         raise FinetuneError(f"num_views must be positive, got {num_views}")
@@ -188,8 +188,8 @@ def mean_psnr(model: GaussianModel, cameras: Sequence, images: Sequence, backgro
 
     Renders are clamped to [0, 1] first, as INRIA's evaluation does (it scores saved 8-bit images).
     """
-    from .metrics import psnr
-    from .render import render_model
+    from ..eval.metrics import psnr
+    from ..render import render_model
 
     values = []
     for cam, img in zip(cameras, images):
@@ -237,7 +237,7 @@ class FinetuneConfig:
                 raise FinetuneError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def learning_rates(self) -> dict:
-        """Per parameter group (names of :class:`ralhe_me.densify.GaussianParams`); no entry for means."""
+        """Per parameter group (names of :class:`ralhe_me.train.densify.GaussianParams`); no entry for means."""
         return {"sh_dc": self.lr_sh_dc, "sh_rest": self.lr_sh_rest, "opacity_logits": self.lr_opacity,
                 "log_scales": self.lr_scaling, "quats": self.lr_rotation}
 
@@ -259,7 +259,7 @@ class FinetuneReport:
 
 def _prepare_targets(dataset, cameras, images, teacher, test_cameras, test_images, cfg, device):
     """(train cameras, train images, eval cameras, eval images, eval source)."""
-    from .render import load_nerf_synthetic, orbit_cameras, render_model
+    from ..render import load_nerf_synthetic, orbit_cameras, render_model
 
     given = [name for name, v in (("dataset", dataset), ("cameras/images", cameras if cameras is not None
                                                                          else images), ("teacher", teacher))
@@ -318,7 +318,7 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
     holds exactly its shapes.
     """
     from .densify import GaussianParams
-    from .render import render
+    from ..render import render
 
     cfg = config or FinetuneConfig()
     if not isinstance(model, GaussianModel):
@@ -401,7 +401,7 @@ class _CodedShapes:
     quantization kept in the loop)."""
 
     def __init__(self, model: GaussianModel, code, cfg: FinetuneConfig, device):
-        from .geometry.covariance_code import CovarianceCode
+        from ..geometry.covariance_code import CovarianceCode
 
         if not isinstance(code, CovarianceCode):
             raise FinetuneError(f"covariance must be a CovarianceCode, got {type(code).__name__}")
@@ -421,7 +421,7 @@ class _CodedShapes:
         optimizer.add_param_group({"params": [self.quats], "lr": self.lrs[1], "name": "codebook_quats"})
 
     def shapes(self) -> Tuple[torch.Tensor, torch.Tensor]:  # quats [N, 4], log_scales [N, 3]
-        from .geometry.covariance_code import compose_rotation
+        from ..geometry.covariance_code import compose_rotation
 
         quats = self.quats[self.index]
         quats = compose_rotation(quats, self.offsets[1]) if self.code.rodrigues else quats + self.offsets[1]
@@ -465,7 +465,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_finetune_command(args) -> int:
-    from .gaussians import read_ply, write_ply
+    from ..gaussians import read_ply, write_ply
 
     cfg = FinetuneConfig(resolution=args.resolution, views_per_step=args.views_per_step, eval_views=args.eval_views,
                          teacher_views=args.teacher_views, ssim_weight=args.ssim_weight, seed=args.seed,

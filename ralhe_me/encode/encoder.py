@@ -17,29 +17,29 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .attributes import attribute_names, extract_signals
-from .baselines.attribute_codecs import weighted_attribute_mse
-from .bitstream import Container, pack
-from .codec import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
-                    SECTION_POSITIONS,
-                    load_decoders, make_header, quantize_decoders, reconstruct_attributes)
-from .config import CodecConfig
-from .encode.operating_point import MAX_EXTRA_LEVELS, geometry_tier
-from .entropy.integer_arm import ArmQuantizationError, QuantizedArm
-from .decoder import DEFAULT_DECODE_THREADS
-from .entropy.latent_coder import encode_latents, estimate_bits
-from .threads import intra_op_threads
-from .gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
-from .gaussians import GaussianModel, codable_model
-from .geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
-from .geometry.covariance_vq import fit_codebook
-from .geometry.occupancy import encode_positions
-from .octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel, choose_depth,
-                     far_field_contraction, voxelize, with_model)
-from .render_refine import RenderTarget
-from .synthesis import plane_sizes
-from .train import TrainingResult, train_attributes
-from .weights import encode_int_tensors
+from ..attributes import attribute_names, extract_signals
+from ..baselines.attribute_codecs import weighted_attribute_mse
+from ..config import CodecConfig
+from ..decode.bitstream import Container, pack
+from ..decode.decoder import DEFAULT_DECODE_THREADS
+from ..decode.gain_map import encode_gain_map, gain_exponents, gain_voxels, point_gains
+from ..decode.reconstruction import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_DECODERS, SECTION_GAINS, SECTION_LATENTS,
+                                     SECTION_POSITIONS,
+                                     load_decoders, make_header, quantize_decoders, reconstruct_attributes)
+from ..decode.synthesis import plane_sizes
+from ..decode.weights import encode_int_tensors
+from ..entropy.integer_arm import ArmQuantizationError, QuantizedArm
+from ..entropy.latent_coder import encode_latents, estimate_bits
+from ..gaussians import GaussianModel, codable_model
+from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
+from ..geometry.covariance_vq import fit_codebook
+from ..geometry.occupancy import encode_positions
+from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel,
+                               choose_depth, far_field_contraction, voxelize, with_model)
+from ..threads import intra_op_threads
+from ..train.render_refine import RenderTarget
+from ..train.schedule import TrainingResult, train_attributes
+from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 
 DECODER_SHIFTS = tuple(range(5, 13))
 ARM_SHIFTS = tuple(range(6, 14))
@@ -187,7 +187,7 @@ def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: Code
         on_coded(coded, covariance)
     report = None
     if iters > 0:
-        from .finetune import finetune
+        from ..train.finetune import finetune
 
         model, report = finetune(coded.model, teacher=None if dataset else original, dataset=dataset, iters=iters,
                                  covariance=covariance, progress=progress)
@@ -276,7 +276,7 @@ def _first_depth_reaching(model: GaussianModel, depths, min_psnr: float, contrac
                           renders) -> Optional[int]:
     """The first of ``depths`` whose voxelized model renders within ``min_psnr`` dB of ``renders``
     (of ``model``), or None."""
-    from .evaluation import score_views
+    from ..eval.evaluation import score_views
 
     for depth in depths:
         vox = voxelize(model, depth, VoxelGrid.bounding(model.means, depth, contraction))
@@ -293,7 +293,7 @@ def _depth_rule_renders(model: GaussianModel, views: int = DEPTH_RULE_VIEWS,
 
     def renders():
         if not made:
-            from .evaluation import orbit_views
+            from ..eval.evaluation import orbit_views
 
             made.append(orbit_views(model, views, (resolution, resolution)))
         return made[0]
@@ -341,7 +341,7 @@ COVARIANCE_STEPS = (0.8, 0.56, 0.4, 0.28, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.0
 def _coded_psnr(target: GaussianModel, shapes, reference) -> float:
     from dataclasses import replace
 
-    from .evaluation import score_views
+    from ..eval.evaluation import score_views
 
     log_scales, quats = shapes
     return score_views(replace(target, log_scales=log_scales, quats=quats), reference, with_ssim=False).psnr
@@ -354,7 +354,7 @@ def choose_covariance_step(target: GaussianModel, min_psnr: float, seed: int = 0
     of the unquantized model's (one against the other, ``views`` orbit views at ``resolution``
     px). The error depends on the step only, so one codebook serves every candidate; the finest
     step is the fallback."""
-    from .evaluation import orbit_views
+    from ..eval.evaluation import orbit_views
 
     reference = orbit_views(target, views, (resolution, resolution))
     book = fit_codebook(target.log_scales, target.quats, min(codebook_size, len(target)), seed=seed)
@@ -374,7 +374,7 @@ def choose_covariance_codebook(target: GaussianModel, min_psnr: float, seed: int
     ``resolution`` px). At 42 dB the VQ error is a tenth of the error of a 32 dB codec, which
     it lowers by about 0.4 dB. Sizes above a quarter of the Gaussians are not tried (such a
     codebook costs about as much as the indices save); the largest tried is the fallback."""
-    from .evaluation import orbit_views
+    from ..eval.evaluation import orbit_views
 
     candidates = [c for c in COVARIANCE_CANDIDATES if c <= max(64, len(target) // 4)]
     reference = orbit_views(target, views, (resolution, resolution))
@@ -525,7 +525,7 @@ def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None,
                 dataset: Optional[str] = None, finetune_progress: bool = False) -> EncodeResult:
     """Read an INRIA ``.ply``, encode it, write ``path_out`` atomically; with ``finetune_iters``
     the attributes are first finetuned with the coded shapes (:func:`finetune_geometry`)."""
-    from .gaussians import read_ply
+    from ..gaussians import read_ply
 
     if finetune_iters < 0:
         raise EncodeError(f"finetune_iters must be >= 0, got {finetune_iters}")

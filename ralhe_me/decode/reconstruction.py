@@ -13,10 +13,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .attributes import denormalize_opacity_logits, denormalize_sh
-from .config import ArchitectureConfig
-from .entropy.laplace import LaplaceTableConfig
-from .octree import Contraction, OctreeLevels, VoxelGrid
+from ..attributes import denormalize_opacity_logits, denormalize_sh
+from ..config import ArchitectureConfig
+from ..entropy.laplace import LaplaceTableConfig
+from ..geometry.octree import Contraction, OctreeLevels, VoxelGrid
 from .synthesis import AttributeSynthesis, native_module
 from .weights import dequantize, quantize
 
@@ -54,7 +54,7 @@ def table_config_from_header(header: dict) -> LaplaceTableConfig:
 
 def grid_from_header(header: dict) -> VoxelGrid:
     """The voxel grid of a file; ``contraction`` (absent in files without a far field) holds the
-    foreground cube's center and half side (see :class:`~ralhe_me.octree.Contraction`)."""
+    foreground cube's center and half side (see :class:`~ralhe_me.geometry.octree.Contraction`)."""
     contraction = header.get("contraction")
     if contraction is not None:
         contraction = Contraction(center=tuple(float(v) for v in contraction["center"]),

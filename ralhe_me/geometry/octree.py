@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .gaussians import OPACITY_EPS, GaussianModel
+from ..gaussians import OPACITY_EPS, GaussianModel
 
 MAX_DEPTH = 21  # 3 * 21 = 63 bits fit an int64 Morton code
 MIN_AUTO_DEPTH = 8  # the shallowest depth the automatic depth choices try
@@ -344,7 +344,7 @@ class OctreeLevels:
         one coordinate manager; ``features[l]`` [M_l, C] defaults to ones."""
         import torch
 
-        from .compat import import_minkowski
+        from ..compat import import_minkowski
 
         me = import_minkowski()
         manager = None

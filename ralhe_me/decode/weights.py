@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .entropy.categorical import exp_golomb_bits, exp_golomb_decode, exp_golomb_encode
+from ..entropy.categorical import exp_golomb_bits, exp_golomb_decode, exp_golomb_encode
 
 MAX_ORDER = 24
 

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .gaussians import GaussianModel, read_ply
+from ..gaussians import GaussianModel, read_ply
 
 DEFAULT_ORBIT_VIEWS = 16
 DEFAULT_ORBIT_RESOLUTION = (800, 800)
@@ -45,7 +45,7 @@ def _as_model(model) -> GaussianModel:
 def orbit_views(reference: GaussianModel, num_views: int = DEFAULT_ORBIT_VIEWS,
                 resolution: Tuple[int, int] = DEFAULT_ORBIT_RESOLUTION, progress: bool = False) -> ViewSet:
     """The renders of ``reference`` from a fixed orbit of cameras, used as ground truth."""
-    from .render import orbit_cameras, render_model
+    from ..render import orbit_cameras, render_model
 
     cams = orbit_cameras(reference.means, num_views, resolution[0], resolution[1])
     images = [render_model(reference, cam).numpy() for cam in _progress(cams, progress, "reference views")]
@@ -55,7 +55,7 @@ def orbit_views(reference: GaussianModel, num_views: int = DEFAULT_ORBIT_VIEWS,
 def dataset_views(root: str, split: str = "test", num_views: Optional[int] = None,
                   resolution: Optional[Tuple[int, int]] = None) -> ViewSet:
     """The images of a NeRF-synthetic split (composited on white) and their cameras."""
-    from .render import load_nerf_synthetic
+    from ..render import load_nerf_synthetic
 
     side = None
     if resolution is not None:
@@ -69,7 +69,7 @@ def dataset_views(root: str, split: str = "test", num_views: Optional[int] = Non
 def score_views(model: GaussianModel, views: ViewSet, progress: bool = False, with_ssim: bool = True) -> EvaluationResult:
     """Mean PSNR (and SSIM, unless ``with_ssim`` is off: then NaN) of ``model``'s renders of ``views``."""
     from .metrics import psnr, ssim
-    from .render import render_model
+    from ..render import render_model
 
     start = time.perf_counter()
     psnrs, ssims = [], []

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .gaussians import GaussianModel
+from ..gaussians import GaussianModel
 
 
 class ImportanceError(ValueError):
@@ -48,8 +48,8 @@ class ImportanceConfig:
 
 def _probe_view(model_tensors, camera, probes: int, generator: torch.Generator) -> torch.Tensor:  # [N]
     """Sum over ``probes`` of the three channels' estimates r_i g_i for one view."""
-    from .render.projection import project_gaussians
-    from .render.rasterizer import composite
+    from ..render.projection import project_gaussians
+    from ..render.rasterizer import composite
 
     means, quats, log_scales, opacity_logits, sh = model_tensors
     n = means.shape[0]
@@ -72,7 +72,7 @@ def _probe_view(model_tensors, camera, probes: int, generator: torch.Generator) 
 def blending_energy(model: GaussianModel, cameras: Sequence, probes: int = 2,
                     seed: int = 0) -> np.ndarray:  # -> [N] float64
     """Estimate of ``sum_views sum_p b_i(p)^2`` per Gaussian (unnormalized, may dip below 0)."""
-    from .render.rasterizer import model_tensors
+    from ..render.rasterizer import model_tensors
 
     if len(model) == 0:
         raise ImportanceError("the model has no Gaussians")
@@ -95,7 +95,7 @@ def rendering_importance(model: GaussianModel, config: ImportanceConfig = Import
     """
     if config.views == 0:
         return None
-    from .finetune import sample_orbit_cameras
+    from ..train.finetune import sample_orbit_cameras
 
     cams = sample_orbit_cameras(model.means, config.views, config.resolution, config.resolution, seed=config.seed)
     if progress:

@@ -21,7 +21,7 @@ to the output added to it: the classical "sum of the pyramid" reconstruction is 
 representable, training starts from it, and the 4 layers learn what it misses.
 
 Native decoding. Once :meth:`AttributeSynthesis.set_quantized_weights` gave it the file's
-integer weights (codec.py load_decoders does), decoding all points without autograd runs the
+integer weights (reconstruction.py load_decoders does), decoding all points without autograd runs the
 native decoder's synthesis (``ralhe_me.decode._native``, decode/native/src/synthesis.h) when
 it is built: one fixed order of float32 operations, so the encoder's reconstruction, this
 decoder, the ``ralhe-decode`` command and WebAssembly give the same bits. The torch path
@@ -39,14 +39,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import ArchitectureConfig
-from .entropy.laplace import LaplaceTableConfig, laplace_rate_bits
-from .nn.arm import ArmConfig, BatchedArm
-from .nn.grouped_decoder import GroupedSparseDecoder
-from .nn.neighbors import NeighborMap
-from .nn.sparse_decoder import DecoderConfig
-from .nn.inverse_raht import InverseRaht
-from .octree import OctreeLevels
+from ..config import ArchitectureConfig
+from ..entropy.laplace import LaplaceTableConfig, laplace_rate_bits
+from ..geometry.octree import OctreeLevels
+from ..nn.arm import ArmConfig, BatchedArm
+from ..nn.grouped_decoder import GroupedSparseDecoder
+from ..nn.inverse_raht import InverseRaht
+from ..nn.neighbors import NeighborMap
+from ..nn.sparse_decoder import DecoderConfig
 
 TRANSFORMS = ("raht", "pyramid")
 NATIVE_API_VERSION = 1  # the API_VERSION of ralhe_me.decode._native these sources call (python/bindings.cpp)
@@ -55,7 +55,7 @@ NATIVE_API_VERSION = 1  # the API_VERSION of ralhe_me.decode._native these sourc
 def native_module():
     """The native decoder extension with its synthesis kernels (``synthesize``, ``denormalize``),
     or None when it is not built (or built from other sources)."""
-    from .native import load_native
+    from ..native import load_native
 
     module = load_native("ralhe_me.decode._native", NATIVE_API_VERSION)
     return module if module is not None and hasattr(module, "synthesize") else None
@@ -64,7 +64,7 @@ def native_module():
 def _neighbour_columns() -> Tuple[np.ndarray, np.ndarray]:
     """MinkowskiEngine kernel offsets k != 13 and the occupancy decoder's neighbour column of each
     (geometry/occupancy.py NEIGHBOUR_OFFSETS), what the native synthesis reads."""
-    from .geometry.occupancy import NEIGHBOUR_OFFSETS
+    from ..geometry.occupancy import NEIGHBOUR_OFFSETS
 
     column = {tuple(int(v) for v in o): j for j, o in enumerate(NEIGHBOUR_OFFSETS)}
     ks = np.array([k for k in range(27) if k != 13])
@@ -158,7 +158,7 @@ class AttributeSynthesis(nn.Module):
 
     def set_quantized_weights(self, ints: Sequence[np.ndarray], shift: int) -> None:
         """Record that the decoder parameters hold the fixed-point weights ``ints`` (file order, step
-        2**-shift; codec.py load_decoders sets both): native decoding needs the integers. Any later
+        2**-shift; reconstruction.py load_decoders sets both): native decoding needs the integers. Any later
         change of a parameter (training, load_state_dict) makes them stale, and decoding goes back
         to torch until they are set again."""
         params = [p for _, p in self.decoder_parameters()]

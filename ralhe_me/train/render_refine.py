@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
-from .config import TrainingConfig
-from .gaussians import GaussianModel
-from .octree import OctreeLevels
+from ..attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
+from ..config import TrainingConfig
+from ..gaussians import GaussianModel
+from ..geometry.octree import OctreeLevels
+from .quantization import ste_round
 
 CALIBRATION_VIEWS = 16
 LR_FLOOR = 0.02  # the learning rates decay (cosine) to this fraction
@@ -76,7 +77,7 @@ class RenderTarget:
         """Renders of ``teacher`` (the uncoded model) from ``views`` random orbit cameras; the
         geometry is ``coded``'s (voxel order, coded shapes)."""
         from .finetune import sample_orbit_cameras
-        from .render import render_model
+        from ..render import render_model
 
         if views < 1 or resolution < 8:
             raise RenderRefineError(f"need views >= 1 and resolution >= 8, got {views} and {resolution}")
@@ -87,7 +88,7 @@ class RenderTarget:
     @classmethod
     def from_dataset(cls, coded: GaussianModel, root: str, views: Optional[int], resolution: int) -> "RenderTarget":
         """The train split of a NeRF-synthetic folder (first ``views`` images, all if None)."""
-        from .render import load_nerf_synthetic
+        from ..render import load_nerf_synthetic
 
         cams, images = load_nerf_synthetic(root, "train", resolution=resolution, limit=views)
         return cls.with_geometry(coded, cams, [torch.as_tensor(np.asarray(i, dtype=np.float32)) for i in images])
@@ -102,7 +103,7 @@ class RenderTarget:
     def render(self, opacity_logits: Tensor,  # [N]
                sh: Tensor,  # [N, K, 3]
                view: int) -> Tensor:  # [H, W, 3]
-        from .render import render
+        from ..render import render
 
         return render(self.means, self.quats, self.log_scales, opacity_logits, sh, self.cameras[view],
                       background=self.background)
@@ -159,8 +160,6 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     """``training.render_steps`` image-domain steps from the integer ``latents`` (per plane
     [A, n]); returns the new integer latents and a history record. ``synthesis`` (decoders and
     ARMs) is updated in place."""
-    from .train import ste_round
-
     start = time.perf_counter()
     n = levels.sizes[0]
     if target.num_points != n:

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from .gaussians import GaussianModel
+from ..gaussians import GaussianModel
 
 PARAM_NAMES = ("means", "log_scales", "quats", "opacity_logits", "sh_dc", "sh_rest")
 NEAR_PLANE = 0.2  # the renderer's

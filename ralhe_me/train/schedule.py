@@ -20,11 +20,12 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .attributes import AttributeSignals, SignalDistortion
-from .config import ArchitectureConfig, TrainingConfig
-from .octree import OctreeLevels
+from ..attributes import AttributeSignals, SignalDistortion
+from ..config import ArchitectureConfig, TrainingConfig
+from ..decode.synthesis import AttributeSynthesis, sample_rows
+from ..geometry.octree import OctreeLevels
+from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
-from .synthesis import AttributeSynthesis, sample_rows
 
 
 @dataclass
@@ -92,7 +93,7 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
     planes = []
     if arch.transform == "raht":
         # orthonormal coefficients: one step per attribute is the optimum everywhere
-        from .baselines.raht import build_plan, raht_forward_plan
+        from ..baselines.raht import build_plan, raht_forward_plan
 
         plan = build_plan(levels.coords[0], levels.depth)
         level_step = step[:, None]  # [A, 1]
@@ -121,10 +122,6 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
                 dec.conv1_kernel.zero_()
                 dec.conv1_bias.zero_()
     return planes
-
-
-def ste_round(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], training: TrainingConfig,
@@ -189,7 +186,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         for g in opt.param_groups:
             g["lr"] = g["base"] * (floor + (1 - floor) * decay)
         if step < hard_from:
-            q = [l + (torch.rand(l.shape, generator=gen) - 0.5) for l in latents]
+            q = [noisy(l, gen) for l in latents]
         else:
             q = [ste_round(l) for l in latents]
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
