@@ -12,6 +12,14 @@ over latents, decoders and ARMs, one training view per step. ``c`` converts imag
 units of the attribute-domain distortion (so that ``lambda`` keeps its meaning): it is the
 ratio of the trained solution's weighted attribute MSE to the image MSE its errors make.
 
+The image term sees the rounded latents (straight-through); the rate term sees them plus
+uniform noise. With rounded latents alone, a latent at zero has no rate gradient (the
+Laplace bin is symmetric about it), so the image gradient walks zeros off to +-1 unopposed:
+on kacytran at lambda 6e-3 the latents grew from 1.9 to 37 bits per point in 75 steps (82 KB
+instead of 47 KB, and larger files at larger lambdas). The noisy rate keeps a pull towards
+the predicted mode. As a last guard, the refined state is kept only if its cost (image MSE
+on the calibration views, rate of the rounded latents) is below the starting one.
+
 Targets are renders of the uncoded model from random orbit views (never the evaluation
 orbit) or the training images of a NeRF-synthetic dataset. Encoder only: it imports the
 renderer and an optimizer.
@@ -31,7 +39,7 @@ from ..attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
 from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
-from .quantization import ste_round
+from .quantization import noisy, ste_round
 
 CALIBRATION_VIEWS = 16
 LR_FLOOR = 0.02  # the learning rates decay (cosine) to this fraction
@@ -171,6 +179,8 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     record = {"step": "render_refine", "calibration": c, "steps": 0}
     if c is None:  # the attribute errors do not show in the images: nothing to refine against
         return latents, record
+    start_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
+    start_cost = rd_cost(synthesis, latents, target, to_render, c, lmbda)
     params = [torch.nn.Parameter(l.detach().clone()) for l in latents]
     lr, net_lr = training.render_learning_rate, training.render_network_learning_rate
     groups = [{"params": params, "lr": lr, "base": lr},
@@ -187,7 +197,8 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
-        bits = synthesis.rate_bits(q, subsample=training.render_rate_subsample, generator=gen)
+        bits = synthesis.rate_bits([noisy(p, gen) for p in params], subsample=training.render_rate_subsample,
+                                   generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,5 +209,24 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
                                           "bits_per_point": bits.item() / n, "hard": True})
     with torch.no_grad():
         final = [torch.round(p.detach()) for p in params]
-    record.update(steps=steps, seconds=time.perf_counter() - start)
+    end_cost = rd_cost(synthesis, final, target, to_render, c, lmbda)
+    kept = end_cost["cost"] < start_cost["cost"]
+    if not kept:
+        synthesis.load_state_dict(start_state)
+        final = latents
+    record.update(steps=steps, seconds=time.perf_counter() - start, kept=kept, start=start_cost, end=end_cost)
     return final, record
+
+
+@torch.no_grad()
+def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, to_render: RenderableAttributes, c: float,
+            lmbda: float, views: int = CALIBRATION_VIEWS) -> dict:
+    """The refinement's objective for integer ``latents`` (per plane [A, n]): ``c`` times the
+    image MSE on the first ``views`` views plus ``lmbda`` times the bits per point under the
+    float ARM, with its two parts."""
+    n = target.num_points
+    opacity_logits, sh = to_render(*synthesis.decode(latents))
+    views = min(views, len(target.cameras))
+    image_mse = float(np.mean([target.image_mse(opacity_logits, sh, v).item() for v in range(views)]))
+    bits_per_point = float(synthesis.rate_bits(latents)) / n
+    return {"cost": c * image_mse + lmbda * bits_per_point, "image_mse": image_mse, "bits_per_point": bits_per_point}
