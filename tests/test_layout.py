@@ -2,6 +2,7 @@
 reaches the encoder side, training, evaluation, the renderer or an optimizer, even through a
 function-level import; and no two modules import each other."""
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PKG.rglob("*.py")}
 
 
-def imports_of(name: str, top_level_only: bool = False) -> set:
+@functools.lru_cache(maxsize=None)
+def imports_of(name: str, top_level_only: bool = False) -> frozenset:
     """Every module ``name`` imports (``from a import b`` counts as ``a.b`` when that is a module)."""
     path = MODULES[name]
     tree = ast.parse(path.read_text(), str(path))
@@ -39,7 +41,7 @@ def imports_of(name: str, top_level_only: bool = False) -> set:
                 target = node.module
             subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
             found.update(subs if subs else [target])
-    return found
+    return frozenset(found)
 
 
 def test_the_import_reader_sees_relative_lazy_and_absolute_imports(tmp_path):

@@ -84,8 +84,8 @@ class RenderTarget:
                      seed: int = 11) -> "RenderTarget":
         """Renders of ``teacher`` (the uncoded model) from ``views`` random orbit cameras; the
         geometry is ``coded``'s (voxel order, coded shapes)."""
-        from .finetune import sample_orbit_cameras
         from ..render import render_model
+        from .finetune import sample_orbit_cameras
 
         if views < 1 or resolution < 8:
             raise RenderRefineError(f"need views >= 1 and resolution >= 8, got {views} and {resolution}")
@@ -117,7 +117,11 @@ class RenderTarget:
                       background=self.background)
 
     def image_mse(self, opacity_logits: Tensor, sh: Tensor, view: int) -> Tensor:  # scalar
-        return ((self.render(opacity_logits, sh, view) - self.images[view]) ** 2).mean()
+        return self.render_mse(self.render(opacity_logits, sh, view), view)
+
+    def render_mse(self, image: Tensor,  # [H, W, 3] a render from camera ``view``
+                   view: int) -> Tensor:  # scalar
+        return ((image - self.images[view]) ** 2).mean()
 
 
 class RenderableAttributes:
@@ -143,19 +147,27 @@ class RenderableAttributes:
         return torch.log(alpha) - torch.log1p(-alpha), sh
 
 
+def view_renders(target: RenderTarget, attributes: Tuple[Tensor, Tensor],
+                 views: int = CALIBRATION_VIEWS) -> List[Tensor]:  # each [H, W, 3]
+    """Renders of ``attributes`` (opacity logits, SH) on the first ``views`` views of ``target``."""
+    return [target.render(*attributes, v) for v in range(min(views, len(target.cameras)))]
+
+
 @torch.no_grad()
 def calibrate(signals: AttributeSignals, decoded: Tuple[Tensor, Tensor], target: RenderTarget,
-              to_render: RenderableAttributes, views: int = CALIBRATION_VIEWS) -> Optional[float]:
+              to_render: RenderableAttributes, views: int = CALIBRATION_VIEWS,
+              decoded_renders: Optional[List[Tensor]] = None) -> Optional[float]:
     """Attribute-domain distortion per unit of image MSE: the decoded errors' weighted MSE over
     the mean squared difference they make between renders (first ``views`` views) of the
     decoded and of the uncoded attributes. Comparing the two renders, not each with the
     target, leaves out the target's own residual (coded shapes), whose cross term with the
-    errors is linear in them. None when the errors change no pixel."""
-    views = min(views, len(target.cameras))
+    errors is linear in them. None when the errors change no pixel. ``decoded_renders``: the
+    decoded attributes' :func:`view_renders`, when already made."""
+    if decoded_renders is None:
+        decoded_renders = view_renders(target, to_render(*decoded), views)
     ref = to_render(torch.as_tensor(signals.sh), torch.as_tensor(signals.opacity))
-    dec = to_render(*decoded)
-    added = float(np.mean([((target.render(*dec, v) - target.render(*ref, v)) ** 2).mean().item()
-                           for v in range(views)]))
+    added = float(np.mean([((img - target.render(*ref, v)) ** 2).mean().item()
+                           for v, img in enumerate(decoded_renders)]))
     if not added > 0:
         return None
     return float(SignalDistortion(signals)(*decoded)) / added
@@ -175,12 +187,13 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     to_render = RenderableAttributes(signals)
     with torch.no_grad():
         decoded = synthesis.decode(latents)
-    c = calibrate(signals, decoded, target, to_render)
+        decoded_renders = view_renders(target, to_render(*decoded))
+    c = calibrate(signals, decoded, target, to_render, decoded_renders=decoded_renders)
     record = {"step": "render_refine", "calibration": c, "steps": 0}
     if c is None:  # the attribute errors do not show in the images: nothing to refine against
         return latents, record
     start_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
-    start_cost = rd_cost(synthesis, latents, target, to_render, c, lmbda)
+    start_cost = rd_cost(synthesis, latents, target, decoded_renders, c, lmbda)
     params = [torch.nn.Parameter(l.detach().clone()) for l in latents]
     lr, net_lr = training.render_learning_rate, training.render_network_learning_rate
     groups = [{"params": params, "lr": lr, "base": lr},
@@ -209,7 +222,9 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
                                           "bits_per_point": bits.item() / n, "hard": True})
     with torch.no_grad():
         final = [torch.round(p.detach()) for p in params]
-    end_cost = rd_cost(synthesis, final, target, to_render, c, lmbda)
+    with torch.no_grad():
+        end_cost = rd_cost(synthesis, final, target, view_renders(target, to_render(*synthesis.decode(final))),
+                           c, lmbda)
     kept = end_cost["cost"] < start_cost["cost"]
     if not kept:
         synthesis.load_state_dict(start_state)
@@ -219,14 +234,12 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
 
 
 @torch.no_grad()
-def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, to_render: RenderableAttributes, c: float,
-            lmbda: float, views: int = CALIBRATION_VIEWS) -> dict:
-    """The refinement's objective for integer ``latents`` (per plane [A, n]): ``c`` times the
-    image MSE on the first ``views`` views plus ``lmbda`` times the bits per point under the
-    float ARM, with its two parts."""
-    n = target.num_points
-    opacity_logits, sh = to_render(*synthesis.decode(latents))
-    views = min(views, len(target.cameras))
-    image_mse = float(np.mean([target.image_mse(opacity_logits, sh, v).item() for v in range(views)]))
-    bits_per_point = float(synthesis.rate_bits(latents)) / n
+def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, renders: List[Tensor], c: float,
+            lmbda: float) -> dict:
+    """The refinement's objective for integer ``latents`` (per plane [A, n]) whose decoded
+    attributes render as ``renders`` (:func:`view_renders`): ``c`` times their image MSE against
+    the target's views plus ``lmbda`` times the bits per point under the float ARM, with its two
+    parts."""
+    image_mse = float(np.mean([target.render_mse(img, v).item() for v, img in enumerate(renders)]))
+    bits_per_point = float(synthesis.rate_bits(latents)) / target.num_points
     return {"cost": c * image_mse + lmbda * bits_per_point, "image_mse": image_mse, "bits_per_point": bits_per_point}
