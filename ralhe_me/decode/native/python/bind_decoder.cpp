@@ -12,9 +12,10 @@ namespace ralhe_py {
 namespace {
 
 // A numpy array owning `v` (moved, no copy) with `shape`.
-py::array_t<float> to_numpy(std::vector<float>&& v, std::vector<py::ssize_t> shape) {
-  auto* owned = new std::vector<float>(std::move(v));
-  py::capsule free_it(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+template <typename Vec>
+py::array_t<float> to_numpy(Vec&& v, std::vector<py::ssize_t> shape) {
+  auto* owned = new Vec(std::move(v));
+  py::capsule free_it(owned, [](void* p) { delete static_cast<Vec*>(p); });
   return py::array_t<float>(shape, owned->data(), free_it);
 }
 

@@ -53,7 +53,8 @@ int guarded(F&& body) {
 }
 
 // A malloc'ed copy of v (at least one byte, so that success never yields a null array).
-float* copy_out(const std::vector<float>& v) {
+template <typename Vec>
+float* copy_out(const Vec& v) {
   size_t bytes = v.size() * sizeof(float);
   float* p = static_cast<float*>(std::malloc(bytes ? bytes : 1));
   if (!p) throw std::bad_alloc();
@@ -77,13 +78,13 @@ int ralhe_decode(const uint8_t* data, size_t size, ralhe_gaussians* out) {
     try {
       // copy one array at a time, releasing each source: the peak stays near one model
       g.means = copy_out(m.means);
-      std::vector<float>().swap(m.means);
+      decltype(m.means)().swap(m.means);
       g.log_scales = copy_out(m.log_scales);
       std::vector<float>().swap(m.log_scales);
       g.quats = copy_out(m.quats);
       std::vector<float>().swap(m.quats);
       g.opacity_logits = copy_out(m.opacity_logits);
-      std::vector<float>().swap(m.opacity_logits);
+      decltype(m.opacity_logits)().swap(m.opacity_logits);
       g.sh = copy_out(m.sh);
     } catch (...) {
       ralhe_free(&g);

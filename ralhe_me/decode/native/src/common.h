@@ -7,8 +7,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 // A loop that does most of a stage's work lives in a function called many times (per step, per
@@ -21,6 +24,11 @@
 #define RALHE_NOINLINE
 #define RALHE_ALWAYS_INLINE inline
 #endif
+#if defined(__GNUC__) || defined(__clang__)
+#define RALHE_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define RALHE_INLINE_LAMBDA
+#endif
 
 // Kernels compiled for several x86 instruction sets and picked at load time (target attributes
 // and __builtin_cpu_supports): GCC on x86-64 Linux.  Other builds use the portable kernels.
@@ -31,6 +39,30 @@
 #endif
 
 namespace ralhe {
+
+// An allocator whose resize() leaves new elements default-initialized (uninitialized for
+// numbers): for the decoder's outputs, which are written in full right after they are sized, so
+// their pages are not zero-filled by a memset before the kernel's own zero page is overwritten.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <typename T>
+using OutputVector = std::vector<T, DefaultInitAllocator<T>>;
 
 enum class ErrorKind : int {
   kBadMagic = 1,            // BadMagicError

@@ -304,17 +304,18 @@ DecodedModel decode(const Container& container) {
   for (const auto& p2v : levels.point_to_voxel) point_to_voxel.push_back(p2v.data());
   m.sh.resize(size_t(n) * size_t(num_sh) * 3);
   m.opacity_logits.resize(size_t(n));
-  // the normalized signals are denormalized in place (elementwise)
+  // the SH come out denormalized; the opacities are denormalized in place below
+  ShDenormalization denorm;
+  denorm.mean = header.signal_mean.data();
+  denorm.std = header.signal_std.data();
+  denorm.gain = gain.empty() ? nullptr : gain.data();
   synthesize(arch, num_sh, weights, n, pos.coords.data(), header.depth, pos.neighbours.data(), point_to_voxel,
-             latents, m.sh.data(), m.opacity_logits.data());
+             latents, m.sh.data(), m.opacity_logits.data(), &denorm);
   std::vector<std::vector<int32_t>>().swap(latents);
   std::vector<int32_t>().swap(pos.neighbours);
   constexpr int64_t kChunk = 8192;  // points per call (see RALHE_NOINLINE in common.h)
   for (int64_t b = 0; b < n; b += kChunk) {
     const int64_t c = std::min(kChunk, n - b);
-    float* sh = m.sh.data() + b * num_sh * 3;
-    denormalize_sh(sh, c, num_sh, header.signal_mean.data(), header.signal_std.data(),
-                   gain.empty() ? nullptr : gain.data() + b, sh);
     float* logits = m.opacity_logits.data() + b;
     denormalize_opacity_logits(logits, c, num_sh, header.signal_mean.data(), header.signal_std.data(), logits);
   }

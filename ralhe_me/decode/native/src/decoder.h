@@ -23,11 +23,11 @@ struct DecodedModel {
   int64_t n = 0;
   int sh_degree = 0;
   int num_sh = 1;                      // (sh_degree + 1)^2
-  std::vector<float> means;            // [n, 3] voxel centers (world)
+  OutputVector<float> means;           // [n, 3] voxel centers (world)
   std::vector<float> log_scales;       // [n, 3]
   std::vector<float> quats;            // [n, 4] (w, x, y, z)
-  std::vector<float> opacity_logits;   // [n]
-  std::vector<float> sh;               // [n, num_sh, 3]
+  OutputVector<float> opacity_logits;  // [n]
+  OutputVector<float> sh;              // [n, num_sh, 3]
   // (stage, seconds) in decode order; the stages of decoder.py ("positions", "gains",
   // "covariance", "latents", "attributes"), "container" (unpack) first.
   std::vector<std::pair<std::string, double>> seconds;

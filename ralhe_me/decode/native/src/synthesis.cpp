@@ -21,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "common.h"
 #include "raht.h"
@@ -200,6 +201,21 @@ Kernels kernel_masks(int64_t M, const int32_t* rows /* [M, 26] */) {
   return kn;
 }
 
+// f(0), f(1), ..., f(n - 1) in this order: written out when the count C is known at compile time
+// (C > 0, and then n == C), so that small arrays of running sums stay in registers (a loop kept
+// them on the stack, each term waiting on a store and a load); a loop otherwise.
+template <typename F, int... I>
+RALHE_ALWAYS_INLINE void repeat_fixed(F& f, std::integer_sequence<int, I...>) {
+  (f(I), ...);
+}
+template <int C, typename F>
+RALHE_ALWAYS_INLINE void repeat(int n, F&& f) {
+  if constexpr (C > 0)
+    repeat_fixed(f, std::make_integer_sequence<int, C>{});
+  else
+    for (int i = 0; i < n; ++i) f(i);
+}
+
 RALHE_ALWAYS_INLINE int lowest_bit(uint32_t m) {  // m != 0
   return __builtin_ctz(m);
 }
@@ -222,6 +238,7 @@ struct GroupData {
   int K, group;
   float* sh_norm;
   float* opacity_norm;
+  const ShDenormalization* denorm;  // null: normalized SH
 };
 
 // The passes of a lane group over rows or points [begin, end); each pass needs the previous one
@@ -239,19 +256,19 @@ RALHE_ALWAYS_INLINE void pointwise_pass(const GroupData<N>& gd, int64_t begin, i
   const V* __restrict w1 = w.w1.data();
   for (int64_t m = begin; m < end; ++m) {
     const float* xr = gd.x + m * in * N;
-    V xv[kMaxDecoderWidth], acc[kMaxDecoderWidth];
-    for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
-    for (int j = 0; j < h2; ++j) acc[j] = w.b1[j];
+    V xv[IN ? IN : kMaxDecoderWidth], acc[H2 ? H2 : kMaxDecoderWidth];
+    repeat<IN>(in, [&](int i) RALHE_INLINE_LAMBDA { xv[i] = load<V>(xr + i * N); });
+    repeat<H2>(h2, [&](int j) RALHE_INLINE_LAMBDA { acc[j] = w.b1[j]; });
     // hidden value i of linear0 is added to every linear1 chain as soon as it exists: each
     // chain still sums its terms in order i = 0, 1, ..., and nothing is stored
-    for (int i = 0; i < h1; ++i) {
+    repeat<H1>(h1, [&](int i) RALHE_INLINE_LAMBDA {
       V h = w.b0[i];
-      for (int k = 0; k < in; ++k) h = h + xv[k] * w0[k * h1 + i];
+      repeat<IN>(in, [&](int k) RALHE_INLINE_LAMBDA { h = h + xv[k] * w0[k * h1 + i]; });
       h = relu<V, I>(h);
-      for (int j = 0; j < h2; ++j) acc[j] = acc[j] + h * w1[i * h2 + j];
-    }
+      repeat<H2>(h2, [&](int j) RALHE_INLINE_LAMBDA { acc[j] = acc[j] + h * w1[i * h2 + j]; });
+    });
     V* __restrict out = gd.hid2 + (gd.point_of ? gd.point_of[m] : m) * h2;
-    for (int j = 0; j < h2; ++j) out[j] = relu<V, I>(acc[j]);
+    repeat<H2>(h2, [&](int j) RALHE_INLINE_LAMBDA { out[j] = relu<V, I>(acc[j]); });
   }
 }
 
@@ -266,19 +283,20 @@ RALHE_ALWAYS_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64
   const uint32_t* __restrict masks = kn.mask.data();
   const V* __restrict c0 = w.c0.data();
   for (int64_t n = begin; n < end; ++n) {
-    V acc[kMaxDecoderWidth];
-    for (int o = 0; o < h3; ++o) acc[o] = w.cb0[o];
+    V acc[H3 ? H3 : kMaxDecoderWidth];
+    repeat<H3>(h3, [&](int o) RALHE_INLINE_LAMBDA { acc[o] = w.cb0[o]; });
     const int32_t* r = kn.rows + n * 26;
     for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
       const int k = lowest_bit(bits);
       const int64_t nb = k == kCenter ? n : r[kn.column[k]];
       const V* __restrict hm = gd.hid2 + nb * h2;
       const V* __restrict wk = c0 + k * h2 * h3;
-      for (int i = 0; i < h2; ++i)
-        for (int o = 0; o < h3; ++o) acc[o] = acc[o] + hm[i] * wk[i * h3 + o];
+      repeat<H2>(h2, [&](int i) RALHE_INLINE_LAMBDA {
+        repeat<H3>(h3, [&](int o) RALHE_INLINE_LAMBDA { acc[o] = acc[o] + hm[i] * wk[i * h3 + o]; });
+      });
     }
     V* __restrict out = gd.hid3 + n * h3;
-    for (int o = 0; o < h3; ++o) out[o] = relu<V, I>(acc[o]);
+    repeat<H3>(h3, [&](int o) RALHE_INLINE_LAMBDA { out[o] = relu<V, I>(acc[o]); });
   }
 }
 
@@ -301,21 +319,34 @@ RALHE_ALWAYS_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64
       const int64_t nb = k == kCenter ? n : r[kn.column[k]];
       const V* __restrict hm = gd.hid3 + nb * h3;
       const V* __restrict wk = c1 + k * h3 * 3;
-      for (int i = 0; i < h3; ++i)
-        for (int o = 0; o < 3; ++o) acc[o] = acc[o] + hm[i] * wk[i * 3 + o];
+      repeat<H3>(h3, [&](int i) RALHE_INLINE_LAMBDA {
+        repeat<3>(3, [&](int o) RALHE_INLINE_LAMBDA { acc[o] = acc[o] + hm[i] * wk[i * 3 + o]; });
+      });
     }
     if (gd.skip) {
       const float* xr = gd.x + (gd.row_of ? gd.row_of[n] : n) * in * N;
-      V xv[kMaxDecoderWidth];
-      for (int i = 0; i < in; ++i) xv[i] = load<V>(xr + i * N);
-      for (int o = 0; o < 3; ++o) {
+      V xv[IN ? IN : kMaxDecoderWidth];
+      repeat<IN>(in, [&](int i) RALHE_INLINE_LAMBDA { xv[i] = load<V>(xr + i * N); });
+      repeat<3>(3, [&](int o) RALHE_INLINE_LAMBDA {
         V s = w.skb[o];
-        for (int i = 0; i < in; ++i) s = s + xv[i] * sk[i * 3 + o];
+        repeat<IN>(in, [&](int i) RALHE_INLINE_LAMBDA { s = s + xv[i] * sk[i * 3 + o]; });
         acc[o] = acc[o] + s;
-      }
+      });
     }
     float lanes[3][N];
     std::memcpy(lanes, acc, sizeof lanes);
+    if (gd.denorm) {  // attributes.cpp denormalize_sh, value by value
+      const ShDenormalization& dn = *gd.denorm;
+      const double g = dn.gain ? dn.gain[n] : 1.0;
+      for (int l = 0; l < N && t0 + l < K; ++l) {
+        const int t = t0 + l;
+        float* o = gd.sh_norm + (n * K + t) * 3;
+        for (int c = 0; c < 3; ++c)
+          o[c] = static_cast<float>((static_cast<double>(lanes[c][l]) * g) * dn.std[t] + dn.mean[t * 3 + c]);
+      }
+      if (t0 <= K && K < t0 + N) gd.opacity_norm[n] = lanes[0][K - t0];
+      continue;
+    }
     for (int l = 0; l < N; ++l) {
       const int t = t0 + l;
       if (t < K) {
@@ -417,12 +448,54 @@ void group_inputs(const Architecture& arch, int A, int64_t M, int in, int g, con
   }
 }
 
-// All lane groups with N lanes.  The buffers hold N attributes, not K + 1.
+// What every lane group shares: the plan, the kernels, and the scratch buffers, sized for the
+// widest group (a narrower one uses the front of each as vectors of its own width).
+struct GroupShared {
+  const Architecture& arch;
+  const Widths& wd;
+  int K;
+  const SynthesisWeights& weights;
+  int64_t M;
+  const Kernels& kn;
+  const RahtPlan& plan;
+  const std::vector<const int32_t*>& point_to_voxel;
+  const std::vector<PlaneView>& planes;
+  const std::vector<int64_t>& plane_size;
+  const int64_t* row_of;  // [M] the transform-code row of each point (raht with skip), else null
+  float* x;               // [M, in, lanes] upsampled inputs
+  void* hid2;             // [M, h2] lane vectors
+  void* hid3;             // [M, h3] lane vectors
+  float* sh_norm;
+  float* opacity_norm;
+  const ShDenormalization* denorm;
+};
+
+// Lane group g of N lanes (attributes g * N .. g * N + N - 1): its inputs, then its three passes.
+template <int N>
+void run_group(const GroupShared& s, int g) {
+  typedef typename Lanes<N>::V V;
+  const bool raht = s.arch.transform == "raht";
+  const LaneWeights<N> lw = lane_weights<N>(s.wd, s.K, s.arch.skip, s.weights, g);
+  group_inputs<N>(s.arch, s.K + 1, s.M, s.wd.in, g, s.plan, s.point_to_voxel, s.planes, s.plane_size, s.x);
+  const GroupData<N> gd{s.wd,        &lw,    s.x,     raht ? s.plan.order.data() : nullptr,
+                        s.row_of,    &s.kn,  s.arch.skip, static_cast<V*>(s.hid2), static_cast<V*>(s.hid3),
+                        s.K,         g,      s.sh_norm, s.opacity_norm, s.denorm};
+  const PassFn<N> kernel = pass_kernel<N>(s.wd);
+  // passes run in chunks of points, one call each (see RALHE_NOINLINE in common.h)
+  constexpr int64_t kChunk = 4096;
+  for (int pass = 0; pass < 3; ++pass)
+    for (int64_t b = 0; b < s.M; b += kChunk) kernel(gd, pass, b, std::min(s.M, b + kChunk));
+}
+
+// All lane groups with N lanes, except that with N = 8 a last group of at most 4 attributes (SH
+// degree 3's opacity: 17 = 8 + 8 + 1) runs with 4: half the inverse-transform columns and half
+// the buffer traffic of an 8-lane group that would be mostly padding.  Lanes are independent,
+// so the width of a group changes no bit.
 template <int N>
 void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const SynthesisWeights& weights, int64_t M,
                       const Kernels& kn, const RahtPlan& plan, const std::vector<const int32_t*>& point_to_voxel,
                       const std::vector<PlaneView>& planes, const std::vector<int64_t>& plane_size, float* sh_norm,
-                      float* opacity_norm) {
+                      float* opacity_norm, const ShDenormalization* denorm) {
   typedef typename Lanes<N>::V V;
   const bool raht = arch.transform == "raht";
   const int in = wd.in, A = K + 1;
@@ -434,19 +507,13 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   // every element is written before it is read: no zero-filling
   std::unique_ptr<float[]> x(new float[size_t(M) * in * N]);  // [rows, in, N]
   VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
-  const PassFn<N> kernel = pass_kernel<N>(wd);
-  const int groups = (A + N - 1) / N;
-  // passes run in chunks of points, one call each (see RALHE_NOINLINE in common.h)
-  constexpr int64_t kChunk = 4096;
-  for (int g = 0; g < groups; ++g) {
-    const LaneWeights<N> lw = lane_weights<N>(wd, K, arch.skip, weights, g);
-    group_inputs<N>(arch, A, M, in, g, plan, point_to_voxel, planes, plane_size, x.get());
-    const GroupData<N> gd{wd,        &lw,       x.get(), raht ? plan.order.data() : nullptr,
-                          row_of.empty() ? nullptr : row_of.data(), &kn, arch.skip, hid2.data(), hid3.data(),
-                          K,         g,         sh_norm, opacity_norm};
-    for (int pass = 0; pass < 3; ++pass)
-      for (int64_t b = 0; b < M; b += kChunk) kernel(gd, pass, b, std::min(M, b + kChunk));
-  }
+  const GroupShared shared{arch,   wd,    K,           weights,     M,           kn,       plan,
+                           point_to_voxel, planes, plane_size, row_of.empty() ? nullptr : row_of.data(),
+                           x.get(), hid2.data(), hid3.data(), sh_norm, opacity_norm, denorm};
+  const int tail = N == 8 ? A % 8 : 0;
+  const int full = tail >= 1 && tail <= 4 ? A / N : (A + N - 1) / N;
+  for (int g = 0; g < full; ++g) run_group<N>(shared, g);
+  if (full * N < A) run_group<4>(shared, full * N / 4);
 }
 
 }  // namespace
@@ -525,7 +592,7 @@ SynthesisWeights dequantize_weights(const Architecture& arch, int num_sh, const 
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<PlaneView>& planes,
-                float* sh_norm, float* opacity_norm) {
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm) {
   check_architecture(arch);
   if (num_sh < 1 || num_sh > 1024) corrupt("invalid number of SH coefficients " + std::to_string(num_sh));
   if (M < 0 || M > INT32_MAX) corrupt("invalid number of points " + std::to_string(M));
@@ -581,20 +648,23 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
   // (up to 4 attributes, SH degree 0, fill one 4-lane group: 8 lanes would only add padding)
   const int lanes = A <= 4 ? 4 : lanes_for_this_cpu();
   if (lanes == 8) {
-    synthesize_lanes<8>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm);
+    synthesize_lanes<8>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm,
+                        denorm);
     return;
   }
 #endif
-  synthesize_lanes<4>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm);
+  synthesize_lanes<4>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm,
+                      denorm);
 }
 
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<std::vector<int32_t>>& planes,
-                float* sh_norm, float* opacity_norm) {
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm) {
   std::vector<PlaneView> views;
   for (const auto& p : planes) views.push_back(PlaneView{p.data(), int64_t(p.size())});
-  synthesize(arch, num_sh, weights, M, coords, depth, neighbours, point_to_voxel, views, sh_norm, opacity_norm);
+  synthesize(arch, num_sh, weights, M, coords, depth, neighbours, point_to_voxel, views, sh_norm, opacity_norm,
+             denorm);
 }
 
 }  // namespace ralhe

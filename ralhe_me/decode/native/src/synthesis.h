@@ -74,20 +74,30 @@ struct PlaneView {  // one latent plane [A, n_p] attribute-major (A = num_sh + 1
   int64_t size = 0;
 };
 
+// Optional in synthesize: the SH written already denormalized, attributes.h denormalize_sh's
+// operations applied to each value as the synthesis makes it (the same bits, without a second
+// pass over the [M, K, 3] output).
+struct ShDenormalization {
+  const double* mean = nullptr;  // [K + 1, 3]
+  const double* std = nullptr;   // [K + 1]
+  const double* gain = nullptr;  // [M], or null: no gain map
+};
+
 // Decode all M points.  Inputs (checked; bad ones throw ralhe::Error naming the problem):
 //   coords [M, 3] in [0, 2^depth), unique (raht only; any order, Morton in a file)
 //   neighbours [M, 26] row of the voxel at coord + geometry/occupancy.py NEIGHBOUR_OFFSETS[j]
 //       ((dx, dy, dz) in {-1, 0, 1}^3 \ 0 with dx slowest), -1 where empty
 //   point_to_voxel: per level l < L, [M] the row of each point's level-l ancestor (pyramid only)
 //   planes: planes_per_channel * C planes, plane p of size A * n_p (n_p = M for raht)
-// Outputs: sh_norm [M, K, 3] and opacity_norm [M], point-major.
+// Outputs: sh_norm [M, K, 3] (denormalized where denorm is given) and opacity_norm [M],
+// point-major.
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<PlaneView>& planes,
-                float* sh_norm, float* opacity_norm);
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm = nullptr);
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<std::vector<int32_t>>& planes,
-                float* sh_norm, float* opacity_norm);
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm = nullptr);
 
 }  // namespace ralhe
