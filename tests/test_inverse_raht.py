@@ -155,13 +155,56 @@ def test_inverse_falls_back_to_torch_without_extension(monkeypatch):
 
 
 def test_columns_keep_the_gradient():
-    """Planes that need a gradient take the torch path (training)."""
+    """Planes that need a gradient get one, on the torch path and (where built) the native one."""
     pts, depth = cloud(300, 6, seed=7)
     inv = InverseRaht.from_coords(pts, depth)
-    planes = [p.requires_grad_() for p in planes_for(len(pts), 2, 3, torch.float64, seed=3)]
-    out = inv.columns(planes)
-    out.square().sum().backward()
-    assert all(p.grad is not None and p.grad.shape == p.shape for p in planes)
+    for native in ((False, True) if inverse_module.native_available() else (False,)):
+        planes = [p.requires_grad_() for p in planes_for(len(pts), 2, 3, torch.float64, seed=3)]
+        out = inv.columns(planes, native=native)
+        out.square().sum().backward()
+        assert all(p.grad is not None and p.grad.shape == p.shape for p in planes)
+
+
+@native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_gradient_equals_torch_autograd_bit_for_bit(dtype):
+    """Training's native inverse takes its gradient from the transform's adjoint (the butterflies
+    transposed, finest first): the same bits as autograd through the torch reference, on odd
+    shapes too (1 and 2 points, distant points, many columns)."""
+    clouds = [np.array([[3, 1, 2]]), np.array([[0, 0, 0], [1, 0, 0]]), np.array([[0, 0, 0], [7, 7, 7]]),
+              cloud(300, 5, seed=3)[0], cloud(2000, 8, seed=4)[0]]
+    for i, (pts, depth) in enumerate(zip(clouds, [3, 3, 3, 5, 8])):
+        inv = InverseRaht.from_coords(pts, depth)
+        for p, q in ((1, 1), (3, 17)):
+            planes = [x.requires_grad_() for x in planes_for(len(pts), p, q, dtype, seed=10 * i + p)]
+            g = torch.Generator().manual_seed(i)
+            weight = torch.randn(q, len(pts), p, generator=g, dtype=torch.float64).to(dtype)
+            ref_out = inv.columns(planes, native=False)
+            ref = torch.autograd.grad((ref_out * weight).sum(), planes)
+            out = inv.columns(planes)  # automatic: native when built, with a gradient too
+            assert out.grad_fn is not None and "Native" in type(out.grad_fn).__name__
+            assert same_bits(out.detach(), ref_out.detach())
+            got = torch.autograd.grad((out * weight).sum(), planes)
+            assert all(same_bits(a, b) for a, b in zip(got, ref)), (i, p, q)
+    pts, depth = cloud(200, 5, seed=8)
+    inv = InverseRaht.from_coords(pts, depth)
+    planes = [x.requires_grad_() for x in planes_for(len(pts), 2, 2, torch.float64, seed=4)]
+    assert torch.autograd.gradcheck(lambda *xs: inv.columns(list(xs), native=True), planes)
+
+
+@native
+def test_native_adjoint_bad_input_is_named():
+    module = inverse_module._native_module()
+    left, right, a, b, order = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
+    m = len(order)
+    with pytest.raises(ValueError, match=r"\[Q, M, P\]"):
+        module.raht_adjoint(np.zeros((2, m), np.float32), left, right, a, b, order)
+    with pytest.raises(ValueError, match="plan of"):
+        module.raht_adjoint(np.zeros((2, m + 1, 3), np.float32), left, right, a, b, order)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        module.raht_adjoint(np.zeros((2, m, 3), np.int32), left, right, a, b, order)
+    with pytest.raises(ValueError, match="merge rows"):
+        module.raht_adjoint(np.zeros((2, m, 3), np.float32), left[::-1].copy(), right[::-1].copy(), a, b, order)
 
 
 def test_synthesis_decode_equals_the_pure_torch_decode(monkeypatch):

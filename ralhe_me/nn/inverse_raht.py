@@ -9,11 +9,12 @@ paper needed about 1.7x the bits of RAHT for 2 dB less (donut: 19.6 bits/point g
 
 The plan (merge steps, weights) comes from ``baselines/raht.py`` and the geometry alone, so
 encoder and decoder build the same one; this module runs its inverse batched over columns
-with index copies, which autograd differentiates (training) and which are exact elementwise
-float32 operations (decoding): no reductions, so no dependence on the thread count. Decoding
-(no gradient) runs the same operations in place in C++ when the ``_decode_cpu`` extension is
-built (nn/csrc/decode.cpp: every node stays in the row of its first point, so only the two
-rows of each butterfly are touched), with equal bits; the torch version is its test reference.
+with index copies, which autograd differentiates and which are exact elementwise float32
+operations: no reductions, so no dependence on the thread count. Where the ``_decode_cpu``
+extension is built (nn/csrc/decode.cpp) the same operations run in place in C++ (every node
+stays in the row of its first point, so only the two rows of each butterfly are touched), with
+equal bits, and training takes its gradient from the transform's adjoint there; the torch
+version is the test reference of both.
 """
 from __future__ import annotations
 
@@ -122,12 +123,11 @@ class InverseRaht:
             raise ValueError(f"coefficient planes must be [Q, {self.num_points}], got {tuple(planes[0].shape)}")
         module = _native_module() if native is not False else None
         usable = (module is not None and planes[0].dtype in (torch.float32, torch.float64)
-                  and all(p.dtype == planes[0].dtype and p.device.type == "cpu" for p in planes)
-                  and not (torch.is_grad_enabled() and any(p.requires_grad for p in planes)))
+                  and all(p.dtype == planes[0].dtype and p.device.type == "cpu" for p in planes))
         if native and module is None:
             raise ImportError("the native inverse RAHT (ralhe_me.nn._decode_cpu) is not built")
         if native and not usable:
-            raise ValueError("the native inverse RAHT takes float32/float64 CPU planes without gradient")
+            raise ValueError("the native inverse RAHT takes float32/float64 CPU planes")
         if native is None:
             native = usable
         if not native:
@@ -135,6 +135,8 @@ class InverseRaht:
             return self(coeffs).reshape(m, q, len(planes)).permute(1, 0, 2).contiguous()
         if self._native_plan is None:
             self._native_plan = self._build_native_plan(module)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in planes):
+            return _NativeInverse.apply(module, self._native_plan, *planes)
         arrays = [p.detach().contiguous().numpy() for p in planes]
         return torch.from_numpy(module.inverse_raht(arrays, *self._native_plan))
 
@@ -152,3 +154,22 @@ class InverseRaht:
         a = np.concatenate([st.a for st in steps]) if steps else np.zeros(0)
         b = np.concatenate([st.b for st in steps]) if steps else np.zeros(0)
         return left, right, a, b, np.ascontiguousarray(plan.order, dtype=np.int64)
+
+
+class _NativeInverse(torch.autograd.Function):
+    """The native inverse with its gradient: the transform's adjoint (``raht_adjoint``, the
+    butterflies transposed, finest first). Training runs it instead of recording the torch
+    version's index copies level by level (their saved tensors and backward were most of a
+    step's transform time and memory); the torch version stays the reference the tests hold
+    it to."""
+
+    @staticmethod
+    def forward(ctx, module, plan: Tuple, *planes: Tensor) -> Tensor:  # P x [Q, M] -> [Q, M, P]
+        ctx.module, ctx.plan = module, plan
+        arrays = [p.detach().contiguous().numpy() for p in planes]
+        return torch.from_numpy(module.inverse_raht(arrays, *plan))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # [Q, M, P] -> P x [Q, M]
+        grads = ctx.module.raht_adjoint(grad.detach().contiguous().numpy(), *ctx.plan)
+        return (None, None) + tuple(torch.from_numpy(g) for g in grads)

@@ -1,6 +1,6 @@
-// Native kernels of the attribute synthesis (ralhe_me/decode/synthesis.py), for decoding (no autograd):
-// the inverse RAHT in place, the decoders' point-wise layers, and the index helpers of the 3x3x3
-// neighbour maps (nn/neighbors.py).  Each has a torch/numpy reference in Python with the same
+// Native kernels of the attribute synthesis (ralhe_me/decode/synthesis.py): the inverse RAHT in
+// place and its adjoint (the inverse's gradient in training), the decoders' point-wise layers, and
+// the index helpers of the 3x3x3 neighbour maps (nn/neighbors.py).  Each has a torch/numpy reference in Python with the same
 // results bit for bit, used where this module is not built; tests compare the two.
 //
 // inverse_raht, raht_plan, raht_pairs: Python wrappers of the native decoder's inverse RAHT
@@ -138,6 +138,67 @@ py::object inverse_raht_any(const py::list& columns, I64 left, I64 right, F64 a,
   if (py::isinstance<py::array_t<float>>(first)) return inverse_raht_typed<float>(columns, left, right, a, b, order);
   if (py::isinstance<py::array_t<double>>(first)) return inverse_raht_typed<double>(columns, left, right, a, b, order);
   throw std::invalid_argument("inverse_raht: coefficients must be float32 or float64");
+}
+
+// The adjoint (transpose) of inverse_raht, for its gradient in training: grad [Q, M, P] of the
+// point-order output -> P arrays [Q, M], the gradient of each coefficient column.  The merges run
+// in reverse (finest first), each the transpose of its butterfly:
+//   dlow = a * dl + b * dr;  dhigh = (-b) * dl + a * dr   (dl, dr: the gradients of rows left, right)
+// with dlow staying in the left row and dhigh the gradient of the merge's high-pass coefficient;
+// the root's row ends with the DC's.  Deterministic (one thread, a fixed order), so an encode
+// trains the same latents every run.
+template <typename T>
+std::vector<py::array_t<T>> raht_adjoint(Arr<T> grad_in, I64 left_rows, I64 right_rows, F64 a_in, F64 b_in,
+                                         I64 order_in) {
+  if (grad_in.ndim() != 3) throw std::invalid_argument("raht_adjoint: the gradient must be [Q, M, P]");
+  const int64_t Q = grad_in.shape(0), M = grad_in.shape(1), P = grad_in.shape(2), X = P * Q;
+  const int64_t G = left_rows.shape(0);
+  if (M < 1 || G != M - 1 || right_rows.shape(0) != G || a_in.shape(0) != G || b_in.shape(0) != G ||
+      order_in.shape(0) != M)
+    throw std::invalid_argument("raht_adjoint: plan of " + std::to_string(G + 1) + " points for " + std::to_string(M) +
+                                " gradient rows");
+  const int64_t *L = left_rows.data(), *R = right_rows.data(), *order = order_in.data();
+  const double *A = a_in.data(), *B = b_in.data();
+  as_value_error([&] { ralhe::check_raht_merges(M, L, R); return 0; });
+  for (int64_t m = 0; m < M; ++m)
+    if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("raht_adjoint: order out of range");
+  // rows in transform-code order: row m holds the point order[m]'s gradients, column q * P + p
+  std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);
+  T* w = work.get();
+  const T* g = grad_in.data();
+  for (int64_t m = 0; m < M; ++m) {
+    T* row = w + m * X;
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t p = 0; p < P; ++p) row[q * P + p] = g[(q * M + order[m]) * P + p];
+  }
+  std::vector<py::array_t<T>> out;
+  std::vector<T*> col(X);
+  for (int64_t p = 0; p < P; ++p) out.emplace_back(std::vector<py::ssize_t>{Q, M});
+  for (int64_t q = 0; q < Q; ++q)
+    for (int64_t p = 0; p < P; ++p) col[q * P + p] = out[p].mutable_data() + q * M;
+  {
+    py::gil_scoped_release release;
+    for (int64_t k = G; k-- > 0;) {
+      T* __restrict lo = w + L[k] * X;
+      T* __restrict hi = w + R[k] * X;
+      const T a = static_cast<T>(A[k]), b = static_cast<T>(B[k]), nb = -b;
+      for (int64_t x = 0; x < X; ++x) {
+        const T dl = lo[x], dr = hi[x];
+        lo[x] = a * dl + b * dr;
+        col[x][1 + k] = nb * dl + a * dr;
+      }
+    }
+    for (int64_t x = 0; x < X; ++x) col[x][0] = w[x];  // the root's row: 0
+  }
+  return out;
+}
+
+py::object raht_adjoint_any(const py::array& grad, I64 left, I64 right, F64 a, F64 b, I64 order) {
+  if (py::isinstance<py::array_t<float>>(grad))
+    return py::cast(raht_adjoint<float>(py::cast<Arr<float>>(grad), left, right, a, b, order));
+  if (py::isinstance<py::array_t<double>>(grad))
+    return py::cast(raht_adjoint<double>(py::cast<Arr<double>>(grad), left, right, a, b, order));
+  throw std::invalid_argument("raht_adjoint: the gradient must be float32 or float64");
 }
 
 // ---------------------------------------------------------------- point-wise layers (nn/grouped_decoder.py)
@@ -390,6 +451,8 @@ PYBIND11_MODULE(_decode_cpu, m) {
   m.def("raht_plan", &raht_plan, py::arg("coords"), py::arg("depth"));
   m.def("raht_pairs", &raht_pairs, py::arg("num_points"), py::arg("stage_starts"), py::arg("stage_left"));
   m.def("inverse_raht", &inverse_raht_any, py::arg("columns"), py::arg("left"), py::arg("right"), py::arg("a"),
+        py::arg("b"), py::arg("order"));
+  m.def("raht_adjoint", &raht_adjoint_any, py::arg("grad"), py::arg("left"), py::arg("right"), py::arg("a"),
         py::arg("b"), py::arg("order"));
   m.def("mlp_supported", &mlp_supported);
   m.def("pointwise_mlp", &pointwise_mlp, py::arg("x"), py::arg("w0"), py::arg("b0"), py::arg("w1"), py::arg("b1"),
