@@ -216,6 +216,16 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def _preset_render_steps() -> str:
+    """'fast 0, quality 200': each preset's refinement steps, read from models/ for the help."""
+    from .config import list_presets, load_preset
+
+    try:
+        return ", ".join(f"{name} {load_preset(name).training.render_steps}" for name in list_presets())
+    except Exception as exc:  # a broken preset file is reported when it is used, not in --help
+        return f"presets unreadable: {exc}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ralhe",
@@ -292,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-steps", type=int, default=None,
                    help="image-domain refinement steps after training: the latents, decoders and entropy "
                         "models minimize rendered-image error plus rate against renders of the input "
-                        "(or --dataset's training images); default: the preset's (quality 200, fast 50), "
+                        f"(or --dataset's training images); default: the preset's ({_preset_render_steps()}), "
                         "0 to skip")
     p.add_argument("--codebook", type=positive_int, default=None,
                    help="covariance VQ codebook size (default: the one giving the fewest bytes)")

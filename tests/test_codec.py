@@ -171,3 +171,16 @@ def test_inference_upsample_equals_training_upsample():
         fast = syn.upsample(planes)
     slow = syn.upsample(planes)  # grad mode: the training path
     assert torch.equal(fast, slow)
+
+
+def test_encode_help_states_each_presets_refinement_steps():
+    """--render-steps' default is read from the preset files (the help once said 50 for the fast
+    preset, which runs none)."""
+    from ralhe_me.cli import build_parser
+    from ralhe_me.config import list_presets, load_preset
+
+    encode = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "encode")[1]
+    text = " ".join(encode.format_help().split())
+    for name in list_presets():
+        assert f"{name} {load_preset(name).training.render_steps}" in text
+    assert "fast 0" in text and "quality 200" in text
