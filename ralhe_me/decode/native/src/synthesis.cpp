@@ -477,9 +477,9 @@ void run_group(const GroupShared& s, int g) {
   const bool raht = s.arch.transform == "raht";
   const LaneWeights<N> lw = lane_weights<N>(s.wd, s.K, s.arch.skip, s.weights, g);
   group_inputs<N>(s.arch, s.K + 1, s.M, s.wd.in, g, s.plan, s.point_to_voxel, s.planes, s.plane_size, s.x);
-  const GroupData<N> gd{s.wd,        &lw,    s.x,     raht ? s.plan.order.data() : nullptr,
-                        s.row_of,    &s.kn,  s.arch.skip, static_cast<V*>(s.hid2), static_cast<V*>(s.hid3),
-                        s.K,         g,      s.sh_norm, s.opacity_norm, s.denorm};
+  const GroupData<N> gd{s.wd, &lw, s.x, raht ? s.plan.order.data() : nullptr, s.row_of, &s.kn, s.arch.skip,
+                        static_cast<V*>(s.hid2), static_cast<V*>(s.hid3), s.K, g, s.sh_norm, s.opacity_norm,
+                        s.denorm};
   const PassFn<N> kernel = pass_kernel<N>(s.wd);
   // passes run in chunks of points, one call each (see RALHE_NOINLINE in common.h)
   constexpr int64_t kChunk = 4096;
@@ -507,9 +507,9 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   // every element is written before it is read: no zero-filling
   std::unique_ptr<float[]> x(new float[size_t(M) * in * N]);  // [rows, in, N]
   VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
-  const GroupShared shared{arch,   wd,    K,           weights,     M,           kn,       plan,
-                           point_to_voxel, planes, plane_size, row_of.empty() ? nullptr : row_of.data(),
-                           x.get(), hid2.data(), hid3.data(), sh_norm, opacity_norm, denorm};
+  const GroupShared shared{arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size,
+                           row_of.empty() ? nullptr : row_of.data(), x.get(), hid2.data(), hid3.data(), sh_norm,
+                           opacity_norm, denorm};
   const int tail = N == 8 ? A % 8 : 0;
   const int full = tail >= 1 && tail <= 4 ? A / N : (A + N - 1) / N;
   for (int g = 0; g < full; ++g) run_group<N>(shared, g);
