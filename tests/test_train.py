@@ -99,16 +99,23 @@ def test_gain_map_spends_accuracy_where_the_weights_are(scene):
 
 
 def test_arm_refit_lowers_the_rate_of_the_same_latents(scene):
+    """The refit never touches the latents and lowers their rate; its own schedule (the defaults:
+    300 steps at 0.05 on 5% samples) beats the former 40 steps at the training's rate and sample."""
     import torch
 
     config, vox, levels = scene
     signals = extract_signals(vox.model, 0.25)
+    former = dict(arm_refit_steps=40, arm_refit_learning_rate=config.training.learning_rate,
+                  arm_refit_subsample=1.0)
+    runs = {"none": dict(arm_refit_steps=0), "former": former, "default": {}}
     results = {}
-    for refit in (0, 30):
-        training = dataclasses.replace(config.training, steps=8, arm_refit_steps=refit, rate_subsample=1.0)
-        results[refit] = train_attributes(signals, levels, config.architecture, training, 3e-3)
-    for a, b in zip(results[0].latents, results[30].latents):  # refitting never touches the latents
-        assert torch.equal(a, b)
+    for name, overrides in runs.items():
+        training = dataclasses.replace(config.training, steps=8, rate_subsample=1.0, **overrides)
+        results[name] = train_attributes(signals, levels, config.architecture, training, 3e-3)
+    for name in ("former", "default"):  # refitting never touches the latents
+        for a, b in zip(results["none"].latents, results[name].latents):
+            assert torch.equal(a, b)
     with torch.no_grad():
         bits = {k: float(r.synthesis.rate_bits(r.latents)) for k, r in results.items()}
-    assert bits[30] < 0.95 * bits[0], bits
+    assert bits["former"] < 0.95 * bits["none"], bits
+    assert bits["default"] < 0.97 * bits["former"], bits

@@ -127,19 +127,21 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
 def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], training: TrainingConfig,
               generator: torch.Generator, history: List[dict]) -> None:
     """Fit the ARMs alone to the final integer latents. During training they saw latents
-    with uniform noise and then only a few straight-through steps, so they predict scales
-    too wide for what is coded: planes of nearly all zeros (the higher SH bands at low
-    rates) cost several times what a sharp model charges. Minimizing the exact rate of the
-    fixed integers fixes that at no distortion cost."""
+    with uniform noise, a rate sample per step and only a few straight-through steps, at the
+    latents' learning rate, so they predict scales too wide for what is coded: planes of
+    nearly all zeros (the finest RAHT levels, the higher SH bands at low rates) cost several
+    times their empirical entropy. Minimizing the exact rate of the fixed integers, with its
+    own steps, rate and sample (``arm_refit_*``), fixes that at no distortion cost."""
     steps = int(training.arm_refit_steps)
     if steps <= 0:
         return
-    opt = torch.optim.Adam(synthesis.arm.parameters(), lr=training.learning_rate)
+    lr = float(training.arm_refit_learning_rate)
+    opt = torch.optim.Adam(synthesis.arm.parameters(), lr=lr)
     n_points = latents[0].shape[1] if latents else 1
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = training.learning_rate * 0.5 * (1 + math.cos(math.pi * step / steps))
-        bits = synthesis.rate_bits(latents, subsample=training.rate_subsample, generator=generator)
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        bits = synthesis.rate_bits(latents, subsample=training.arm_refit_subsample, generator=generator)
         opt.zero_grad(set_to_none=True)
         bits.backward()
         opt.step()
