@@ -119,3 +119,31 @@ def test_arm_refit_lowers_the_rate_of_the_same_latents(scene):
         bits = {k: float(r.synthesis.rate_bits(r.latents)) for k, r in results.items()}
     assert bits["former"] < 0.95 * bits["none"], bits
     assert bits["default"] < 0.97 * bits["former"], bits
+
+
+def test_arm_refit_sample_is_capped_for_large_scenes(scene):
+    """Each refit step evaluates arm_refit_subsample of the latent positions, but never more than
+    arm_refit_max_samples of them, so the refit's time stops growing with the scene."""
+    import torch
+
+    from ralhe_me.train.schedule import refit_arm
+
+    config, vox, levels = scene
+    signals = extract_signals(vox.model, 0.25)
+    training = dataclasses.replace(config.training, steps=2, arm_refit_steps=0, rate_subsample=1.0)
+    trained = train_attributes(signals, levels, config.architecture, training, 3e-3)
+    total = sum(int(l.shape[1]) for l in trained.latents)
+    seen = []
+    original = trained.synthesis.positions_rate_bits
+
+    def recording(values, positions):
+        seen.append(len(positions))
+        return original(values, positions)
+
+    trained.synthesis.positions_rate_bits = recording
+    small = total // 100  # binds: 1% of the positions, below the 5% asked for
+    for cap, expected in ((10 ** 9, int(total * 0.05)), (small, small)):
+        seen.clear()
+        refit = dataclasses.replace(training, arm_refit_steps=3, arm_refit_subsample=0.05, arm_refit_max_samples=cap)
+        refit_arm(trained.synthesis, trained.latents, refit, torch.Generator().manual_seed(0), [])
+        assert seen[:3] == [expected] * 3, (cap, seen)  # then one full evaluation for the history

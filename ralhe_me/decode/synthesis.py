@@ -298,8 +298,13 @@ class AttributeSynthesis(nn.Module):
             positions = torch.randperm(total, generator=generator)[:keep]
         else:
             keep, positions = total, torch.arange(total)
+        return self.positions_rate_bits(values, positions) * (total / keep)
+
+    def positions_rate_bits(self, values: Tensor, positions: Tensor) -> Tensor:
+        """Bits under the float ARM of the latents at ``positions`` [P] of the concatenation
+        ``values`` [A, T] of all planes (the ARM refit concatenates its fixed planes once)."""
         mu, log_scale = self.arm(self.contexts(values, positions))
-        return laplace_rate_bits(values[:, positions], mu, log_scale).sum() * (total / keep)
+        return laplace_rate_bits(values[:, positions], mu, log_scale).sum()
 
 
 def sample_rows(num_points: int, fraction: float, chunk: int, generator: torch.Generator) -> Optional[Tensor]:

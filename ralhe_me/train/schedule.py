@@ -138,10 +138,17 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
     lr = float(training.arm_refit_learning_rate)
     opt = torch.optim.Adam(synthesis.arm.parameters(), lr=lr)
     n_points = latents[0].shape[1] if latents else 1
+    values = torch.cat(latents, dim=1)  # [A, T], fixed: concatenated once
+    total = values.shape[1]
+    # a sample of at most arm_refit_max_samples positions per step, drawn with replacement: a few
+    # thousand parameters need no more, and no step costs O(T), so the refit's time stops
+    # growing with the scene
+    keep = max(1, min(int(total * float(training.arm_refit_subsample)), int(training.arm_refit_max_samples)))
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        bits = synthesis.rate_bits(latents, subsample=training.arm_refit_subsample, generator=generator)
+        positions = torch.randint(0, total, (keep,), generator=generator)
+        bits = synthesis.positions_rate_bits(values, positions) * (total / keep)
         opt.zero_grad(set_to_none=True)
         bits.backward()
         opt.step()
