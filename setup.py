@@ -76,6 +76,18 @@ try:
             extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off"],
         )
     )
+    # The float ARM's training rate with its gradient in one pass (train/arm_rate.py); pybind11
+    # only; training falls back to the torch reference without it.  Threads: OpenMP.
+    ext_modules.append(
+        Extension(
+            "ralhe_me.train._arm_rate_cpu",
+            [os.path.join("ralhe_me", "train", "csrc", "arm_rate.cpp")],
+            include_dirs=include_paths(),
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+        )
+    )
     # The native decoder for Python: the whole library plus one binding file per part.
     native_dir = os.path.dirname(NATIVE_SRC)
     ext_modules.append(

@@ -279,6 +279,13 @@ class AttributeSynthesis(nn.Module):
             opacity = opacity + torch.baddbmm(self.opacity_skip_bias, ao, self.opacity_skip)
         return sh, opacity
 
+    @property
+    def segment_start(self) -> Tensor:  # [T] int64
+        """Index of the segment start of every latent in the concatenation of all planes."""
+        if self._segment_start is None:
+            raise RuntimeError("bind() the geometry first")
+        return self._segment_start
+
     def contexts(self, values: Tensor, positions: Tensor) -> Tensor:
         """Contexts [A, P, K] of ``positions`` [P] in the concatenation ``values`` [A, T] of
         all planes: the K latents before, zero where they fall before the segment start."""
@@ -292,19 +299,23 @@ class AttributeSynthesis(nn.Module):
         """Estimated bits of all latents under the float ARM (an unbiased estimate when
         only a random ``subsample`` fraction of the latents is evaluated)."""
         values = torch.cat(planes, dim=1)  # [A, T]
-        total = values.shape[1]
-        if subsample < 1.0:
-            keep = max(1, int(total * subsample))
-            positions = torch.randperm(total, generator=generator)[:keep]
-        else:
-            keep, positions = total, torch.arange(total)
-        return self.positions_rate_bits(values, positions) * (total / keep)
+        positions, scale = sample_positions(values.shape[1], subsample, generator)
+        return self.positions_rate_bits(values, positions) * scale
 
     def positions_rate_bits(self, values: Tensor, positions: Tensor) -> Tensor:
         """Bits under the float ARM of the latents at ``positions`` [P] of the concatenation
         ``values`` [A, T] of all planes (the ARM refit concatenates its fixed planes once)."""
         mu, log_scale = self.arm(self.contexts(values, positions))
         return laplace_rate_bits(values[:, positions], mu, log_scale).sum()
+
+
+def sample_positions(total: int, subsample: float, generator: Optional[torch.Generator]) -> Tuple[Tensor, float]:
+    """A random ``subsample`` fraction of ``total`` latent positions (all of them at 1) and the
+    factor that makes their bits an unbiased estimate of all the latents' bits."""
+    if subsample < 1.0:
+        keep = max(1, int(total * subsample))
+        return torch.randperm(total, generator=generator)[:keep], total / keep
+    return torch.arange(total), 1.0
 
 
 def sample_rows(num_points: int, fraction: float, chunk: int, generator: torch.Generator) -> Optional[Tensor]:

@@ -39,6 +39,7 @@ from ..attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
 from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
+from .arm_rate import rate_bits
 from .quantization import noisy, ste_round
 
 CALIBRATION_VIEWS = 16
@@ -210,7 +211,7 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
-        bits = synthesis.rate_bits([noisy(p, gen) for p in params], subsample=training.render_rate_subsample,
+        bits = rate_bits(synthesis, [noisy(p, gen) for p in params], subsample=training.render_rate_subsample,
                                    generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
@@ -241,5 +242,5 @@ def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, renders: Lis
     the target's views plus ``lmbda`` times the bits per point under the float ARM, with its two
     parts."""
     image_mse = float(np.mean([target.render_mse(img, v).item() for v, img in enumerate(renders)]))
-    bits_per_point = float(synthesis.rate_bits(latents)) / target.num_points
+    bits_per_point = float(rate_bits(synthesis, latents)) / target.num_points
     return {"cost": c * image_mse + lmbda * bits_per_point, "image_mse": image_mse, "bits_per_point": bits_per_point}

@@ -24,6 +24,7 @@ from ..attributes import AttributeSignals, SignalDistortion
 from ..config import ArchitectureConfig, TrainingConfig
 from ..decode.synthesis import AttributeSynthesis, sample_rows
 from ..geometry.octree import OctreeLevels
+from .arm_rate import positions_rate_bits, rate_bits
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -148,12 +149,12 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         positions = torch.randint(0, total, (keep,), generator=generator)
-        bits = synthesis.positions_rate_bits(values, positions) * (total / keep)
+        bits = positions_rate_bits(synthesis, values, positions) * (total / keep)
         opt.zero_grad(set_to_none=True)
         bits.backward()
         opt.step()
     with torch.no_grad():
-        bits = synthesis.rate_bits(latents, subsample=training.rate_subsample, generator=generator)
+        bits = rate_bits(synthesis, latents, subsample=training.rate_subsample, generator=generator)
     history.append({"step": "arm_refit", "bits_per_point": bits.item() / max(1, n_points)})
 
 
@@ -201,7 +202,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
         distortion = distortion_of(pred_sh, pred_op, rows)
-        bits = synthesis.rate_bits(q, subsample=training.rate_subsample, generator=gen)
+        bits = rate_bits(synthesis, q, subsample=training.rate_subsample, generator=gen)
         loss = distortion + lmbda * bits / n_points
         opt.zero_grad(set_to_none=True)
         loss.backward()
