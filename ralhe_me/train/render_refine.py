@@ -212,7 +212,7 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
         bits = rate_bits(synthesis, [noisy(p, gen) for p in params], subsample=training.render_rate_subsample,
-                                   generator=gen)
+                         generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -98,6 +98,10 @@ LaplaceBits laplace_bits(double x, double mu, double ls, double max_bits) {
   return out;
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // V never crosses a call between the clones (all inline)
+#endif
+
 // kLanes floats (GCC/Clang vector extension: SIMD of whatever width the target has)
 typedef float V __attribute__((vector_size(4 * kLanes)));
 
@@ -162,7 +166,7 @@ double attribute_rate(int a, const float* values, int64_t T, const int64_t* posi
   float x[kLanes];
   for (int64_t p0 = 0; p0 < P; p0 += kLanes) {
     const int nl = int(std::min<int64_t>(kLanes, P - p0));
-    // contexts (zero before the segment start; lanes past the end repeat nothing: zero)
+    // contexts: zero before the segment start, and in the lanes past the last sample
     float* h0 = s.a(0);
     float* m0 = s.m(0);
     for (int j = 0; j < kLanes; ++j) {
