@@ -145,3 +145,25 @@ def test_bad_arguments_are_named():
                         [b[0], torch.zeros(2, 3).numpy()], *args)
     with pytest.raises(ValueError, match=r"values must be \[A, T\]"):
         module.arm_rate(values[0], pos, starts, w, b, *args)
+
+
+def test_evaluations_without_autograd_compute_no_gradients(synthesis, monkeypatch):
+    """Under torch.no_grad (the refinement's cost, the refit's record) the kernel is asked for
+    the bits alone, and they are the bits computed with gradients."""
+    perturb_arm(synthesis, 14)
+    values = latent_values(synthesis, 15)
+    positions = torch.randperm(values.shape[1], generator=torch.Generator().manual_seed(16))[:1500]
+    module = arm_rate.native_module()
+    asked = []
+
+    class Recording:
+        def arm_rate(self, *args):
+            asked.append(args[10:12])  # (grad_values, grad_params)
+            return module.arm_rate(*args)
+
+    monkeypatch.setattr(arm_rate, "native_module", lambda: Recording())
+    with torch.no_grad():
+        plain = arm_rate.positions_rate_bits(synthesis, values, positions)
+    graded = arm_rate.positions_rate_bits(synthesis, values.clone().requires_grad_(True), positions)
+    assert asked == [(False, False), (True, True)]
+    assert torch.equal(plain, graded.detach())

@@ -29,22 +29,27 @@ def native_module() -> Optional[ModuleType]:
     return load_native("ralhe_me.train._arm_rate_cpu", NATIVE_API_VERSION)
 
 
+def _native_rate(module, arm: BatchedArm, positions: Tensor, starts: Tensor, values: Tensor,
+                 grad_values: bool, grad_params: bool) -> tuple:
+    """The kernel's (bits per attribute, grad_values or None, grad_weights, grad_biases)."""
+    tc = arm.table_config
+    return module.arm_rate(
+        values.detach().contiguous().numpy(), positions.numpy(), starts.numpy(),
+        [w.detach().contiguous().numpy() for w in arm.weights], [b.detach().contiguous().numpy() for b in arm.biases],
+        float(CONTEXT_CLAMP), float(HIDDEN_CLAMP), float(tc.log_scale_min), float(tc.log_scale_max),
+        float(MAX_RATE_BITS), grad_values, grad_params, torch.get_num_threads())
+
+
 class _ArmRate(torch.autograd.Function):
     """Sum of the bits of ``values[:, positions]`` under ``arm``; the gradients are computed in
-    the forward call (the loss is a scalar) and scaled by the incoming gradient in backward."""
+    the forward call (the loss is a scalar) and scaled by the incoming gradient in backward.
+    ``params`` are ``arm``'s weights and biases, passed so that autograd sees them."""
 
     @staticmethod
     def forward(ctx, module, arm: BatchedArm, positions: Tensor, starts: Tensor, values: Tensor,
                 *params: Tensor) -> Tensor:
-        layers = len(arm.weights)
-        weights, biases = params[:layers], params[layers:]
-        tc = arm.table_config
-        bits, grad_values, grad_w, grad_b = module.arm_rate(
-            values.detach().contiguous().numpy(), positions.numpy(), starts.numpy(),
-            [w.detach().contiguous().numpy() for w in weights], [b.detach().contiguous().numpy() for b in biases],
-            float(CONTEXT_CLAMP), float(HIDDEN_CLAMP), float(tc.log_scale_min), float(tc.log_scale_max),
-            float(MAX_RATE_BITS), bool(ctx.needs_input_grad[4]), any(ctx.needs_input_grad[5:]),
-            torch.get_num_threads())
+        bits, grad_values, grad_w, grad_b = _native_rate(module, arm, positions, starts, values,
+                                                         bool(ctx.needs_input_grad[4]), any(ctx.needs_input_grad[5:]))
         ctx.grad_values = None if grad_values is None else torch.from_numpy(grad_values)
         ctx.grad_params = [torch.from_numpy(g) for g in list(grad_w) + list(grad_b)]
         return torch.tensor(float(bits.sum()), dtype=values.dtype)
@@ -80,6 +85,9 @@ def positions_rate_bits(synthesis: AttributeSynthesis, values: Tensor,  # [A, T]
         return synthesis.positions_rate_bits(values, positions)
     positions = torch.sort(positions.to(torch.int64)).values  # the same sum, with fewer cache misses
     starts = synthesis.segment_start[positions].contiguous()
+    if not torch.is_grad_enabled():  # an evaluation (needs_input_grad would still ask for gradients)
+        bits = _native_rate(module, arm, positions, starts, values, False, False)[0]
+        return torch.tensor(float(bits.sum()), dtype=values.dtype)
     return _ArmRate.apply(module, arm, positions, starts, values, *arm.weights, *arm.biases)
 
 
