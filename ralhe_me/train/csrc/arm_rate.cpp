@@ -148,7 +148,7 @@ struct Scratch {
 __attribute__((target_clones("avx2", "default")))
 double attribute_rate(int a, const float* values, int64_t T, const int64_t* positions, const int64_t* starts,
                       int64_t P, const std::vector<Layer>& layers, const Constants& c, float* grad_values,
-                      std::vector<float*>& grad_w, std::vector<float*>& grad_b, Scratch& s) {
+                      const std::vector<float*>& grad_w, const std::vector<float*>& grad_b, Scratch& s) {
   const size_t L = layers.size();
   const int K = layers[0].in;
   const float* row = values + int64_t(a) * T;
@@ -230,8 +230,8 @@ double attribute_rate(int a, const float* values, int64_t T, const int64_t* posi
       if (!gw_sum.empty()) {  // per-lane sums, added across lanes at the end
         wofs -= size_t(ly.in) * ly.out;
         bofs -= size_t(ly.out);
-        V* sb = reinterpret_cast<V*>(gb_sum.data()) + bofs;
-        V* sw = reinterpret_cast<V*>(gw_sum.data()) + wofs;
+        V* sb = gb_sum.data() + bofs;
+        V* sw = gw_sum.data() + wofs;
         for (int o = 0; o < ly.out; ++o) sb[o] += cv[o];
         for (int i = 0; i < ly.in; ++i)
           for (int o = 0; o < ly.out; ++o) sw[i * ly.out + o] += iv[i] * cv[o];
@@ -349,9 +349,8 @@ py::tuple arm_rate(F32 values, I64 positions, I64 starts, const std::vector<F32>
 #pragma omp parallel num_threads(std::max(1, threads))
     {
       Scratch s(layers.size());
-      std::vector<float*> gw = gwp, gb = gbp;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t a = 0; a < A; ++a) bp[a] = attribute_rate(int(a), vp, T, pos, st, P, layers, c, gvp, gw, gb, s);
+      for (int64_t a = 0; a < A; ++a) bp[a] = attribute_rate(int(a), vp, T, pos, st, P, layers, c, gvp, gwp, gbp, s);
     }
   }
   return py::make_tuple(bits, gv, gws, gbs);
