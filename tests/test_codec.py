@@ -184,3 +184,38 @@ def test_encode_help_states_each_presets_refinement_steps():
     for name in list_presets():
         assert f"{name} {load_preset(name).training.render_steps}" in text
     assert "fast 0" in text and "quality 200" in text
+
+
+def test_cheapest_shift_equals_exhaustive_search_on_convex_costs():
+    from ralhe_me.encode.encoder import EncodeError, cheapest_shift
+
+    rng = np.random.default_rng(3)
+    shifts = list(range(5, 25))
+    for _ in range(200):
+        # distortion falling geometrically, bits rising linearly: convex in the shift
+        d0, fall, bits = rng.uniform(0.1, 10), rng.uniform(0.2, 0.9), rng.uniform(1e-6, 1.0)
+        costs = {s: d0 * fall ** (s - 5) + bits * (s - 5) for s in shifts}
+        calls = []
+        got = cheapest_shift(lambda s: calls.append(s) or costs[s], shifts, patience=2)
+        best = min(shifts, key=lambda s: costs[s])
+        assert got == best
+        assert calls == shifts[:min(len(shifts), shifts.index(best) + 3)]  # stops 2 past the best
+    assert cheapest_shift(lambda s: -s, shifts, patience=2) == 24  # still falling at the end
+    with pytest.raises(EncodeError, match="no decoder weight step"):
+        cheapest_shift(lambda s: 0.0, [], patience=2)
+
+
+def test_small_lambda_gets_finer_decoder_weights_than_the_old_cap(monkeypatch):
+    """At small lambdas the decoders' first layer and skip path carry the latents' fine step in
+    their weights: 2**-12 (the old finest step) left the distortion above what finer weights give."""
+    from ralhe_me.encode import encoder as encoder_module
+
+    model = make_default_scene(1000, seed=2)
+    config = dataclasses.replace(small_codec_config(), lmbda=1e-6)
+    fine = encode_model(model, config)
+    monkeypatch.setattr(encoder_module, "DECODER_SHIFTS", tuple(range(5, 13)))
+    capped = encode_model(model, config)
+    shift = lambda r: unpack(r.data).header["decoder_shift"]
+    assert shift(capped) <= 12 < shift(fine)
+    error = lambda r: float(np.mean((r.reconstruction.sh - r.voxelized.model.sh) ** 2))
+    assert error(fine) < error(capped)
