@@ -227,6 +227,8 @@ def _preset_render_steps() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .encode.operating_point import MAX_TIER
+
     parser = argparse.ArgumentParser(
         prog="ralhe",
         description="RALHE-ME: learned hierarchical compression of 3D Gaussian Splatting models.",
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render size scoring a --target-psnr, WxH (default 400x400)")
     p.add_argument("--preset", default="quality", help="model preset in models/ (fast, quality; default quality)")
     p.add_argument("--depth", type=int, default=None, help="octree depth J (default: automatic)")
-    p.add_argument("--geometry-tier", default="auto", metavar="auto|0..3",
+    p.add_argument("--geometry-tier", default="auto", metavar=f"auto|0..{MAX_TIER}",
                    help="precision of the positions and covariances: tier t aims the automatic depth and "
                         "covariance step at renders 6*t dB closer to the input than tier 0 (at most 5%% of the "
                         "Gaussians merged, covariance renders within 42 dB); auto (default) follows lambda: "

@@ -1,5 +1,6 @@
 """Finetuning with fixed positions: it must improve PSNR, keep the means bit for bit, refuse bad targets."""
 import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -48,6 +49,7 @@ def test_teacher_finetune_improves_psnr_and_keeps_means():
         assert np.array_equal(getattr(student, name), getattr(before, name))
         assert not np.array_equal(getattr(out, name), getattr(student, name))
     assert rep.eval_source == "teacher orbit" and rep.eval_views == 6 and rep.iters == 150
+    assert rep.kept and rep.check_psnr[1] > rep.check_psnr[0]
     assert len(rep.loss_history) == 150 and rep.resolution == (48, 48)
     assert np.mean(rep.loss_history[-20:]) < 0.8 * np.mean(rep.loss_history[:20])
     # the report's PSNR is what an independent evaluation of the returned model gives
@@ -65,6 +67,38 @@ def test_finetune_is_deterministic_and_zero_iters_is_identity():
     assert np.array_equal(a.sh, b.sh) and np.array_equal(a.log_scales, b.log_scales)
     same, rep = finetune(student, teacher=teacher, iters=0, config=cfg, progress=False)
     assert np.array_equal(same.sh, student.sh) and rep.psnr_after == rep.psnr_before
+
+
+def test_steps_that_make_the_check_views_worse_are_not_kept():
+    """Adam moves every attribute by about its learning rate per step: a student already close to
+    its teacher only gets worse from large steps, and the input must come back unchanged."""
+    teacher = tiny_scene(n=150)
+    rng = np.random.default_rng(4)
+    student = teacher.copy()
+    student.sh = student.sh + rng.normal(size=student.sh.shape).astype(np.float32) * 0.01
+    cfg = FinetuneConfig(**{**SMALL, "teacher_views": 8, "eval_views": 2}).with_learning_rates_scaled(20.0)
+    out, rep = finetune(student, teacher=teacher, iters=5, config=cfg, progress=False)
+    assert not rep.kept and rep.check_psnr[1] < rep.check_psnr[0]
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        assert np.array_equal(getattr(out, name), getattr(student, name)), name
+    assert rep.psnr_after == rep.psnr_before
+    # without the check the same steps are kept, and they are worse on the held-out views too
+    unchecked, rep2 = finetune(student, teacher=teacher, iters=5, config=dataclasses.replace(cfg, check_views=0),
+                               progress=False)
+    assert rep2.kept and rep2.psnr_after < rep2.psnr_before - 3.0
+    assert not np.array_equal(unchecked.sh, student.sh)
+
+
+def test_learning_rates_scale_together():
+    base = FinetuneConfig()
+    half = base.with_learning_rates_scaled(0.5)
+    assert half.learning_rates() == {k: v * 0.5 for k, v in base.learning_rates().items()}
+    assert half.resolution == base.resolution and half.check_views == base.check_views
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(FinetuneError, match="learning-rate factor"):
+            base.with_learning_rates_scaled(bad)
+    with pytest.raises(FinetuneError, match="check_views"):
+        FinetuneConfig(check_views=-1)
 
 
 def test_cameras_and_images_target_with_test_views():

@@ -121,8 +121,8 @@ def test_cli_refuses_a_bad_tier(tmp_path, capsys, scene):
     src = tmp_path / "in.ply"
     write_ply(scene, src)
     args = ["encode", str(src), str(tmp_path / "out.ralhe"), "--preset", "fast", "--quiet"]
-    assert ralhe_main([*args, "--geometry-tier", "7"]) == 2
-    assert "--geometry-tier must be auto or a whole number from 0 to 3" in capsys.readouterr().err
+    assert ralhe_main([*args, "--geometry-tier", str(MAX_TIER + 1)]) == 2
+    assert f"--geometry-tier must be auto or a whole number from 0 to {MAX_TIER}" in capsys.readouterr().err
     assert ralhe_main([*args, "--geometry-tier", "fine"]) == 2
     assert not (tmp_path / "out.ralhe").exists()
 
@@ -141,3 +141,27 @@ def test_cli_reports_the_tier(tmp_path, capsys, scene):
     depth = choose_grid(scene, config)[0].depth
     assert depth > choose_grid(scene, dataclasses.replace(config, lmbda=1e-3))[0].depth
     assert unpack(out.read_bytes()).header["depth"] == depth and f"depth {depth}," in printed
+
+
+def test_the_finetune_steps_shrink_with_the_geometry_tier(monkeypatch, scene):
+    """Finer geometry leaves smaller errors: the attribute finetuning's learning rates are the
+    tier-0 ones times finetune_lr_per_tier per tier (the guitar's tier 5 lost 2 dB at tier 0's)."""
+    import ralhe_me.train.finetune as finetune_module
+    from ralhe_me.encode.encoder import finetune_geometry, prepare
+    from ralhe_me.train.finetune import FinetuneConfig
+
+    seen = []
+
+    def fake_finetune(model, *, config, covariance, **_):
+        seen.append(config)
+        return model, finetune_module.FinetuneReport(0.0, 0.0, 0.0, 0.0, 1, len(model), 1, "teacher orbit",
+                                                     (8, 8), covariance=covariance)
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    base = FinetuneConfig().learning_rates()
+    for tier in (0, 2):
+        config = dataclasses.replace(small_codec_config(), geometry_tier=tier, depth=8, covariance_step=0.2)
+        finetune_geometry(prepare(scene, config), scene, config, iters=3)
+        factor = config.finetune_lr_per_tier ** tier
+        assert seen[-1].learning_rates() == pytest.approx({k: v * factor for k, v in base.items()})
+    assert seen[0].lr_sh_dc > seen[1].lr_sh_dc

@@ -11,7 +11,7 @@ from ralhe_me.cli import main as ralhe_main
 from ralhe_me.decode.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode import rate_control
-from ralhe_me.encode.operating_point import tier_lambda, tier_of_lambda
+from ralhe_me.encode.operating_point import MAX_TIER, tier_lambda, tier_of_lambda
 from ralhe_me.encode.rate_control import (PSNR, SIZE, SIZE_TOLERANCE, RateControlError, RateTarget, Trial,
                                           UnreachableTargetError, encode_to_target, parse_size, prepare_input)
 from ralhe_me.encode.encoder import encode_model
@@ -155,9 +155,9 @@ def test_a_psnr_target_above_the_geometry_climbs_the_tiers(scene, size_input, mo
     assert asked == [1, 2] and first.value.args[0] == pytest.approx(tier_lambda(2))
     assert tier_of_lambda(first.value.args[0]) == 2
     asked.clear()
-    with pytest.raises(UnreachableTargetError, match="geometry tier 3"):
-        encode_to_target(start, config, RateTarget(PSNR, 50.0), log=lambda _: None)
-    assert asked == [1, 2, 3]
+    with pytest.raises(UnreachableTargetError, match=f"geometry tier {MAX_TIER}"):
+        encode_to_target(start, config, RateTarget(PSNR, 31.0 + 3.0 * MAX_TIER + 2.0), log=lambda _: None)
+    assert asked == list(range(1, MAX_TIER + 1))
     # a fixed tier is never left
     asked.clear()
     with pytest.raises(UnreachableTargetError, match="geometry tier 0"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -201,6 +202,9 @@ def mean_psnr(model: GaussianModel, cameras: Sequence, images: Sequence, backgro
 # ------------------------------------------------------------------------------------------------
 # Finetuning
 # ------------------------------------------------------------------------------------------------
+_LEARNING_RATES = ("lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scaling", "lr_rotation")
+
+
 @dataclass
 class FinetuneConfig:
     """Learning rates are INRIA's (per parameter group); the means are never optimized."""
@@ -217,6 +221,9 @@ class FinetuneConfig:
     teacher_views: int = 128  # random teacher views, rendered once and cached
     train_views: Optional[int] = None  # dataset target: keep only the first N train views (None: all)
     eval_views: int = 16  # held-out views for PSNR before/after (teacher orbit; first N of a test split)
+    # the first N training views, scored before and after: the tuned attributes are kept only when
+    # they render these better (0: always kept)
+    check_views: int = 8
     eval_resolution: Optional[int] = None  # None: ``resolution``
     background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     num_threads: Optional[int] = None
@@ -226,15 +233,25 @@ class FinetuneConfig:
         for name in ("resolution", "views_per_step", "teacher_views", "eval_views"):
             if int(getattr(self, name)) < 1:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.check_views) < 0:
+            raise FinetuneError(f"check_views must be >= 0, got {self.check_views}")
         if self.train_views is not None and self.train_views < 1:
             raise FinetuneError(f"train_views must be >= 1, got {self.train_views}")
         if self.eval_resolution is not None and self.eval_resolution < 1:
             raise FinetuneError(f"eval_resolution must be >= 1, got {self.eval_resolution}")
         if not 0.0 <= self.ssim_weight <= 1.0:
             raise FinetuneError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
-        for name in ("lr_sh_dc", "lr_sh_rest", "lr_opacity", "lr_scaling", "lr_rotation"):
+        for name in _LEARNING_RATES:
             if getattr(self, name) < 0:
                 raise FinetuneError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def with_learning_rates_scaled(self, factor: float) -> "FinetuneConfig":
+        """A copy with every learning rate times ``factor`` (> 0). Adam moves each attribute by
+        about its learning rate per step whatever the gradient, so the attributes end jittering at
+        that scale: finetuning finer geometry, whose errors are smaller, needs smaller steps."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise FinetuneError(f"the learning-rate factor must be finite and > 0, got {factor}")
+        return dataclasses.replace(self, **{name: getattr(self, name) * factor for name in _LEARNING_RATES})
 
     def learning_rates(self) -> dict:
         """Per parameter group (names of :class:`ralhe_me.train.densify.GaussianParams`); no entry for means."""
@@ -255,6 +272,10 @@ class FinetuneReport:
     resolution: Tuple[int, int]  # (width, height) of the training renders
     loss_history: List[float] = field(default_factory=list)  # per step
     covariance: Optional[object] = None  # the tuned CovarianceCode when one was given
+    # False: the tuned attributes rendered the check views worse than the input's, which was
+    # returned instead (with the given covariance code)
+    kept: bool = True
+    check_psnr: Tuple[float, float] = (math.nan, math.nan)  # (before, after) on the check views
 
 
 def _prepare_targets(dataset, cameras, images, teacher, test_cameras, test_images, cfg, device):
@@ -337,6 +358,8 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
         if vq is not None:
             model = vq.quantized(model)
         psnr_before = mean_psnr(model, ecams, eimgs, cfg.background, device)
+        check = min(int(cfg.check_views), len(cams)) if int(iters) > 0 else 0
+        check_before = mean_psnr(model, cams[:check], imgs[:check], cfg.background, device) if check else math.nan
 
         lrs = cfg.learning_rates()
         if vq is not None:
@@ -387,12 +410,18 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
         out = GaussianModel(means=model.means.copy(), log_scales=tuned.log_scales, quats=tuned.quats,
                             opacity_logits=tuned.opacity_logits, sh=tuned.sh,
                             normals=None if model.normals is None else model.normals.copy())
+        check_after, kept = math.nan, True
+        if check:
+            check_after = mean_psnr(out, cams[:check], imgs[:check], cfg.background, device)
+            kept = check_after >= check_before
+        if not kept:  # the steps made it worse (too large for errors this small): the input stands
+            out, tuned_code = model.copy(), covariance
         psnr_after = mean_psnr(out, ecams, eimgs, cfg.background, device)
     report = FinetuneReport(psnr_before=psnr_before, psnr_after=psnr_after, seconds=time.perf_counter() - start,
                             train_seconds=train_seconds, iters=int(iters), num_gaussians=len(out),
                             eval_views=len(ecams), eval_source=source,
                             resolution=(cams[0].width, cams[0].height), loss_history=history,
-                            covariance=tuned_code)
+                            covariance=tuned_code, kept=kept, check_psnr=(check_before, check_after))
     return out, report
 
 
