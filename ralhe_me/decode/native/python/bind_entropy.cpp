@@ -63,11 +63,11 @@ py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape)
 }
 
 // The vector becomes the array's buffer (no copy: a million points' latents are 200 MB).
-template <typename T>
-py::array_t<T> into_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+template <typename T, typename Alloc>
+py::array_t<T> into_array(std::vector<T, Alloc>&& v, std::vector<py::ssize_t> shape) {
   if (v.empty()) return py::array_t<T>(shape);
-  auto* owned = new std::vector<T>(std::move(v));
-  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  auto* owned = new std::vector<T, Alloc>(std::move(v));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T, Alloc>*>(p); });
   return py::array_t<T>(shape, owned->data(), owner);
 }
 
@@ -83,7 +83,7 @@ py::list decode_latents(const py::bytes& arms_section, const py::bytes& latents_
                         const py::dict& table_config) {
   const ralhe::LaplaceTableConfig config = table_config_from(table_config);
   const ralhe::Bytes arms_bytes = bytes_view(arms_section), latent_bytes = bytes_view(latents_section);
-  std::vector<std::vector<int32_t>> planes;
+  ralhe::LatentPlanes planes;
   {
     py::gil_scoped_release release;
     const ralhe::QuantizedArm arms = ralhe::parse_arm(arms_bytes);

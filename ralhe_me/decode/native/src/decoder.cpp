@@ -295,7 +295,7 @@ DecodedModel decode(const Container& container) {
   QuantizedArm arms = parse_arm(container.section("arms"));
   if (arms.num_attributes() != num_sh + 1)
     corrupt(std::to_string(arms.num_attributes()) + " ARMs for " + std::to_string(num_sh + 1) + " attributes");
-  std::vector<std::vector<int32_t>> latents = decode_latents(container.section("latents"), planes, num_sh + 1, arms,
+  LatentPlanes latents = decode_latents(container.section("latents"), planes, num_sh + 1, arms,
                                                              arch.segment_length, header.table_config);
   m.seconds.emplace_back("latents", since(t0));
 
@@ -309,9 +309,11 @@ DecodedModel decode(const Container& container) {
   denorm.mean = header.signal_mean.data();
   denorm.std = header.signal_std.data();
   denorm.gain = gain.empty() ? nullptr : gain.data();
+  std::vector<PlaneView> latent_views;
+  for (const auto& p : latents) latent_views.push_back(PlaneView{p.data(), int64_t(p.size())});
   synthesize(arch, num_sh, weights, n, pos.coords.data(), header.depth, pos.neighbours.data(), point_to_voxel,
-             latents, m.sh.data(), m.opacity_logits.data(), &denorm);
-  std::vector<std::vector<int32_t>>().swap(latents);
+             latent_views, m.sh.data(), m.opacity_logits.data(), &denorm);
+  LatentPlanes().swap(latents);
   std::vector<int32_t>().swap(pos.neighbours);
   constexpr int64_t kChunk = 8192;  // points per call (see RALHE_NOINLINE in common.h)
   for (int64_t b = 0; b < n; b += kChunk) {

@@ -654,7 +654,7 @@ void LatentLoop::gather(int64_t first, int64_t n, const int64_t* position, int64
   gather_plane(s_->vals, s_->md.A, s_->S, s_->G, s_->Gp, first, n, position, out);
 }
 
-std::vector<std::vector<int32_t>> decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
+LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
                                                  int num_attributes, const QuantizedArm& arms, int segment_length,
                                                  const LaplaceTableConfig& table_config) {
   const int A = num_attributes;
@@ -671,7 +671,7 @@ std::vector<std::vector<int32_t>> decode_latents(Bytes section, const std::vecto
     if (n < 0 || n > (int64_t(1) << 40)) corrupt("latents: invalid plane size " + std::to_string(n));
     total += n;
   }
-  std::vector<std::vector<int32_t>> out;
+  LatentPlanes out;
   out.reserve(plane_sizes.size());
   if (total == 0) {
     for (size_t p = 0; p < plane_sizes.size(); ++p) out.emplace_back();

@@ -22,10 +22,14 @@ namespace ralhe {
 
 constexpr int64_t kLatentLimit = (1 << 24) - 1;  // |latent| of any valid stream (LATENT_LIMIT)
 
+// Per plane, its latents (not zero-filled when sized: the decoding loop writes every one, and a
+// stream that ends early is an error).
+using LatentPlanes = std::vector<OutputVector<int32_t>>;
+
 // per plane p the latents, attribute-major int32 [num_attributes * plane_sizes[p]] (Python's
 // [A, n_p] arrays).  Throws CorruptDataError on a stream that runs out, an impossible escape, or
 // arguments inconsistent with the ARM.  The tables of `tables` are built once per config.
-std::vector<std::vector<int32_t>> decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
+LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
                                                  int num_attributes, const QuantizedArm& arms, int segment_length,
                                                  const LaplaceTableConfig& tables);
 
