@@ -295,8 +295,8 @@ DecodedModel decode(const Container& container) {
   QuantizedArm arms = parse_arm(container.section("arms"));
   if (arms.num_attributes() != num_sh + 1)
     corrupt(std::to_string(arms.num_attributes()) + " ARMs for " + std::to_string(num_sh + 1) + " attributes");
-  LatentPlanes latents = decode_latents(container.section("latents"), planes, num_sh + 1, arms,
-                                                             arch.segment_length, header.table_config);
+  LatentPlanes latents =
+      decode_latents(container.section("latents"), planes, num_sh + 1, arms, arch.segment_length, header.table_config);
   m.seconds.emplace_back("latents", since(t0));
 
   t0 = Clock::now();

@@ -654,9 +654,8 @@ void LatentLoop::gather(int64_t first, int64_t n, const int64_t* position, int64
   gather_plane(s_->vals, s_->md.A, s_->S, s_->G, s_->Gp, first, n, position, out);
 }
 
-LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
-                                                 int num_attributes, const QuantizedArm& arms, int segment_length,
-                                                 const LaplaceTableConfig& table_config) {
+LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes, int num_attributes,
+                            const QuantizedArm& arms, int segment_length, const LaplaceTableConfig& table_config) {
   const int A = num_attributes;
   arms.validate();
   if (arms.num_attributes() != A)

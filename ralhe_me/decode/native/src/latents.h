@@ -29,9 +29,8 @@ using LatentPlanes = std::vector<OutputVector<int32_t>>;
 // per plane p the latents, attribute-major int32 [num_attributes * plane_sizes[p]] (Python's
 // [A, n_p] arrays).  Throws CorruptDataError on a stream that runs out, an impossible escape, or
 // arguments inconsistent with the ARM.  The tables of `tables` are built once per config.
-LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes,
-                                                 int num_attributes, const QuantizedArm& arms, int segment_length,
-                                                 const LaplaceTableConfig& tables);
+LatentPlanes decode_latents(Bytes section, const std::vector<int64_t>& plane_sizes, int num_attributes,
+                            const QuantizedArm& arms, int segment_length, const LaplaceTableConfig& tables);
 
 // What the integer ARM needs beyond its weights (QuantizedArm.code_indices' constants).
 struct ArmEvalParams {
