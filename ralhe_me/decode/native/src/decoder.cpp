@@ -270,7 +270,7 @@ DecodedModel decode(const Container& container) {
   const Architecture& arch = header.arch;
   std::vector<int64_t> planes = plane_sizes(levels.sizes, arch);
   if (planes != header.level_sizes) corrupt("latent plane sizes differ from the header");
-  std::vector<int64_t>().swap(pos.codes);  // the peak memory is at the synthesis: free what it does not read
+  decltype(pos.codes)().swap(pos.codes);  // the peak memory is at the synthesis: free what it does not read
   if (arch.transform == "raht") std::vector<std::vector<int32_t>>().swap(levels.point_to_voxel);
   const int num_sh = m.num_sh;
   // An architecture this decoder does not support (decoder widths above kMaxDecoderWidth) is
@@ -314,7 +314,7 @@ DecodedModel decode(const Container& container) {
   synthesize(arch, num_sh, weights, n, pos.coords.data(), header.depth, pos.neighbours.data(), point_to_voxel,
              latent_views, m.sh.data(), m.opacity_logits.data(), &denorm);
   LatentPlanes().swap(latents);
-  std::vector<int32_t>().swap(pos.neighbours);
+  decltype(pos.neighbours)().swap(pos.neighbours);
   constexpr int64_t kChunk = 8192;  // points per call (see RALHE_NOINLINE in common.h)
   for (int64_t b = 0; b < n; b += kChunk) {
     const int64_t c = std::min(kChunk, n - b);

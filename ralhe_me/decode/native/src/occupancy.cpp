@@ -360,8 +360,8 @@ class LevelLoop {
   int64_t fill_[8] = {0};
   int64_t face_start_[8] = {0}, face_fill_[8] = {0};  // group g's faces: faces_kept(g) per position
   int64_t cap_ = 0;              // rows the two end-aligned buffers hold
-  std::vector<int64_t> codes_;    // [cap_]
-  std::vector<int32_t> rows_;     // [cap_][26]
+  ZeroedVector<int64_t> codes_;   // [cap_]
+  ZeroedVector<int32_t> rows_;    // [cap_][26]
   static constexpr int64_t kChunk = 128;  // parents per build_chunk: their gathered values stay in L1
   uint64_t gathered_[kChunk * (kNeighbours + 1)];
   std::vector<int32_t> order_, faces_, list_;
@@ -603,10 +603,10 @@ RALHE_NOINLINE void LevelLoop::build_children(int d) {
 // Larger end-aligned buffers (4x steps up to num_points), the current level moved to their end.
 RALHE_NOINLINE void LevelLoop::grow(int64_t m, int64_t n) {
   const int64_t cap = std::min(num_points_, 4 * m);
-  std::vector<int64_t> codes(size_t(cap), 0);
+  ZeroedVector<int64_t> codes(static_cast<size_t>(cap));
   std::copy(codes_.end() - n, codes_.end(), codes.end() - n);
   codes_.swap(codes);
-  std::vector<int32_t> rows(size_t(cap) * kNeighbours, 0);
+  ZeroedVector<int32_t> rows(static_cast<size_t>(cap) * kNeighbours);
   std::copy(rows_.end() - n * kNeighbours, rows_.end(), rows.end() - n * kNeighbours);
   rows_.swap(rows);
   cap_ = cap;

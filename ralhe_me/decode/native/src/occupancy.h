@@ -71,17 +71,17 @@ class SegmentBitSource : public OccupancyBitSource {
 // rows [M, 26] of their 26 neighbours (-1: empty).  Checks each level's node count against
 // num_points and that exactly num_bits symbols are read.
 struct OccupancyLeaves {
-  std::vector<int64_t> codes;       // [M]
-  std::vector<int32_t> neighbours;  // [M, 26] (empty without with_neighbours)
+  ZeroedVector<int64_t> codes;       // [M]
+  ZeroedVector<int32_t> neighbours;  // [M, 26] (empty without with_neighbours)
 };
 OccupancyLeaves decode_occupancy_levels(OccupancyBitSource& source, int64_t num_points, int64_t num_bits, int depth,
                                         const OccupancyConfig& config, bool with_neighbours);
 
 struct DecodedPositions {
   int64_t num_points = 0;
-  std::vector<int64_t> codes;       // [M] Morton codes, ascending
-  std::vector<int32_t> coords;      // [M, 3] voxel coordinates (x, y, z) in Morton order
-  std::vector<int32_t> neighbours;  // [M, 26] row of each neighbour, -1: empty
+  ZeroedVector<int64_t> codes;       // [M] Morton codes, ascending
+  std::vector<int32_t> coords;       // [M, 3] voxel coordinates (x, y, z) in Morton order
+  ZeroedVector<int32_t> neighbours;  // [M, 26] row of each neighbour, -1: empty
 };
 
 // decode_positions(section, depth, with_neighbours=True): header, check sum, counts and the

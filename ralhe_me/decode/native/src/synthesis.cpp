@@ -60,9 +60,11 @@ class VecArray {
 
  private:
   void allocate(size_t n, bool zero) {
-    raw_.reset(zero ? new unsigned char[n * sizeof(V) + 64]() : new unsigned char[n * sizeof(V) + 64]);
-    const uintptr_t p = reinterpret_cast<uintptr_t>(raw_.get());
-    data_ = reinterpret_cast<V*>(raw_.get() + (64 - p % 64) % 64);
+    raw_ = Block(n * sizeof(V) + 64);
+    unsigned char* raw = static_cast<unsigned char*>(raw_.data());
+    if (zero) std::memset(raw, 0, n * sizeof(V) + 64);
+    const uintptr_t p = reinterpret_cast<uintptr_t>(raw);
+    data_ = reinterpret_cast<V*>(raw + (64 - p % 64) % 64);
   }
 
  public:
@@ -72,7 +74,7 @@ class VecArray {
   const V* data() const { return data_; }
 
  private:
-  std::unique_ptr<unsigned char[]> raw_;
+  Block raw_;
   V* data_ = nullptr;
 };
 constexpr int kKernel = 27;
@@ -505,10 +507,11 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
     for (int64_t m = 0; m < M; ++m) row_of[plan.order[m]] = m;
   }
   // every element is written before it is read: no zero-filling
-  std::unique_ptr<float[]> x(new float[size_t(M) * in * N]);  // [rows, in, N]
+  Block x_block(size_t(M) * in * N * sizeof(float));
+  float* x = static_cast<float*>(x_block.data());  // [rows, in, N]
   VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
   const GroupShared shared{arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size,
-                           row_of.empty() ? nullptr : row_of.data(), x.get(), hid2.data(), hid3.data(), sh_norm,
+                           row_of.empty() ? nullptr : row_of.data(), x, hid2.data(), hid3.data(), sh_norm,
                            opacity_norm, denorm};
   const int tail = N == 8 ? A % 8 : 0;
   const int full = tail >= 1 && tail <= 4 ? A / N : (A + N - 1) / N;
