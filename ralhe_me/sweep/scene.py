@@ -16,7 +16,7 @@ import numpy as np
 
 
 from ..config import CodecConfig, load_preset
-from ..encode.encoder import GeometryCode, finetune_geometry, make_render_target, prepare
+from ..encode.encoder import SHIFT_VIEWS, GeometryCode, finetune_geometry, make_render_target, prepare
 from ..encode.operating_point import geometry_tier
 from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, read_ply
@@ -39,7 +39,7 @@ class PreparedScene:
     views: ViewSet  # the evaluation views every decoded file is scored on
     voxelized: VoxelizedModel  # with the coded shapes, finetuned: what every codec codes
     geometry: GeometryCode  # positions and covariances, shared by every file
-    render_target: Optional[RenderTarget]  # image-domain refinement targets (RALHE jobs)
+    render_target: Optional[RenderTarget]  # image-domain refinement targets, or the weight step's views (RALHE jobs)
     summary: dict  # PSNRs of the preparation stages, seconds, sizes (scene.json)
 
 
@@ -107,8 +107,9 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
     log(f"{settings.name}: geometry: positions {len(geometry.positions)} bytes, covariance "
         f"{len(geometry.covariance)} bytes (codebook {geometry.codebook_size})")
     render_target = None
-    if config.training.render_steps > 0 and settings.codecs.get(RALHE):
-        render_target = make_render_target(vox, geometry, original, config, settings.dataset)
+    if settings.codecs.get(RALHE):  # the refinement's targets, or else the weight step's few views
+        target_views = None if config.training.render_steps > 0 else SHIFT_VIEWS
+        render_target = make_render_target(vox, geometry, original, config, settings.dataset, views=target_views)
     key = settings.preparation_key(tier)
     summary = {"scene": settings.name, "key": key, "geometry_tier": tier, "num_gaussians": len(original),
                "num_voxels": len(vox.model), "depth": vox.depth, "sh_degree": original.sh_degree,
