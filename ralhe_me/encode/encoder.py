@@ -48,7 +48,7 @@ from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 DECODER_SHIFTS = tuple(range(5, 25))
 #: finer shifts tried past the cheapest before the search stops (its cost only rises past it)
 DECODER_SHIFT_PATIENCE = 3
-#: target views on which a decoder weight step's rounding errors are rendered (after refinement)
+#: views on which a decoder weight step's rounding errors are rendered (with a teacher model)
 SHIFT_VIEWS = 4
 ARM_SHIFTS = tuple(range(6, 14))
 
