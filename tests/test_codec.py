@@ -205,34 +205,45 @@ def test_cheapest_shift_equals_exhaustive_search_on_convex_costs():
         cheapest_shift(lambda s: 0.0, [], patience=2)
 
 
-@pytest.mark.parametrize("render_steps", [0, 4])
-def test_decoder_step_cost_counts_only_the_error_rounding_adds(monkeypatch, render_steps):
+@pytest.mark.parametrize("mode", ["refined", "views", "signals"])
+def test_decoder_step_cost_counts_only_the_error_rounding_adds(monkeypatch, mode):
     """The cost of a weight step is the distortion its rounding adds to the float decoders'
-    output (signals, or renders after the image-domain refinement) plus its bits: at fine steps
-    the added part vanishes and the cost is the bits alone. Measured against the target, a coarse
-    step's errors partly cancel the target's by chance, and the search took 2**-5 where 2**-8
-    rendered 1.1 dB better for 0.15% more bytes."""
+    output plus its bits: at fine steps the added part vanishes and the cost is the bits alone.
+    Modes: rendered after the image-domain refinement (its calibration), rendered on a few views
+    of the teacher without refinement (a calibration made on them), and on the signals without a
+    teacher. Measured against the target, a coarse step's errors partly cancel the target's by
+    chance, and the search took 2**-5 where 2**-8 rendered 1.1 dB better for 0.15% more bytes."""
     from ralhe_me.decode.weights import encode_int_tensors
     from ralhe_me.encode import encoder as encoder_module
 
-    ints_by_shift, costs = {}, {}
+    ints_by_shift, costs, calibrations = {}, {}, []
     quantize = encoder_module.quantize_decoders
     monkeypatch.setattr(encoder_module, "quantize_decoders",
                         lambda synthesis, shift: ints_by_shift.setdefault(shift, quantize(synthesis, shift)))
-    search = encoder_module.cheapest_shift
+    search, calibrate = encoder_module.cheapest_shift, encoder_module.calibrate
 
     def every_shift(cost, shifts, patience):
         costs.update({s: cost(s) for s in shifts})
         return search(cost, shifts, patience)
 
+    def recorded_calibration(*args, **kwargs):
+        calibrations.append(calibrate(*args, **kwargs))
+        return calibrations[-1]
+
     monkeypatch.setattr(encoder_module, "cheapest_shift", every_shift)
+    monkeypatch.setattr(encoder_module, "calibrate", recorded_calibration)
     config = small_codec_config()
-    config.training.render_steps = render_steps
+    config.training.render_steps = 4 if mode == "refined" else 0
     config.training.render_views = 4
     config.training.render_resolution = 48
-    result = encode_model(make_default_scene(1000, seed=2), config)
-    if render_steps:
-        assert any(r.get("step") == "render_refine" and r.get("calibration") for r in result.training.history)
+    model = make_default_scene(1000, seed=2)
+    if mode == "signals":
+        result = encode_model(None, config, voxelized=encoder_module.prepare(model, config))
+    else:
+        result = encode_model(model, config)
+    refined = any(r.get("step") == "render_refine" and r.get("calibration") for r in result.training.history)
+    assert refined == (mode == "refined")
+    assert len(calibrations) == (mode == "views") and all(c > 0 for c in calibrations)
     n = len(result.voxelized.model)
     added = {s: costs[s] - config.lmbda * 8 * len(encode_int_tensors(ints_by_shift[s])) / n for s in costs}
     assert added[5] > 0
