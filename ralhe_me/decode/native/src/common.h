@@ -113,18 +113,21 @@ class Block {
 // An allocator whose resize() leaves new elements default-initialized (uninitialized for
 // numbers): for the decoder's outputs, which are written in full right after they are sized, so
 // their pages are not zero-filled by a memset before the kernel's own zero page is overwritten.
-template <typename T>
+// With Zeroed, its blocks come zeroed (allocate_zeroed_block), so a vector's sized constructor
+// gives zeros for the cost of mapping the pages; only that constructor does: resize() within
+// the capacity leaves what the elements held.
+template <typename T, bool Zeroed = false>
 struct DefaultInitAllocator : std::allocator<T> {
   template <typename U>
   struct rebind {
-    using other = DefaultInitAllocator<U>;
+    using other = DefaultInitAllocator<U, Zeroed>;
   };
   DefaultInitAllocator() = default;
   template <typename U>
-  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+  DefaultInitAllocator(const DefaultInitAllocator<U, Zeroed>&) noexcept {}
   T* allocate(size_t n) {
     if (n > size_t(-1) / sizeof(T)) throw std::bad_alloc();
-    return static_cast<T*>(allocate_block(n * sizeof(T)));
+    return static_cast<T*>(Zeroed ? allocate_zeroed_block(n * sizeof(T)) : allocate_block(n * sizeof(T)));
   }
   void deallocate(T* p, size_t n) noexcept { free_block(p, n * sizeof(T)); }
   template <typename U>
@@ -138,26 +141,8 @@ struct DefaultInitAllocator : std::allocator<T> {
 };
 template <typename T>
 using OutputVector = std::vector<T, DefaultInitAllocator<T>>;
-
-// A vector of numbers whose sized constructor gives zeros from a zeroed block rather than by
-// writing each element (a large one then costs only its page mapping).  Only that constructor
-// zeroes: resize() within the capacity leaves what the elements held.
 template <typename T>
-struct ZeroedAllocator : DefaultInitAllocator<T> {
-  template <typename U>
-  struct rebind {
-    using other = ZeroedAllocator<U>;
-  };
-  ZeroedAllocator() = default;
-  template <typename U>
-  ZeroedAllocator(const ZeroedAllocator<U>&) noexcept {}
-  T* allocate(size_t n) {
-    if (n > size_t(-1) / sizeof(T)) throw std::bad_alloc();
-    return static_cast<T*>(allocate_zeroed_block(n * sizeof(T)));
-  }
-};
-template <typename T>
-using ZeroedVector = std::vector<T, ZeroedAllocator<T>>;
+using ZeroedVector = std::vector<T, DefaultInitAllocator<T, true>>;
 
 enum class ErrorKind : int {
   kBadMagic = 1,            // BadMagicError
