@@ -14,7 +14,8 @@ from ralhe_me.encode import rate_control
 from ralhe_me.encode.operating_point import MAX_TIER, tier_lambda, tier_of_lambda
 from ralhe_me.encode.rate_control import (PSNR, SIZE, SIZE_TOLERANCE, RateControlError, RateTarget, Trial,
                                           UnreachableTargetError, encode_to_target, parse_size, prepare_input)
-from ralhe_me.encode.encoder import encode_model
+from ralhe_me.encode import encoder as encoder_module
+from ralhe_me.encode.encoder import SHIFT_VIEWS, encode_model
 from ralhe_me.eval.evaluation import score_views
 from ralhe_me.gaussians import write_ply
 
@@ -163,6 +164,27 @@ def test_a_psnr_target_above_the_geometry_climbs_the_tiers(scene, size_input, mo
     with pytest.raises(UnreachableTargetError, match="geometry tier 0"):
         encode_to_target(start, dataclasses.replace(config, geometry_tier=0), RateTarget(PSNR, 36.5))
     assert asked == []
+
+
+def test_the_tries_measure_the_weight_step_on_views_rendered_once(scene, size_input, monkeypatch):
+    """Without image-domain refinement (the fast preset) an encode still renders a few views to
+    choose the decoder weight step: the prepared input holds them, and no try renders them again."""
+    model, config = scene
+    assert config.training.render_steps == 0
+    views = size_input.render_target
+    assert views is not None and len(views.cameras) == SHIFT_VIEWS
+    seen = []
+    real = encoder_module._choose_decoder_shift
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    target = RateTarget(SIZE, int(0.9 * _size_at(size_input, config, config.lmbda)), max_tries=3)
+    monkeypatch.setattr(encoder_module, "_choose_decoder_shift", spy)
+    monkeypatch.setattr(encoder_module, "make_render_target", lambda *a, **k: pytest.fail("views rendered again"))
+    out = encode_to_target(size_input, config, target, log=lambda _: None)
+    assert len(seen) == len(out.trials) >= 2 and all(v is views for v in seen)
 
 
 def test_a_size_below_the_smallest_file_gives_the_range_tried(scene, size_input):

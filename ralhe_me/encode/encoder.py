@@ -512,6 +512,16 @@ def make_render_target(vox: VoxelizedModel, geometry: GeometryCode, teacher: Gau
     return RenderTarget.from_renders(coded, teacher, views or t.render_views, t.render_resolution, seed=t.seed + 11)
 
 
+def attribute_views(vox: VoxelizedModel, geometry: GeometryCode, teacher: GaussianModel, config: CodecConfig,
+                    dataset: Optional[str] = None) -> RenderTarget:
+    """The views an attribute encode renders: the refinement's targets when the preset refines
+    (``render_steps`` > 0), else ``SHIFT_VIEWS`` views on which the decoder weight step's
+    rounding is measured. Whoever encodes one input several times (a sweep, rate control) builds
+    them once here and hands them to every :func:`encode_model`."""
+    views = None if config.training.render_steps > 0 else SHIFT_VIEWS
+    return make_render_target(vox, geometry, teacher, config, dataset, views=views)
+
+
 def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Optional[VoxelizedModel] = None,
                  warm_start: Optional[TrainingResult] = None, geometry: Optional[GeometryCode] = None,
                  progress: Optional[Callable[[int, dict], None]] = None,
@@ -519,7 +529,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     """Encode ``model`` (or its ready ``voxelized`` version, e.g. finetuned) at ``config.lmbda``;
     ``geometry`` reuses the positions, gain map and covariances already coded for this
     voxelization (and the importance behind the map). With ``training.render_steps`` the
-    attributes are refined against ``render_target`` (default: renders of ``model``)."""
+    attributes are refined against ``render_target``; without them its first views measure the
+    decoder weight step (default for both: :func:`attribute_views` of ``model``)."""
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     if config.training.render_steps < 0:
@@ -539,8 +550,10 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     importance, gains = geometry.importance, geometry.gains
 
     t0 = time.perf_counter()
-    if config.training.render_steps > 0 and render_target is None:
-        render_target = make_render_target(vox, geometry, model, config)
+    if render_target is None and model is not None:
+        render_target = attribute_views(vox, geometry, model, config)
+    if render_target is None and config.training.render_steps > 0:
+        raise EncodeError("image-domain refinement (render_steps > 0) needs the input model or a render target")
     signals = extract_signals(target, config.training.opacity_weight, importance, gains)
     training = train_attributes(signals, levels, arch, config.training, config.lmbda, init=warm_start,
                                 progress=progress, render_target=render_target)
@@ -550,12 +563,9 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     n = len(target)
     latents = [l.numpy().astype(np.int64) for l in training.latents]
     table_config = training.synthesis.arm.table_config
-    shift_views = render_target
-    if shift_views is None and model is not None:  # no refinement: a few views for the weight step
-        shift_views = make_render_target(vox, geometry, model, config, views=SHIFT_VIEWS)
     decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, config.lmbda, n,
                                                         config.training.opacity_weight, importance,
-                                                        shift_views)
+                                                        render_target)
     arms = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
     estimated = float(estimate_bits(latents, arms, arch.segment_length, table_config))
@@ -607,11 +617,11 @@ def encode_file(path_in: str, path_out: str, config: CodecConfig, progress=None,
         vox, geometry, _ = finetune_geometry(prepare(model, config), model, config, finetune_iters, dataset,
                                              progress=finetune_progress)
     render_target = None
-    if dataset is not None and config.training.render_steps > 0:
+    if dataset is not None:  # its cameras (without it, encode_model makes orbit views)
         if vox is None:
             vox = prepare(model, config)
             geometry = encode_geometry(vox, config)
-        render_target = make_render_target(vox, geometry, model, config, dataset)
+        render_target = attribute_views(vox, geometry, model, config, dataset)
     result = encode_model(model, config, voxelized=vox, geometry=geometry, progress=progress,
                           render_target=render_target)
     write_atomically(path_out, result.data)

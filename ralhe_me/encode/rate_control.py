@@ -25,8 +25,8 @@ from ..config import CodecConfig
 from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, codable_model, read_ply
 from ..geometry.octree import VoxelizedModel
-from .encoder import (EncodeError, EncodeResult, encode_geometry, encode_model, finetune_geometry,
-                      make_render_target, prepare, write_atomically)
+from .encoder import (EncodeError, EncodeResult, attribute_views, encode_geometry, encode_model, finetune_geometry,
+                      prepare, write_atomically)
 from .operating_point import MAX_TIER, geometry_follows_lambda, geometry_tier, tier_lambda
 
 SIZE = "size"
@@ -133,7 +133,7 @@ class PreparedInput:
     model: GaussianModel
     voxelized: VoxelizedModel
     geometry: object  # encoder.GeometryCode
-    render_target: object  # render_refine.RenderTarget or None
+    render_target: object  # render_refine.RenderTarget: encoder.attribute_views
     views: Optional[ViewSet]  # the scoring views (PSNR targets)
     reference_psnr: Optional[float]  # PSNR of the voxelized, finetuned model with the coded shapes
     tier: int = 0  # geometry tier (encode/operating_point.py)
@@ -168,9 +168,7 @@ def _prepare_tier(model: GaussianModel, config: CodecConfig, scoring: Optional[V
         vox, geometry, _ = finetune_geometry(vox, model, config, finetune_iters, dataset, progress=progress)
     else:
         geometry = encode_geometry(vox, config)
-    render_target = None
-    if config.training.render_steps > 0:
-        render_target = make_render_target(vox, geometry, model, config, dataset)
+    render_target = attribute_views(vox, geometry, model, config, dataset)  # once for all the tries
     reference = None if scoring is None else score_views(vox.model, scoring, with_ssim=False).psnr
 
     def other(tier: int) -> PreparedInput:

@@ -16,7 +16,7 @@ import numpy as np
 
 
 from ..config import CodecConfig, load_preset
-from ..encode.encoder import SHIFT_VIEWS, GeometryCode, finetune_geometry, make_render_target, prepare
+from ..encode.encoder import GeometryCode, attribute_views, finetune_geometry, prepare
 from ..encode.operating_point import geometry_tier
 from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, read_ply
@@ -107,9 +107,8 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
     log(f"{settings.name}: geometry: positions {len(geometry.positions)} bytes, covariance "
         f"{len(geometry.covariance)} bytes (codebook {geometry.codebook_size})")
     render_target = None
-    if settings.codecs.get(RALHE):  # the refinement's targets, or else the weight step's few views
-        target_views = None if config.training.render_steps > 0 else SHIFT_VIEWS
-        render_target = make_render_target(vox, geometry, original, config, settings.dataset, views=target_views)
+    if settings.codecs.get(RALHE):
+        render_target = attribute_views(vox, geometry, original, config, settings.dataset)
     key = settings.preparation_key(tier)
     summary = {"scene": settings.name, "key": key, "geometry_tier": tier, "num_gaussians": len(original),
                "num_voxels": len(vox.model), "depth": vox.depth, "sh_degree": original.sh_degree,
