@@ -146,6 +146,49 @@ def test_float_view_equals_coder_model():
     assert abs(total - estimate_bits(lat, q, 128)) < 1e-6 * total
 
 
+def test_encoder_prediction_equals_the_arm_on_every_context():
+    """The encoder evaluates each attribute's ARM only where its context is not all zeros; the
+    slow reference evaluates it on every context: the same means and tables everywhere (sparse
+    latents, an all-zero attribute, escapes, segment starts)."""
+    a, k, s = 3, 16, 64
+    q = make_arm(a)
+    rng = np.random.default_rng(5)
+    lat = ar_latents(a, [1500, 300], seed=6)
+    for x in lat:
+        x[:, rng.random(x.shape[1]) < 0.97] = 0  # mostly zero contexts, as at low rates
+    lat[0][1] = 0  # an attribute with nothing to code
+    lat[0][2, 7] = 5000  # an escape
+    layout = SegmentLayout(tuple(x.shape[1] for x in lat), s)
+    x, mu, idx, valid = latent_coder._predict_all(lat, layout, q, LaplaceTableConfig())
+    buf = latent_coder._fill_buffer(lat, layout, k)
+    contexts = buf.unfold(2, k, 1)[:, :, : layout.num_steps].reshape(a, -1, k)
+    bound = max(int(np.abs(v).max()) for v in lat)
+    ref_mu, ref_idx = q.code_indices(contexts, bound, LaplaceTableConfig())
+    zero_rows = ~contexts.ne(0).any(dim=2)
+    assert zero_rows.float().mean() > 0.3 and not zero_rows.all()
+    np.testing.assert_array_equal(mu.reshape(a, -1), ref_mu)
+    np.testing.assert_array_equal(idx.reshape(a, -1), ref_idx)
+
+
+def test_symbol_bits_equal_the_table_frequencies_with_escape_payloads():
+    """``bits`` looks the bits up per symbol and adds a payload to the escapes alone: against
+    -log2 of each frequency plus ``escape_extra_bits`` written out for every symbol."""
+    from ralhe_me.entropy.laplace import PRECISION, escape_extra_bits
+
+    tables = get_tables(LaplaceTableConfig())
+    rng = np.random.default_rng(2)
+    ti = rng.integers(0, len(tables.half_widths), 5000)
+    w = tables.half_widths[ti]
+    r = np.round(rng.normal(0, 2.0, 5000) * w).astype(np.int64)  # about a third outside the tables
+    v = r + w
+    regular = (v >= 0) & (v <= 2 * w)
+    assert 0 < (~regular).sum() < 5000
+    freq = tables.freq_flat[tables.freq_start[ti] + np.where(regular, v, 2 * w + 1)]
+    ref = PRECISION - np.log2(freq.astype(np.float64)) + np.where(regular, 0.0, escape_extra_bits(v, 2 * w + 1))
+    np.testing.assert_array_equal(tables.bits(ti, r), ref)
+    assert tables.bits(ti[0], r[0]) == ref[0]  # scalars too
+
+
 def test_stream_order_is_step_major():
     lay = SegmentLayout((10, 3, 7), 4)
     a, g, t = 2, lay.total_segments, lay.num_steps

@@ -484,19 +484,20 @@ def cheapest_shift(cost: Callable[[int], float], shifts: Sequence[int], patience
 
 
 def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_length: int, table_config) -> tuple:
-    """The ARM weight step minimizing (ARM bytes + latent bits)."""
+    """The ARM weight step minimizing (ARM bytes + latent bits) -> (ARMs, their latent bits)."""
     best = None
     for shift in ARM_SHIFTS:
         try:
             arms = QuantizedArm.from_float(training.synthesis.arm, shift)
         except ArmQuantizationError:
             continue
-        bits = 8 * len(arms.to_bytes()) + estimate_bits(latents, arms, segment_length, table_config)
+        latent_bits = float(estimate_bits(latents, arms, segment_length, table_config))
+        bits = 8 * len(arms.to_bytes()) + latent_bits
         if best is None or bits < best[0]:
-            best = (bits, arms)
+            best = (bits, arms, latent_bits)
     if best is None:
         raise EncodeError("the trained entropy model cannot be quantized (weights too large)")
-    return best[1]
+    return best[1], best[2]
 
 
 def make_render_target(vox: VoxelizedModel, geometry: GeometryCode, teacher: GaussianModel, config: CodecConfig,
@@ -566,9 +567,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, config.lmbda, n,
                                                         config.training.opacity_weight, importance,
                                                         render_target)
-    arms = _choose_arm(training, latents, arch.segment_length, table_config)
+    arms, estimated = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
-    estimated = float(estimate_bits(latents, arms, arch.segment_length, table_config))
     with intra_op_threads(DEFAULT_DECODE_THREADS):  # the decoder's float arithmetic, exactly
         sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
     times["quantize_and_code"] = time.perf_counter() - t0

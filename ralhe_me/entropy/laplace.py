@@ -200,10 +200,18 @@ class LaplaceTables:
         v = r + w
         regular = (v >= 0) & (v <= 2 * w)
         pos = self.freq_start[ti] + np.where(regular, v, 2 * w + 1)
-        bits = PRECISION - np.log2(self.freq_flat[pos].astype(np.float64))
-        if not regular.all():
-            bits = bits + np.where(regular, 0.0, escape_extra_bits(v, 2 * w + 1))
+        bits = np.array(self.symbol_bits[pos], dtype=np.float64)
+        if not regular.all():  # the payload of the escapes only, not of every symbol
+            escaped = ~regular
+            value, limit = np.broadcast_arrays(v, 2 * w + 1)
+            bits[escaped] += escape_extra_bits(value[escaped], limit[escaped])
         return bits
+
+    @cached_property
+    def symbol_bits(self) -> np.ndarray:
+        """float64, aligned with ``freq_flat``: the bits of each symbol (of the escape, without its
+        payload), looked up instead of a log per coded symbol."""
+        return PRECISION - np.log2(self.freq_flat.astype(np.float64))
 
 
 def escape_extra_bits(value: np.ndarray, max_value: np.ndarray) -> np.ndarray:

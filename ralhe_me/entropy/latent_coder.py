@@ -123,10 +123,24 @@ def _predict_all(
     chunk = max(1, _CHUNK_ELEMENTS // max(1, a * g * k))
     mu = np.empty((a, g, steps), np.int64)
     idx = np.empty((a, g, steps), np.int64)
+    singles = [arms.select([i]) for i in range(a)]
+    zero = [one.code_indices(torch.zeros((1, 1, k), dtype=buf.dtype), 0, table_config) for one in singles]
     for t0 in range(0, steps, chunk):
         t1 = min(steps, t0 + chunk)
         ctx = windows[:, :, t0:t1].reshape(a, g * (t1 - t0), k)
-        m, i = arms.code_indices(ctx, bound, table_config)
+        # Each attribute's ARM only where its context is not all zeros (segment starts, flat
+        # regions: most latents at low rates); the rest take the all-zero context's result, as the
+        # native decoder does. The ARM is exact integer arithmetic, so the results are the same.
+        live = ctx.ne(0).any(dim=2)  # [A, M]
+        m = np.empty(live.shape, np.int64)
+        i = np.empty(live.shape, np.int64)
+        for att in range(a):
+            rows = torch.nonzero(live[att]).squeeze(1)
+            m[att], i[att] = zero[att][0][0, 0], zero[att][1][0, 0]
+            if len(rows):
+                rows_np = rows.numpy()
+                m_a, i_a = singles[att].code_indices(ctx[att, rows].unsqueeze(0), bound, table_config)
+                m[att, rows_np], i[att, rows_np] = m_a[0], i_a[0]
         mu[:, :, t0:t1] = m.reshape(a, g, t1 - t0)
         idx[:, :, t0:t1] = i.reshape(a, g, t1 - t0)
     x = buf[:, :, k : k + steps].numpy().astype(np.int64)
