@@ -200,7 +200,7 @@ class LaplaceTables:
         v = r + w
         regular = (v >= 0) & (v <= 2 * w)
         pos = self.freq_start[ti] + np.where(regular, v, 2 * w + 1)
-        bits = np.array(self.symbol_bits[pos], dtype=np.float64)
+        bits = np.asarray(self.symbol_bits[pos])  # a new array (an index, not a slice), 0-d included
         if not regular.all():  # the payload of the escapes only, not of every symbol
             escaped = ~regular
             value, limit = np.broadcast_arrays(v, 2 * w + 1)

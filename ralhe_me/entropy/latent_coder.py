@@ -124,7 +124,7 @@ def _predict_all(
     mu = np.empty((a, g, steps), np.int64)
     idx = np.empty((a, g, steps), np.int64)
     singles = [arms.select([i]) for i in range(a)]
-    zero = [one.code_indices(torch.zeros((1, 1, k), dtype=buf.dtype), 0, table_config) for one in singles]
+    zero_mu, zero_idx = arms.code_indices(torch.zeros((a, 1, k), dtype=buf.dtype), 0, table_config)  # [A, 1]
     for t0 in range(0, steps, chunk):
         t1 = min(steps, t0 + chunk)
         ctx = windows[:, :, t0:t1].reshape(a, g * (t1 - t0), k)
@@ -136,7 +136,7 @@ def _predict_all(
         i = np.empty(live.shape, np.int64)
         for att in range(a):
             rows = torch.nonzero(live[att]).squeeze(1)
-            m[att], i[att] = zero[att][0][0, 0], zero[att][1][0, 0]
+            m[att], i[att] = zero_mu[att, 0], zero_idx[att, 0]
             if len(rows):
                 rows_np = rows.numpy()
                 m_a, i_a = singles[att].code_indices(ctx[att, rows].unsqueeze(0), bound, table_config)
