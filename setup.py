@@ -63,7 +63,8 @@ try:
             extra_compile_args=NATIVE_FLAGS,
         )
     )
-    # Inference-only kernels of the attribute synthesis (inverse RAHT in place); pybind11 only.
+    # Kernels of the attribute synthesis (inverse RAHT in place and its adjoint, point-wise layers,
+    # neighbour maps); pybind11 only; the inverse's blocks run on OpenMP threads (same bits).
     # -ffp-contract=off: no fused multiply-adds, so results equal the torch reference bit for bit;
     # synthesis.py falls back to torch without it.
     ext_modules.append(
@@ -73,7 +74,9 @@ try:
             depends=native_sources("raht.h", "common.h"),
             include_dirs=include_paths() + [NATIVE_SRC],
             language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off"],
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-ffp-contract=off",
+                                "-fopenmp"],
+            extra_link_args=["-fopenmp"],
         )
     )
     # The float ARM's training rate with its gradient in one pass (train/arm_rate.py); pybind11

@@ -118,9 +118,15 @@ def test_native_plan_equals_build_plan():
         steps = plan.steps[::-1]
         a = np.concatenate([st.a for st in steps] + [np.zeros(0)])
         b = np.concatenate([st.b for st in steps] + [np.zeros(0)])
+        ends = np.cumsum([len(st.left) for st in steps] + [0])[:-1] if steps else np.zeros(0, np.int64)
+        bounds = np.array([[st.step, e - len(st.left), e] for st, e in zip(steps, ends)], np.int64).reshape(-1, 3)
         got = module.raht_plan(np.ascontiguousarray(pts, dtype=np.int64), depth)
-        for x, y in zip(got, (left, right, a, b, plan.order)):
+        for x, y in zip(got, (left, right, a, b, plan.order, bounds)):
             assert x.dtype == np.asarray(y).dtype and np.array_equal(x, y)
+        # the plan the Python side hands over when it has build_plan's (InverseRaht(plan))
+        for x, y in zip(got, InverseRaht(plan)._build_native_plan(module)):
+            assert x.dtype == np.asarray(y).dtype and np.array_equal(x, y)
+        assert len(got) == 6
 
 
 @native
@@ -137,10 +143,10 @@ def test_native_inverse_bad_input_is_named():
     with pytest.raises(ValueError, match="float32/float64"):
         inv.columns([torch.zeros(2, inv.num_points, dtype=torch.int64)], native=True)
     module = inverse_module._native_module()
-    left, right, a, b, order = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
+    left, right, a, b, order, steps = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
     planes = [np.zeros((2, len(order)), np.float32)]
     with pytest.raises(ValueError, match="merge rows"):  # a merge reading a row not yet created
-        module.inverse_raht(planes, left[::-1].copy(), right[::-1].copy(), a, b, order)
+        module.inverse_raht(planes, left[::-1].copy(), right[::-1].copy(), a, b, order, steps)
 
 
 def test_inverse_falls_back_to_torch_without_extension(monkeypatch):
@@ -193,18 +199,66 @@ def test_native_gradient_equals_torch_autograd_bit_for_bit(dtype):
 
 
 @native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_inverse_and_adjoint_on_threads_equal_the_torch_reference(dtype):
+    """Clouds of several row blocks (over 2048 points below depth 4's bit 12): the inverse runs
+    its fine steps block by block, the adjoint too in reverse, on 1 and 2 threads; every result
+    has the bits of the torch reference and of autograd through it."""
+    module = inverse_module._native_module()
+    for i, (n, depth) in enumerate(((9000, 9), (6000, 12))):
+        pts = cloud(n, depth, seed=20 + i)[0]
+        inv = InverseRaht.from_coords(pts, depth)
+        plan = inv._build_native_plan(module)
+        assert (plan[5][:, 0] < 12).any() and (plan[5][:, 0] >= 12).any()  # fine and coarse steps
+        planes = [x.requires_grad_() for x in planes_for(len(pts), 3, 5, dtype, seed=30 + i)]
+        weight = torch.randn(5, len(pts), 3, generator=torch.Generator().manual_seed(i), dtype=torch.float64).to(dtype)
+        ref_out = inv.columns(planes, native=False)
+        ref = torch.autograd.grad((ref_out * weight).sum(), planes)
+        arrays = [p.detach().numpy() for p in planes]
+        for threads in (1, 2):
+            out = torch.from_numpy(module.inverse_raht(arrays, *plan, threads=threads))
+            assert same_bits(out, ref_out.detach()), (n, threads)
+            g = module.raht_adjoint((weight.expand_as(ref_out)).contiguous().numpy(), *plan, threads=threads)
+            assert all(same_bits(torch.from_numpy(x), y) for x, y in zip(g, ref)), (n, threads)
+
+
+@native
+def test_a_plan_whose_fine_merges_leave_their_blocks_is_refused():
+    """The blocked loops trust the steps to keep fine merges inside blocks of rows: arrays that
+    break it (a fine merge reading row 0 from a far block, which check_raht_merges alone
+    accepts) are refused by name, not raced on."""
+    module = inverse_module._native_module()
+    left, right, a, b, order, steps = module.raht_plan(np.ascontiguousarray(cloud(9000, 9)[0], dtype=np.int64), 9)
+    fine = int(steps[steps[:, 0] < 12][0, 1])  # the first merge of the coarsest fine step
+    far = fine + int(np.argmax(right[fine:] > 3 * 2048))
+    assert steps[np.searchsorted(steps[:, 2], far, side="right"), 0] < 12
+    moved = left.copy()
+    moved[far] = 0
+    planes = [np.zeros((1, len(order)), np.float32)]
+    module.inverse_raht(planes, left, right, a, b, order, steps)  # the plan as made is accepted
+    with pytest.raises(ValueError, match="leaves its block"):
+        module.inverse_raht(planes, moved, right, a, b, order, steps)
+    with pytest.raises(ValueError, match="leaves its block"):
+        module.raht_adjoint(np.zeros((1, len(order), 1), np.float32), moved, right, a, b, order, steps)
+    with pytest.raises(ValueError, match="coarsest first"):
+        module.inverse_raht(planes, left, right, a, b, order, steps[::-1].copy())
+    with pytest.raises(ValueError, match=r"\[S, 3\]"):
+        module.inverse_raht(planes, left, right, a, b, order, steps[:, :2].copy())
+
+
+@native
 def test_native_adjoint_bad_input_is_named():
     module = inverse_module._native_module()
-    left, right, a, b, order = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
+    left, right, a, b, order, steps = module.raht_plan(np.ascontiguousarray(cloud(100, 4)[0], dtype=np.int64), 4)
     m = len(order)
     with pytest.raises(ValueError, match=r"\[Q, M, P\]"):
-        module.raht_adjoint(np.zeros((2, m), np.float32), left, right, a, b, order)
+        module.raht_adjoint(np.zeros((2, m), np.float32), left, right, a, b, order, steps)
     with pytest.raises(ValueError, match="plan of"):
-        module.raht_adjoint(np.zeros((2, m + 1, 3), np.float32), left, right, a, b, order)
+        module.raht_adjoint(np.zeros((2, m + 1, 3), np.float32), left, right, a, b, order, steps)
     with pytest.raises(ValueError, match="float32 or float64"):
-        module.raht_adjoint(np.zeros((2, m, 3), np.int32), left, right, a, b, order)
+        module.raht_adjoint(np.zeros((2, m, 3), np.int32), left, right, a, b, order, steps)
     with pytest.raises(ValueError, match="merge rows"):
-        module.raht_adjoint(np.zeros((2, m, 3), np.float32), left[::-1].copy(), right[::-1].copy(), a, b, order)
+        module.raht_adjoint(np.zeros((2, m, 3), np.float32), left[::-1].copy(), right[::-1].copy(), a, b, order, steps)
 
 
 def test_synthesis_decode_equals_the_pure_torch_decode(monkeypatch):

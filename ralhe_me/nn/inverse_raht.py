@@ -138,10 +138,11 @@ class InverseRaht:
         if torch.is_grad_enabled() and any(p.requires_grad for p in planes):
             return _NativeInverse.apply(module, self._native_plan, *planes)
         arrays = [p.detach().contiguous().numpy() for p in planes]
-        return torch.from_numpy(module.inverse_raht(arrays, *self._native_plan))
+        return torch.from_numpy(module.inverse_raht(arrays, *self._native_plan, threads=torch.get_num_threads()))
 
     def _build_native_plan(self, module) -> Tuple:
-        """(left rows, right rows, a, b, order) of every merge, coarsest first (see decode.cpp)."""
+        """(left rows, right rows, a, b, order, steps) of every merge, coarsest first (see
+        decode.cpp); steps [S, 3]: bit, first merge and end of each step."""
         if self._plan is None:
             try:
                 return tuple(module.raht_plan(self._coords, self._depth))
@@ -153,7 +154,10 @@ class InverseRaht:
         steps = plan.steps[::-1]
         a = np.concatenate([st.a for st in steps]) if steps else np.zeros(0)
         b = np.concatenate([st.b for st in steps]) if steps else np.zeros(0)
-        return left, right, a, b, np.ascontiguousarray(plan.order, dtype=np.int64)
+        ends = np.cumsum([len(st.left) for st in steps], dtype=np.int64)
+        bounds = np.stack([np.array([st.step for st in steps], dtype=np.int64), ends - [len(st.left) for st in steps],
+                           ends], axis=1) if steps else np.zeros((0, 3), np.int64)
+        return left, right, a, b, np.ascontiguousarray(plan.order, dtype=np.int64), bounds
 
 
 class _NativeInverse(torch.autograd.Function):
@@ -167,9 +171,10 @@ class _NativeInverse(torch.autograd.Function):
     def forward(ctx, module, plan: Tuple, *planes: Tensor) -> Tensor:  # P x [Q, M] -> [Q, M, P]
         ctx.module, ctx.plan = module, plan
         arrays = [p.detach().contiguous().numpy() for p in planes]
-        return torch.from_numpy(module.inverse_raht(arrays, *plan))
+        return torch.from_numpy(module.inverse_raht(arrays, *plan, threads=torch.get_num_threads()))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # [Q, M, P] -> P x [Q, M]
-        grads = ctx.module.raht_adjoint(grad.detach().contiguous().numpy(), *ctx.plan)
+        grads = ctx.module.raht_adjoint(grad.detach().contiguous().numpy(), *ctx.plan,
+                                        threads=torch.get_num_threads())
         return (None, None) + tuple(torch.from_numpy(g) for g in grads)

@@ -68,7 +68,8 @@ py::tuple raht_pairs(int64_t num_points, const std::vector<I64>& stage_starts, c
 }
 
 // The inverse plan straight from the points: coords int64 [M, 3] (unique, in [0, 2^depth)) ->
-// (left rows, right rows, a, b, order), what build_plan + raht_pairs give.
+// (left rows, right rows, a, b, order, steps), what build_plan + raht_pairs give; steps int64
+// [S, 3]: (bit, first merge, end) of every non-empty step, coarsest first.
 py::tuple raht_plan(I64 coords, int64_t depth) {
   if (coords.ndim() != 2 || coords.shape(1) != 3) throw std::invalid_argument("coords must have shape [M, 3]");
   const ralhe::RahtPlan plan = as_value_error([&] { return ralhe::raht_plan(coords.data(), coords.shape(0), depth); });
@@ -80,27 +81,60 @@ py::tuple raht_plan(I64 coords, int64_t depth) {
   std::copy(plan.a.begin(), plan.a.end(), a.mutable_data());
   std::copy(plan.b.begin(), plan.b.end(), b.mutable_data());
   std::copy(plan.order.begin(), plan.order.end(), order.mutable_data());
-  return py::make_tuple(left, right, a, b, order);
+  I64 steps({int64_t(plan.steps.size()), int64_t(3)});
+  int64_t* st = steps.mutable_data();
+  for (const ralhe::RahtStep& x : plan.steps) {
+    *st++ = x.bit;
+    *st++ = x.begin;
+    *st++ = x.end;
+  }
+  return py::make_tuple(left, right, a, b, order, steps);
 }
 
 template <typename T>
 using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// The merges and steps handed over from Python, checked (ValueError naming the problem): the
+// blocked loops of raht.cpp rely on them.  ``steps`` keeps the RahtStep array the view points to.
+ralhe::RahtMerges checked_merges(const char* what, int64_t M, const I64& left, const I64& right, const F64& a,
+                                 const F64& b, const I64& steps_in, std::vector<ralhe::RahtStep>& steps) {
+  const int64_t G = left.shape(0);
+  if (M < 1 || G != M - 1 || right.shape(0) != G || a.shape(0) != G || b.shape(0) != G)
+    throw std::invalid_argument(std::string(what) + ": plan of " + std::to_string(G + 1) + " points for " +
+                                std::to_string(M) + " rows");
+  if (steps_in.ndim() != 2 || steps_in.shape(1) != 3)
+    throw std::invalid_argument(std::string(what) + ": steps must be [S, 3] (bit, begin, end)");
+  const int64_t* st = steps_in.data();
+  for (int64_t s = 0; s < steps_in.shape(0); ++s, st += 3) {
+    if (st[0] < 0 || st[0] > 63) throw std::invalid_argument(std::string(what) + ": a step's bit is out of range");
+    steps.push_back(ralhe::RahtStep{int(st[0]), st[1], st[2]});
+  }
+  ralhe::RahtMerges m;
+  m.num_points = M;
+  m.left = left.data();
+  m.right = right.data();
+  m.a = a.data();
+  m.b = b.data();
+  m.steps = steps.data();
+  m.num_steps = steps.size();
+  as_value_error([&] { ralhe::check_raht_steps(m); return 0; });
+  return m;
+}
+
 template <typename T>
 py::array_t<T> inverse_raht(const std::vector<Arr<T>>& columns, I64 left_rows, I64 right_rows, F64 a_in, F64 b_in,
-                            I64 order_in) {
+                            I64 order_in, I64 steps_in, int threads) {
   if (columns.empty() || columns[0].ndim() != 2) throw std::invalid_argument("inverse_raht: coefficients must be P arrays [Q, M]");
   const int64_t P = int64_t(columns.size()), Q = columns[0].shape(0), M = columns[0].shape(1), X = P * Q;
   for (const auto& c : columns)
     if (c.ndim() != 2 || c.shape(0) != Q || c.shape(1) != M)
       throw std::invalid_argument("inverse_raht: the P coefficient arrays differ in shape");
-  const int64_t G = left_rows.shape(0);
-  if (M < 1 || G != M - 1 || right_rows.shape(0) != G || a_in.shape(0) != G || b_in.shape(0) != G ||
-      order_in.shape(0) != M)
-    throw std::invalid_argument("inverse_raht: plan of " + std::to_string(G + 1) + " points for " + std::to_string(M) +
-                                " coefficients");
+  if (order_in.shape(0) != M)
+    throw std::invalid_argument("inverse_raht: plan of " + std::to_string(order_in.shape(0)) + " points for " +
+                                std::to_string(M) + " coefficients");
+  std::vector<ralhe::RahtStep> steps;
+  const ralhe::RahtMerges merges = checked_merges("inverse_raht", M, left_rows, right_rows, a_in, b_in, steps_in, steps);
   const int64_t* order = order_in.data();
-  as_value_error([&] { ralhe::check_raht_merges(M, left_rows.data(), right_rows.data()); return 0; });
   std::vector<int64_t> row_of(M, -1);
   for (int64_t m = 0; m < M; ++m) {
     if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("inverse_raht: order out of range");
@@ -113,91 +147,86 @@ py::array_t<T> inverse_raht(const std::vector<Arr<T>>& columns, I64 left_rows, I
     for (int64_t p = 0; p < P; ++p) column[q * P + p] = columns[p].data() + q * M;
   std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);
   T* w = work.get();
-  ralhe::inverse_raht<T, T>(M, left_rows.data(), right_rows.data(), a_in.data(), b_in.data(), column.data(), X, w);
-  // to point order: gather (sequential writes to the Q output planes, one row read per point)
   py::array_t<T> out({Q, M, P});
   T* o = out.mutable_data();
-  for (int64_t n = 0; n < M; ++n) {
-    const T* row = w + row_of[n] * X;
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t p = 0; p < P; ++p) o[(q * M + n) * P + p] = row[q * P + p];
+  {
+    py::gil_scoped_release release;
+    ralhe::inverse_raht<T, T>(merges, column.data(), X, w, threads);
+    // to point order: gather (sequential writes to the Q output planes, one row read per point)
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t n = 0; n < M; ++n) {
+      const T* row = w + row_of[n] * X;
+      for (int64_t q = 0; q < Q; ++q)
+        for (int64_t p = 0; p < P; ++p) o[(q * M + n) * P + p] = row[q * P + p];
+    }
   }
   return out;
 }
 
 template <typename T>
-py::object inverse_raht_typed(const py::list& columns, I64 left, I64 right, F64 a, F64 b, I64 order) {
+py::object inverse_raht_typed(const py::list& columns, I64 left, I64 right, F64 a, F64 b, I64 order, I64 steps,
+                              int threads) {
   std::vector<Arr<T>> cols;
   for (auto c : columns) cols.push_back(py::cast<Arr<T>>(c));
-  return inverse_raht<T>(cols, left, right, a, b, order);
+  return inverse_raht<T>(cols, left, right, a, b, order, steps, threads);
 }
 
-py::object inverse_raht_any(const py::list& columns, I64 left, I64 right, F64 a, F64 b, I64 order) {
+py::object inverse_raht_any(const py::list& columns, I64 left, I64 right, F64 a, F64 b, I64 order, I64 steps,
+                            int threads) {
   if (columns.size() == 0) throw std::invalid_argument("inverse_raht: no coefficient arrays");
   py::object first = columns[0];
-  if (py::isinstance<py::array_t<float>>(first)) return inverse_raht_typed<float>(columns, left, right, a, b, order);
-  if (py::isinstance<py::array_t<double>>(first)) return inverse_raht_typed<double>(columns, left, right, a, b, order);
+  if (py::isinstance<py::array_t<float>>(first))
+    return inverse_raht_typed<float>(columns, left, right, a, b, order, steps, threads);
+  if (py::isinstance<py::array_t<double>>(first))
+    return inverse_raht_typed<double>(columns, left, right, a, b, order, steps, threads);
   throw std::invalid_argument("inverse_raht: coefficients must be float32 or float64");
 }
 
 // The adjoint (transpose) of inverse_raht, for its gradient in training: grad [Q, M, P] of the
-// point-order output -> P arrays [Q, M], the gradient of each coefficient column.  The merges run
-// in reverse (finest first), each the transpose of its butterfly:
-//   dlow = a * dl + b * dr;  dhigh = (-b) * dl + a * dr   (dl, dr: the gradients of rows left, right)
-// with dlow staying in the left row and dhigh the gradient of the merge's high-pass coefficient;
-// the root's row ends with the DC's.  Deterministic (one thread, a fixed order), so an encode
-// trains the same latents every run.
+// point-order output -> P arrays [Q, M], the gradient of each coefficient column (ralhe::raht_adjoint:
+// the butterflies transposed in reverse order).  The same bits on any number of threads, so an
+// encode trains the same latents every run.
 template <typename T>
 std::vector<py::array_t<T>> raht_adjoint(Arr<T> grad_in, I64 left_rows, I64 right_rows, F64 a_in, F64 b_in,
-                                         I64 order_in) {
+                                         I64 order_in, I64 steps_in, int threads) {
   if (grad_in.ndim() != 3) throw std::invalid_argument("raht_adjoint: the gradient must be [Q, M, P]");
   const int64_t Q = grad_in.shape(0), M = grad_in.shape(1), P = grad_in.shape(2), X = P * Q;
-  const int64_t G = left_rows.shape(0);
-  if (M < 1 || G != M - 1 || right_rows.shape(0) != G || a_in.shape(0) != G || b_in.shape(0) != G ||
-      order_in.shape(0) != M)
-    throw std::invalid_argument("raht_adjoint: plan of " + std::to_string(G + 1) + " points for " + std::to_string(M) +
-                                " gradient rows");
-  const int64_t *L = left_rows.data(), *R = right_rows.data(), *order = order_in.data();
-  const double *A = a_in.data(), *B = b_in.data();
-  as_value_error([&] { ralhe::check_raht_merges(M, L, R); return 0; });
+  if (order_in.shape(0) != M)
+    throw std::invalid_argument("raht_adjoint: plan of " + std::to_string(order_in.shape(0)) + " points for " +
+                                std::to_string(M) + " gradient rows");
+  std::vector<ralhe::RahtStep> steps;
+  const ralhe::RahtMerges merges = checked_merges("raht_adjoint", M, left_rows, right_rows, a_in, b_in, steps_in, steps);
+  const int64_t* order = order_in.data();
   for (int64_t m = 0; m < M; ++m)
     if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("raht_adjoint: order out of range");
-  // rows in transform-code order: row m holds the point order[m]'s gradients, column q * P + p
-  std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);
-  T* w = work.get();
-  const T* g = grad_in.data();
-  for (int64_t m = 0; m < M; ++m) {
-    T* row = w + m * X;
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t p = 0; p < P; ++p) row[q * P + p] = g[(q * M + order[m]) * P + p];
-  }
   std::vector<py::array_t<T>> out;
   std::vector<T*> col(X);
   for (int64_t p = 0; p < P; ++p) out.emplace_back(std::vector<py::ssize_t>{Q, M});
   for (int64_t q = 0; q < Q; ++q)
     for (int64_t p = 0; p < P; ++p) col[q * P + p] = out[p].mutable_data() + q * M;
+  std::unique_ptr<T[]> work(new T[size_t(M) * size_t(X)]);
+  T* w = work.get();
+  const T* g = grad_in.data();
   {
     py::gil_scoped_release release;
-    for (int64_t k = G; k-- > 0;) {
-      T* __restrict lo = w + L[k] * X;
-      T* __restrict hi = w + R[k] * X;
-      const T a = static_cast<T>(A[k]), b = static_cast<T>(B[k]), nb = -b;
-      for (int64_t x = 0; x < X; ++x) {
-        const T dl = lo[x], dr = hi[x];
-        lo[x] = a * dl + b * dr;
-        col[x][1 + k] = nb * dl + a * dr;
-      }
+    // rows in transform-code order: row m holds the point order[m]'s gradients, column q * P + p
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      T* row = w + m * X;
+      for (int64_t q = 0; q < Q; ++q)
+        for (int64_t p = 0; p < P; ++p) row[q * P + p] = g[(q * M + order[m]) * P + p];
     }
-    for (int64_t x = 0; x < X; ++x) col[x][0] = w[x];  // the root's row: 0
+    ralhe::raht_adjoint<T>(merges, w, X, col.data(), threads);
   }
   return out;
 }
 
-py::object raht_adjoint_any(const py::array& grad, I64 left, I64 right, F64 a, F64 b, I64 order) {
+py::object raht_adjoint_any(const py::array& grad, I64 left, I64 right, F64 a, F64 b, I64 order, I64 steps,
+                            int threads) {
   if (py::isinstance<py::array_t<float>>(grad))
-    return py::cast(raht_adjoint<float>(py::cast<Arr<float>>(grad), left, right, a, b, order));
+    return py::cast(raht_adjoint<float>(py::cast<Arr<float>>(grad), left, right, a, b, order, steps, threads));
   if (py::isinstance<py::array_t<double>>(grad))
-    return py::cast(raht_adjoint<double>(py::cast<Arr<double>>(grad), left, right, a, b, order));
+    return py::cast(raht_adjoint<double>(py::cast<Arr<double>>(grad), left, right, a, b, order, steps, threads));
   throw std::invalid_argument("raht_adjoint: the gradient must be float32 or float64");
 }
 
@@ -446,14 +475,14 @@ py::tuple bags(I64 rows_in, int64_t num_rows) {
 }  // namespace
 
 PYBIND11_MODULE(_decode_cpu, m) {
-  m.attr("API_VERSION") = 1;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
+  m.attr("API_VERSION") = 2;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
   m.doc() = "Kernels of the attribute synthesis: the inverse RAHT in place, neighbour-map and pair-plan helpers.";
   m.def("raht_plan", &raht_plan, py::arg("coords"), py::arg("depth"));
   m.def("raht_pairs", &raht_pairs, py::arg("num_points"), py::arg("stage_starts"), py::arg("stage_left"));
   m.def("inverse_raht", &inverse_raht_any, py::arg("columns"), py::arg("left"), py::arg("right"), py::arg("a"),
-        py::arg("b"), py::arg("order"));
+        py::arg("b"), py::arg("order"), py::arg("steps"), py::arg("threads") = 1);
   m.def("raht_adjoint", &raht_adjoint_any, py::arg("grad"), py::arg("left"), py::arg("right"), py::arg("a"),
-        py::arg("b"), py::arg("order"));
+        py::arg("b"), py::arg("order"), py::arg("steps"), py::arg("threads") = 1);
   m.def("mlp_supported", &mlp_supported);
   m.def("pointwise_mlp", &pointwise_mlp, py::arg("x"), py::arg("w0"), py::arg("b0"), py::arg("w1"), py::arg("b1"),
         py::arg("y"), py::arg("rows"));

@@ -179,14 +179,78 @@ void check_raht_merges(int64_t M, const int64_t* L, const int64_t* R) {
   }
 }
 
+RahtMerges merges_of(const RahtPlan& plan) {
+  RahtMerges m;
+  m.num_points = plan.num_points();
+  m.left = plan.left.data();
+  m.right = plan.right.data();
+  m.a = plan.a.data();
+  m.b = plan.b.data();
+  m.steps = plan.steps.data();
+  m.num_steps = plan.steps.size();
+  return m;
+}
+
 namespace {
+
+// Steps below bit kFineBits merge nodes inside one 2^kFineBits-code block, i.e. within runs of
+// rows that the coarser merges' right rows delimit.  Those runs, grouped into blocks of about
+// kBlockRows rows, run one after the other (or on threads) with all their fine steps.
+constexpr int kFineBits = 12;
+constexpr int64_t kBlockRows = 2048;
+
+// The blocks of the fine steps: block r holds the rows [row[r], row[r + 1]) and, of fine step f,
+// the merges [bound[r * F + f], bound[(r + 1) * F + f]).
+struct FineBlocks {
+  int64_t coarse_end = 0;  // the coarse steps' merges are [0, coarse_end)
+  int64_t num_fine = 0;    // F
+  std::vector<int64_t> row, bound;
+  int64_t num_blocks() const { return int64_t(row.size()) - 1; }
+};
+
+// ``check``: throw unless every fine merge lies inside its block (the plan was not made by
+// raht_plan / raht_pairs, e.g. arrays from Python), rather than race or corrupt memory.
+FineBlocks fine_blocks(const RahtMerges& p, bool check) {
+  const int64_t M = p.num_points;
+  FineBlocks fb;
+  size_t s = 0;
+  for (; s < p.num_steps && p.steps[s].bit >= kFineBits; ++s) fb.coarse_end = p.steps[s].end;
+  fb.num_fine = int64_t(p.num_steps - s);
+  std::vector<char> cut(M + 1, 0);  // a run of the fine steps starts at row r
+  cut[0] = cut[M] = 1;
+  for (int64_t g = 0; g < fb.coarse_end; ++g) cut[p.right[g]] = 1;
+  std::vector<int64_t> cursor;
+  for (size_t f = s; f < p.num_steps; ++f) cursor.push_back(p.steps[f].begin);
+  const int64_t F = fb.num_fine;
+  fb.row.push_back(0);
+  fb.bound.insert(fb.bound.end(), cursor.begin(), cursor.end());
+  for (int64_t r0 = 0; r0 < M;) {
+    int64_t r1 = std::min(M, r0 + kBlockRows);
+    while (!cut[r1]) ++r1;
+    for (int64_t f = 0; f < F; ++f) {  // merges within a step by right row
+      const int64_t end = p.steps[s + f].end;
+      int64_t g = cursor[f];
+      for (; g < end && p.right[g] < r1; ++g)
+        if (check && (p.left[g] < r0 || p.right[g] < r0 || p.left[g] >= r1))
+          invalid("inverse_raht: a fine merge leaves its block of rows (not a RAHT plan)");
+      cursor[f] = g;
+    }
+    fb.row.push_back(r1);
+    fb.bound.insert(fb.bound.end(), cursor.begin(), cursor.end());
+    r0 = r1;
+  }
+  if (check)
+    for (int64_t f = 0; f < F; ++f)
+      if (cursor[f] != p.steps[s + f].end) invalid("inverse_raht: a fine step's right rows are not increasing");
+  return fb;
+}
 
 // The merges g0 .. g1 - 1 in order.  The high-pass coefficients (position 1 + g of every column)
 // are transposed into a small tile first, block by block, so the reads and the butterflies stay
 // in L1.
 template <typename T, typename S>
-void run_merges(int64_t g0, int64_t g1, const int64_t* L, const int64_t* R, const double* A, const double* B,
-                const S* const* column, int64_t X, T* w, std::vector<T>& tile) {
+void run_merges(int64_t g0, int64_t g1, const RahtMerges& p, const S* const* column, int64_t X, T* w,
+                std::vector<T>& tile) {
   constexpr int64_t kBlock = 64;
   tile.resize(size_t(kBlock) * size_t(X));
   for (int64_t b0 = g0; b0 < g1; b0 += kBlock) {
@@ -202,15 +266,43 @@ void run_merges(int64_t g0, int64_t g1, const int64_t* L, const int64_t* R, cons
     }
     for (int64_t i = 0; i < nb; ++i) {
       const int64_t g = b0 + i;
-      T* __restrict lo = w + L[g] * X;  // distinct rows (L != R), and the tile is apart
-      T* __restrict hi = w + R[g] * X;
+      T* __restrict lo = w + p.left[g] * X;  // distinct rows (L != R), and the tile is apart
+      T* __restrict hi = w + p.right[g] * X;
       const T* __restrict h = tile.data() + i * X;
-      const T a = static_cast<T>(A[g]), b = static_cast<T>(B[g]);
+      const T a = static_cast<T>(p.a[g]), b = static_cast<T>(p.b[g]);
       for (int64_t x = 0; x < X; ++x) {
         const T l = lo[x], al = a * l, bh = b * h[x], bl = b * l, ah = a * h[x];
         lo[x] = al - bh;
         hi[x] = bl + ah;
       }
+    }
+  }
+}
+
+// The transposed merges g1 - 1 .. g0 in reverse order; each merge's high-pass gradients go to a
+// tile first, then block by block to their columns (contiguous writes).
+template <typename T>
+void run_adjoint(int64_t g0, int64_t g1, const RahtMerges& p, T* w, int64_t X, T* const* grads,
+                 std::vector<T>& tile) {
+  constexpr int64_t kBlock = 64;
+  tile.resize(size_t(kBlock) * size_t(X));
+  for (int64_t b1 = g1; b1 > g0; b1 -= kBlock) {
+    const int64_t b0 = std::max(g0, b1 - kBlock), nb = b1 - b0;
+    for (int64_t i = nb; i-- > 0;) {
+      const int64_t g = b0 + i;
+      T* __restrict lo = w + p.left[g] * X;
+      const T* __restrict hi = w + p.right[g] * X;
+      T* __restrict h = tile.data() + i * X;
+      const T a = static_cast<T>(p.a[g]), b = static_cast<T>(p.b[g]), nb_ = -b;
+      for (int64_t x = 0; x < X; ++x) {
+        const T dl = lo[x], dr = hi[x];
+        lo[x] = a * dl + b * dr;
+        h[x] = nb_ * dl + a * dr;
+      }
+    }
+    for (int64_t x = 0; x < X; ++x) {
+      T* out = grads[x] + 1 + b0;
+      for (int64_t i = 0; i < nb; ++i) out[i] = tile[i * X + x];
     }
   }
 }
@@ -222,59 +314,75 @@ void set_dc(const S* const* column, int64_t X, T* w) {  // the DC: the root's ro
 
 }  // namespace
 
+void check_raht_steps(const RahtMerges& p) {
+  check_raht_merges(p.num_points, p.left, p.right);
+  int64_t next = 0;
+  for (size_t s = 0; s < p.num_steps; ++s) {
+    if (p.steps[s].begin != next || p.steps[s].end <= p.steps[s].begin ||
+        (s && p.steps[s].bit >= p.steps[s - 1].bit))
+      invalid("inverse_raht: the steps do not cover the merges in order, coarsest first");
+    next = p.steps[s].end;
+  }
+  if (next != p.num_points - 1) invalid("inverse_raht: the steps do not cover the merges in order, coarsest first");
+  fine_blocks(p, true);
+}
+
 template <typename T, typename S>
-void inverse_raht(int64_t M, const int64_t* L, const int64_t* R, const double* A, const double* B,
-                  const S* const* column, int64_t X, T* w) {
+void inverse_raht(const RahtMerges& p, const S* const* column, int64_t X, T* w, int threads) {
+  const FineBlocks fb = fine_blocks(p, false);
+  const int64_t F = fb.num_fine, nblocks = fb.num_blocks();
   std::vector<T> tile;
   set_dc(column, X, w);
-  run_merges(0, M - 1, L, R, A, B, column, X, w, tile);
+  run_merges(0, fb.coarse_end, p, column, X, w, tile);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(std::max(1, threads)) if (threads > 1 && nblocks > 1)
+#endif
+  {
+    std::vector<T> own;
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 4)
+#endif
+    for (int64_t r = 0; r < nblocks; ++r)
+      for (int64_t f = 0; f < F; ++f)  // coarse to fine
+        run_merges(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, column, X, w, own);
+  }
+  (void)threads;
 }
 
 template <typename T, typename S>
 void inverse_raht(const RahtPlan& plan, const S* const* column, int64_t X, T* w) {
-  // Steps below bit kFineBits merge nodes inside one 2^kFineBits-code block, i.e. within runs of
-  // rows that the coarser merges' right rows delimit.  Those runs, grouped into chunks of about
-  // kChunkRows rows, are processed one after the other with all their fine steps.
-  constexpr int kFineBits = 12;
-  constexpr int64_t kChunkRows = 2048;
-  const int64_t M = plan.num_points();
-  const int64_t *L = plan.left.data(), *R = plan.right.data();
-  const double *A = plan.a.data(), *B = plan.b.data();
-  std::vector<T> tile;
-  set_dc(column, X, w);
-  size_t s = 0;
-  int64_t coarse_end = 0;
-  for (; s < plan.steps.size() && plan.steps[s].bit >= kFineBits; ++s) coarse_end = plan.steps[s].end;
-  run_merges(0, coarse_end, L, R, A, B, column, X, w, tile);
-  std::vector<char> cut(M + 1, 0);  // a run of the fine steps starts at row r
-  cut[0] = cut[M] = 1;
-  for (int64_t g = 0; g < coarse_end; ++g) cut[R[g]] = 1;
-  std::vector<int64_t> cursor, end;  // per fine step: next merge, end
-  for (size_t f = s; f < plan.steps.size(); ++f) {
-    cursor.push_back(plan.steps[f].begin);
-    end.push_back(plan.steps[f].end);
-  }
-  for (int64_t r0 = 0; r0 < M;) {
-    int64_t r1 = std::min(M, r0 + kChunkRows);
-    while (!cut[r1]) ++r1;
-    for (size_t f = 0; f < cursor.size(); ++f) {  // coarse to fine; merges within a step by row
-      int64_t g1 = cursor[f];
-      while (g1 < end[f] && R[g1] < r1) ++g1;
-      run_merges(cursor[f], g1, L, R, A, B, column, X, w, tile);
-      cursor[f] = g1;
-    }
-    r0 = r1;
-  }
+  inverse_raht<T, S>(merges_of(plan), column, X, w, 1);
 }
 
-template void inverse_raht<float, float>(int64_t, const int64_t*, const int64_t*, const double*, const double*,
-                                         const float* const*, int64_t, float*);
-template void inverse_raht<double, double>(int64_t, const int64_t*, const int64_t*, const double*, const double*,
-                                           const double* const*, int64_t, double*);
-template void inverse_raht<float, int32_t>(int64_t, const int64_t*, const int64_t*, const double*, const double*,
-                                           const int32_t* const*, int64_t, float*);
+template <typename T>
+void raht_adjoint(const RahtMerges& p, T* w, int64_t X, T* const* grads, int threads) {
+  const FineBlocks fb = fine_blocks(p, false);
+  const int64_t F = fb.num_fine, nblocks = fb.num_blocks();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(std::max(1, threads)) if (threads > 1 && nblocks > 1)
+#endif
+  {
+    std::vector<T> own;
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 4)
+#endif
+    for (int64_t r = 0; r < nblocks; ++r)
+      for (int64_t f = F; f-- > 0;)  // fine to coarse
+        run_adjoint(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, w, X, grads, own);
+  }
+  (void)threads;
+  std::vector<T> tile;
+  run_adjoint(int64_t(0), fb.coarse_end, p, w, X, grads, tile);
+  for (int64_t x = 0; x < X; ++x) grads[x][0] = w[x];  // the root's row: 0
+}
+
+template void inverse_raht<float, float>(const RahtMerges&, const float* const*, int64_t, float*, int);
+template void inverse_raht<double, double>(const RahtMerges&, const double* const*, int64_t, double*, int);
+template void inverse_raht<float, int32_t>(const RahtMerges&, const int32_t* const*, int64_t, float*, int);
 template void inverse_raht<float, float>(const RahtPlan&, const float* const*, int64_t, float*);
 template void inverse_raht<double, double>(const RahtPlan&, const double* const*, int64_t, double*);
 template void inverse_raht<float, int32_t>(const RahtPlan&, const int32_t* const*, int64_t, float*);
+template void raht_adjoint<float>(const RahtMerges&, float*, int64_t, float* const*, int);
+template void raht_adjoint<double>(const RahtMerges&, double*, int64_t, double* const*, int);
 
 }  // namespace ralhe

@@ -16,6 +16,7 @@
 // coefficient of merge g at position 1 + g.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -50,18 +51,46 @@ void raht_pairs(int64_t num_points, const std::vector<const int64_t*>& starts,
 // Throws unless the merges (left, right) [M - 1] each read a row that exists and create a new one.
 void check_raht_merges(int64_t num_points, const int64_t* left, const int64_t* right);
 
+// A plan's merges and steps without owning them (a RahtPlan's, or arrays handed over from Python).
+struct RahtMerges {
+  int64_t num_points = 0;
+  const int64_t* left = nullptr;   // [M - 1]
+  const int64_t* right = nullptr;  // [M - 1]
+  const double* a = nullptr;       // [M - 1]
+  const double* b = nullptr;       // [M - 1]
+  const RahtStep* steps = nullptr;  // coarsest first, covering the merges [0, M - 1) in order
+  std::size_t num_steps = 0;
+};
+RahtMerges merges_of(const RahtPlan& plan);
+
+// Throws unless the steps cover the merges [0, M - 1) in order, coarsest first, and every merge of
+// a fine step (bit < 12, the steps the blocked loops below run block by block) stays inside its
+// block of rows, its right rows increasing: what lets blocks run in any order, and on threads.
+// Also checks the merges as check_raht_merges.
+void check_raht_steps(const RahtMerges& merges);
+
 // The inverse transform of X coefficient columns (columns[x]: [M] in coefficient order, type S
 // converted to T with static_cast; nullptr: a zero column) into work [M, X] (row m: transform-code
-// position m; column x at offset x).  The merges must pass check_raht_merges (not re-checked).
+// position m; column x at offset x), cache-blocked: the coarse steps run over the whole buffer,
+// the fine ones block by block of rows, each block's rows staying in cache while all its fine
+// steps run.  Every butterfly is the same operations on the same operands in any block order, so
+// the bits do not depend on the blocking or on ``threads`` (blocks run on up to that many OpenMP
+// threads where the build has OpenMP).  The merges must pass check_raht_steps (not re-checked).
 // T: float or double; S: T, int32_t.
 template <typename T, typename S>
-void inverse_raht(int64_t num_points, const int64_t* left, const int64_t* right, const double* a, const double* b,
-                  const S* const* columns, int64_t X, T* work);
+void inverse_raht(const RahtMerges& merges, const S* const* columns, int64_t X, T* work, int threads = 1);
 
-// The same for a plan from raht_plan, cache-blocked (the same operations on the same operands, so
-// the same bits): the coarse steps run over the whole buffer, the fine ones block by block of
-// rows, each block's rows staying in cache while all its fine steps run.
 template <typename T, typename S>
 void inverse_raht(const RahtPlan& plan, const S* const* columns, int64_t X, T* work);
+
+// The adjoint (transpose) of inverse_raht, for its gradient in training: work [M, X] holds the
+// gradient of each transform-code row (it is overwritten); grads[x] [M] receives the gradient of
+// column x's coefficients.  The butterflies transposed in the reverse order (fine blocks first,
+// finest step first, then the coarse steps):
+//   dlow = a * dl + b * dr;  dhigh = (-b) * dl + a * dr   (dl, dr: the gradients of rows left, right)
+// with dlow staying in the left row and dhigh the gradient of the merge's high-pass coefficient;
+// the root's row ends with the DC's.  The same bits on any number of threads.
+template <typename T>
+void raht_adjoint(const RahtMerges& merges, T* work, int64_t X, T* const* grads, int threads = 1);
 
 }  // namespace ralhe
