@@ -415,6 +415,40 @@ def test_native_pointwise_layers_give_torch_bits(a, c0, c1, c2):
 
 
 @native
+def test_training_runs_the_native_forward_with_torch_bits_and_gradients(monkeypatch):
+    """With autograd the full chunks' forward runs in C++ too (where it agrees with MKL); the
+    outputs and every gradient keep the bits of the all-torch path."""
+    a, c0, c1, c2, chunk = 16, 3, 12, 4, 64
+    if not native_mlp_agrees(a, c0, c1, c2, chunk):
+        pytest.skip("MKL sums in another order on this machine: training keeps torch")
+    ws = mlp_weights(a, c0, c1, c2, seed=3)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(a, 200, c0, generator=g)
+    weight = torch.randn(200, a, c2, generator=g)
+    ext = grouped_module._native_module()
+    calls = []
+
+    class Counting:
+        mlp_supported = staticmethod(ext.mlp_supported)
+
+        @staticmethod
+        def pointwise_mlp(*args):
+            calls.append(args[-1])
+            return ext.pointwise_mlp(*args)
+
+    results = {}
+    for mode in (False, None):
+        leaves = [x.clone().requires_grad_()] + [w.clone().requires_grad_() for w in ws]
+        with monkeypatch.context() as m:
+            m.setattr(grouped_module, "_native_module", lambda: Counting)
+            out = pointwise_mlp(*leaves, chunk=chunk, native=mode)
+        results[mode] = (out.detach(), torch.autograd.grad((out * weight).sum(), leaves))
+    assert calls == [192]  # the native=None run: the 3 full chunks, the last 8 points in torch
+    assert torch.equal(bits(results[None][0]), bits(results[False][0]))
+    assert all(torch.equal(bits(u), bits(v)) for u, v in zip(results[None][1], results[False][1]))
+
+
+@native
 def test_native_pointwise_layers_reject_bad_input():
     ws = mlp_weights(2, 3, 4, 2, seed=1)
     x = torch.randn(2, 100, 3)

@@ -5,8 +5,9 @@ them one by one through MinkowskiEngine walks the kernel map 17 times per layer.
 weights carry a leading attribute axis ([A, ...]) and:
 
 * the two point-wise layers run in cache-sized chunks of points, their 21-wide hidden
-  layer recomputed in the backward pass rather than stored; without autograd the full chunks
-  run in C++ (nn/csrc/decode.cpp) where that gives MKL's bits (:func:`native_mlp_agrees`);
+  layer recomputed in the backward pass rather than stored; the forward's full chunks run in
+  C++ (nn/csrc/decode.cpp) where that gives MKL's bits (:func:`native_mlp_agrees`), in
+  training too; the backward runs in torch;
 * the two 3x3x3 convolutions work on point-major features (one row of A * C values per
   voxel) over a precomputed :class:`~ralhe_me.nn.neighbors.NeighborMap`, visiting only the
   occupied neighbours: per kernel offset, gather the rows of its pairs, multiply by the
@@ -143,11 +144,11 @@ class _PointwiseMLP(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w0, b0, w1, b1, chunk: int):
+    def forward(ctx, x, w0, b0, w1, b1, chunk: int, native: Optional[bool] = None):
         # x [A, N, C0], w0 [A, C0, C1], b0 [A, 1, C1], w1 [A, C1, C2], b1 [A, 1, C2] -> [N, A, C2]
         a, n, _ = x.shape
         y = x.new_empty(n, a, w1.shape[2])
-        _mlp_chunks(x, w0, b0, w1, b1, chunk, y, 0)
+        _mlp_forward(x, w0, b0, w1, b1, chunk, y, native)
         ctx.save_for_backward(x, w0, b0, w1, y)
         ctx.chunk = chunk
         return y
@@ -171,7 +172,7 @@ class _PointwiseMLP(torch.autograd.Function):
             gb0 += gh.sum(dim=1, keepdim=True)
             if gx is not None:
                 gx[:, s:s + chunk] = torch.bmm(w0, gh.transpose(1, 2)).transpose(1, 2)
-        return gx, gw0, gb0, gw1, gb1, None
+        return gx, gw0, gb0, gw1, gb1, None, None
 
 
 def _mlp_chunks(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chunk: int, y: Tensor,
@@ -224,15 +225,25 @@ def pointwise_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
                   chunk: int = MLP_CHUNK, native: Optional[bool] = None) -> Tensor:
     """relu(relu(x @ w0 + b0) @ w1 + b1) per attribute: x [A, N, C0] -> point-major [N, A, C2].
 
-    Without autograd the full chunks run in C++ (nn/csrc/decode.cpp) where
-    :func:`native_mlp_agrees` (``native=None``), or whenever the extension can (``True``: for
-    tests); the last partial chunk, and everything with ``native=False``, runs in torch."""
+    The full chunks run in C++ (nn/csrc/decode.cpp) where :func:`native_mlp_agrees`
+    (``native=None``), or whenever the extension can (``True``: for tests); the last partial
+    chunk, and everything with ``native=False``, runs in torch. With autograd the forward is
+    the same and the backward runs in torch (:class:`_PointwiseMLP`)."""
     chunk = int(chunk)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w0, b0, w1, b1)):
-        return _PointwiseMLP.apply(x, w0, b0, w1, b1, chunk)
+        return _PointwiseMLP.apply(x, w0, b0, w1, b1, chunk, native)
+    a, n, _ = x.shape
+    y = x.new_empty(n, a, w1.shape[2])
+    _mlp_forward(x, w0, b0, w1, b1, chunk, y, native)
+    return y
+
+
+def _mlp_forward(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chunk: int, y: Tensor,
+                 native: Optional[bool]) -> None:
+    """Fill point-major ``y`` [N, A, C2] with the two layers: the native kernel on the full chunks
+    where it gives torch's bits (see :func:`pointwise_mlp`), torch on the rest."""
     a, n, c0 = x.shape
     c1, c2 = w0.shape[2], w1.shape[2]
-    y = x.new_empty(n, a, c2)
     full = n - n % chunk
     module = _native_module() if native is not False else None
     usable = (module is not None and module.mlp_supported() and x.dtype == torch.float32
@@ -247,7 +258,6 @@ def pointwise_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
         module.pointwise_mlp(*(t.detach().contiguous().numpy() for t in (x, w0, b0, w1, b1)), y.numpy(), full)
         start = full
     _mlp_chunks(x, w0, b0, w1, b1, chunk, y, start)
-    return y
 
 
 def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT_BUDGET) -> Tensor:
