@@ -154,9 +154,10 @@ class InverseRaht:
         steps = plan.steps[::-1]
         a = np.concatenate([st.a for st in steps]) if steps else np.zeros(0)
         b = np.concatenate([st.b for st in steps]) if steps else np.zeros(0)
-        ends = np.cumsum([len(st.left) for st in steps], dtype=np.int64)
-        bounds = np.stack([np.array([st.step for st in steps], dtype=np.int64), ends - [len(st.left) for st in steps],
-                           ends], axis=1) if steps else np.zeros((0, 3), np.int64)
+        counts = np.array([len(st.left) for st in steps], dtype=np.int64)
+        ends = np.cumsum(counts)
+        bits = np.array([st.step for st in steps], dtype=np.int64)
+        bounds = np.stack([bits, ends - counts, ends], axis=1).reshape(-1, 3)
         return left, right, a, b, np.ascontiguousarray(plan.order, dtype=np.int64), bounds
 
 
