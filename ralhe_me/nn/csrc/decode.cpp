@@ -109,14 +109,7 @@ ralhe::RahtMerges checked_merges(const char* what, int64_t M, const I64& left, c
     if (st[0] < 0 || st[0] > 63) throw std::invalid_argument(std::string(what) + ": a step's bit is out of range");
     steps.push_back(ralhe::RahtStep{int(st[0]), st[1], st[2]});
   }
-  ralhe::RahtMerges m;
-  m.num_points = M;
-  m.left = left.data();
-  m.right = right.data();
-  m.a = a.data();
-  m.b = b.data();
-  m.steps = steps.data();
-  m.num_steps = steps.size();
+  const ralhe::RahtMerges m{M, left.data(), right.data(), a.data(), b.data(), steps.data(), steps.size()};
   as_value_error([&] { ralhe::check_raht_steps(m); return 0; });
   return m;
 }

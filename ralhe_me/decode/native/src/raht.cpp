@@ -180,15 +180,8 @@ void check_raht_merges(int64_t M, const int64_t* L, const int64_t* R) {
 }
 
 RahtMerges merges_of(const RahtPlan& plan) {
-  RahtMerges m;
-  m.num_points = plan.num_points();
-  m.left = plan.left.data();
-  m.right = plan.right.data();
-  m.a = plan.a.data();
-  m.b = plan.b.data();
-  m.steps = plan.steps.data();
-  m.num_steps = plan.steps.size();
-  return m;
+  return RahtMerges{plan.num_points(), plan.left.data(),  plan.right.data(),
+                    plan.a.data(),     plan.b.data(),     plan.steps.data(), plan.steps.size()};
 }
 
 namespace {
@@ -307,6 +300,23 @@ void run_adjoint(int64_t g0, int64_t g1, const RahtMerges& p, T* w, int64_t X, T
   }
 }
 
+// body(r, tile) for every block r of the fine steps, on up to ``threads`` OpenMP threads where
+// the build has OpenMP, each with its own tile.
+template <typename T, typename Body>
+void for_each_block(int64_t num_blocks, int threads, Body&& body) {
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(std::max(1, threads)) if (threads > 1 && num_blocks > 1)
+#endif
+  {
+    std::vector<T> tile;
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 4)
+#endif
+    for (int64_t r = 0; r < num_blocks; ++r) body(r, tile);
+  }
+  (void)threads;
+}
+
 template <typename T, typename S>
 void set_dc(const S* const* column, int64_t X, T* w) {  // the DC: the root's row, 0
   for (int64_t x = 0; x < X; ++x) w[x] = column[x] ? static_cast<T>(column[x][0]) : T(0);
@@ -330,23 +340,14 @@ void check_raht_steps(const RahtMerges& p) {
 template <typename T, typename S>
 void inverse_raht(const RahtMerges& p, const S* const* column, int64_t X, T* w, int threads) {
   const FineBlocks fb = fine_blocks(p, false);
-  const int64_t F = fb.num_fine, nblocks = fb.num_blocks();
+  const int64_t F = fb.num_fine;
   std::vector<T> tile;
   set_dc(column, X, w);
   run_merges(0, fb.coarse_end, p, column, X, w, tile);
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(std::max(1, threads)) if (threads > 1 && nblocks > 1)
-#endif
-  {
-    std::vector<T> own;
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 4)
-#endif
-    for (int64_t r = 0; r < nblocks; ++r)
-      for (int64_t f = 0; f < F; ++f)  // coarse to fine
-        run_merges(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, column, X, w, own);
-  }
-  (void)threads;
+  for_each_block<T>(fb.num_blocks(), threads, [&](int64_t r, std::vector<T>& own) {
+    for (int64_t f = 0; f < F; ++f)  // coarse to fine
+      run_merges(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, column, X, w, own);
+  });
 }
 
 template <typename T, typename S>
@@ -357,20 +358,11 @@ void inverse_raht(const RahtPlan& plan, const S* const* column, int64_t X, T* w)
 template <typename T>
 void raht_adjoint(const RahtMerges& p, T* w, int64_t X, T* const* grads, int threads) {
   const FineBlocks fb = fine_blocks(p, false);
-  const int64_t F = fb.num_fine, nblocks = fb.num_blocks();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(std::max(1, threads)) if (threads > 1 && nblocks > 1)
-#endif
-  {
-    std::vector<T> own;
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 4)
-#endif
-    for (int64_t r = 0; r < nblocks; ++r)
-      for (int64_t f = F; f-- > 0;)  // fine to coarse
-        run_adjoint(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, w, X, grads, own);
-  }
-  (void)threads;
+  const int64_t F = fb.num_fine;
+  for_each_block<T>(fb.num_blocks(), threads, [&](int64_t r, std::vector<T>& own) {
+    for (int64_t f = F; f-- > 0;)  // fine to coarse
+      run_adjoint(fb.bound[r * F + f], fb.bound[(r + 1) * F + f], p, w, X, grads, own);
+  });
   std::vector<T> tile;
   run_adjoint(int64_t(0), fb.coarse_end, p, w, X, grads, tile);
   for (int64_t x = 0; x < X; ++x) grads[x][0] = w[x];  // the root's row: 0
