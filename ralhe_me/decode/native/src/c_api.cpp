@@ -21,7 +21,13 @@ static_assert(RALHE_CORRUPT == static_cast<int>(ralhe::ErrorKind::kCorrupt) &&
 
 namespace {
 
+// Per thread where there are threads; a WebAssembly build without them has one (and its linker
+// refuses thread-local storage beside bulk-memory instructions).
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+std::string g_last_error;
+#else
 thread_local std::string g_last_error;
+#endif
 
 int set_error(int status, const char* message) {
   try {
