@@ -37,6 +37,7 @@ def _cfg(config):
     LaplaceTableConfig(-6.0, 12, 300, 2, 2, 1),          # W = 1 everywhere, fine scale steps
     LaplaceTableConfig(-20.0, 2, 100, 4, 15, 300),       # tiny scales: exp underflows to 0
     LaplaceTableConfig(10.0, 3, 2, 5, 15, 16384),        # the widest tables (W = 16384)
+    LaplaceTableConfig(-4.0, 3, 40, 6, 12, 4096),        # the most mean bins (64)
 ])
 def test_tables_identical_to_python(config):
     ours = N.laplace_tables(_cfg(config))

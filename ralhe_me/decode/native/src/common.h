@@ -237,22 +237,8 @@ inline float load_f32le(const uint8_t* p) {
   return f;
 }
 
-// zlib's CRC-32 (the polynomial 0xEDB88320, reflected), as Python's zlib.crc32.
-inline uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0) {
-  static uint32_t table[256];
-  static bool ready = [] {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      table[i] = c;
-    }
-    return true;
-  }();
-  (void)ready;
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ data[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
+// zlib's CRC-32 (the polynomial 0xEDB88320, reflected), as Python's zlib.crc32 (crc32.cpp).
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);
 inline uint32_t crc32(Bytes b) { return crc32(b.data, b.size); }
 
 }  // namespace ralhe

@@ -47,21 +47,44 @@ int64_t half_width(const LaplaceTableConfig& c, int64_t scale_bin) {
   return std::max<int64_t>(int64_t(w), 1);
 }
 
+// The exponentials of one scale's pmfs.  Every argument laplace.py passes to det_exp is -x * inv_b
+// with x a multiple of 1/q in [0, W + 1] (q = m, or 2 for m = 1: the residuals are integers and
+// the mean fractions multiples of 1/m, so x is computed exactly), so each distinct value is
+// computed once: exps[t] = table_exp(-(t / q) * inv_b), the same bits as laplace.py's per-entry
+// call.  Half as many exponentials as entries.
+struct ScaleExps {
+  std::vector<double> exps;  // [(W + 1) q + 1]
+  double q = 1.0;
+
+  void fill(double inv_b, int64_t w, int64_t m) {
+    const int64_t qi = m % 2 ? 2 * m : m;
+    q = double(qi);
+    exps.resize(size_t((w + 1) * qi + 1));
+    for (size_t t = 0; t < exps.size(); ++t) exps[t] = table_exp(-(double(t) / q) * inv_b);
+  }
+  // table_exp(-x * inv_b); x * q is exact (checked: a config outside the family is refused)
+  double operator()(double x) const {
+    const double t = x * q;
+    if (!(t >= 0.0 && t < double(exps.size()) && t == std::floor(t))) bad_config("a pmf argument off its grid");
+    return exps[size_t(t)];
+  }
+};
+
 // laplace.py _table_pmfs for one mean bin: p [2W + 2], residuals -W..W then the escape.
-RALHE_NOINLINE void table_pmf(double inv_b, double one_minus, double f, int64_t w, double* p) {
+RALHE_NOINLINE void table_pmf(const ScaleExps& e, double one_minus, double f, int64_t w, double* p) {
   for (int64_t i = 0; i <= 2 * w; ++i) {
     const double k = double(i - w);
     const double d = std::fabs(k - f);  // exact
     if (d >= 0.5) {
       // tail = 0.5 * det_exp(-(max(d, 0.5) - 0.5) * inv_b) * one_minus
-      p[i] = 0.5 * table_exp(-(d - 0.5) * inv_b) * one_minus;
+      p[i] = 0.5 * e(d - 0.5) * one_minus;
     } else {
       // centre = 1 - 0.5 * (det_exp(-(0.5 - dc) * inv_b) + det_exp(-(0.5 + dc) * inv_b)), dc = d
-      p[i] = 1.0 - 0.5 * (table_exp(-(0.5 - d) * inv_b) + table_exp(-(0.5 + d) * inv_b));
+      p[i] = 1.0 - 0.5 * (e(0.5 - d) + e(0.5 + d));
     }
   }
   const double wd = double(w);
-  p[2 * w + 1] = 0.5 * table_exp(-(wd + 0.5 - f) * inv_b) + 0.5 * table_exp(-(wd + 0.5 + f) * inv_b);
+  p[2 * w + 1] = 0.5 * e(wd + 0.5 - f) + 0.5 * e(wd + 0.5 + f);
 }
 
 // laplace.py _quantize_pmf for one row: frequencies >= 1 summing to 2**16 (1 each, then the floor
@@ -159,16 +182,18 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
   out.offset.reserve(size_t(config.num_tables()));
   std::vector<double> p, frac;
   std::vector<int64_t> freq, order;
+  ScaleExps exps;
   int64_t pos = 0;
   for (int64_t s = 0; s < config.num_scale_bins; ++s) {
     const int64_t w = widths[s], n = 2 * w + 2;
     const double inv_b = table_exp(-config.table_log_scale(s));
     const double one_minus = 1.0 - table_exp(-inv_b);
+    exps.fill(inv_b, w, m);
     p.resize(size_t(n));
     freq.resize(size_t(n));
     for (int64_t j = 0; j < m; ++j) {
       const double f = double(j - m / 2) / double(m);  // exact
-      table_pmf(inv_b, one_minus, f, w, p.data());
+      table_pmf(exps, one_minus, f, w, p.data());
       quantize_pmf(p.data(), n, freq.data(), frac, order);
       out.start.push_back(pos);
       out.length.push_back(int32_t(n + 1));
