@@ -71,9 +71,17 @@ def find_native(explicit: Optional[str]) -> Optional[str]:
 def bench_file(path: Path, node: str, native: Optional[str], repeat: int, tmp: Path) -> dict:
     row = {"file": path.name, "bytes": path.stat().st_size}
     wasm_ply, native_ply = tmp / "wasm.ply", tmp / "native.ply"
+    # native and cold runs alternate: this machine's speed drifts by 20% over minutes, and the
+    # ratio of two medians taken minutes apart would carry that drift
+    native_s: List[float] = []
+    cold_s: List[float] = []
+    for _ in range(repeat):
+        if native:
+            native_s.append(wall([native, str(path), str(native_ply)]))
+        cold_s.append(wall([node, str(DRIVER), str(path), str(wasm_ply)]))
     if native:
-        row["native"] = statistics.median(wall([native, str(path), str(native_ply)]) for _ in range(repeat))
-    row["cold"] = statistics.median(wall([node, str(DRIVER), str(path), str(wasm_ply)]) for _ in range(repeat))
+        row["native"] = statistics.median(native_s)
+    row["cold"] = statistics.median(cold_s)
     records = node_records(node, ["--repeat", str(repeat + 1), "--check-arrays", str(path), "-"])
     record = next(r for r in records if "input" in r)
     if record["status"] != "OK":
