@@ -173,6 +173,27 @@ struct Kernels {
   int column[kKernel];
 };
 
+// Masks of rows [begin, end): one call per chunk of points (see RALHE_NOINLINE in common.h).
+RALHE_NOINLINE void mask_rows(const Kernels& kn, int64_t M, int64_t begin, int64_t end, uint32_t* mask) {
+  for (int64_t n = begin; n < end; ++n) {
+    const int32_t* r = kn.rows + n * 26;
+    bool bad = false;
+    uint32_t m = 1u << kCenter;
+    for (int k = 0; k < kKernel; ++k) {  // branch-free: v + 1 in [0, M] as unsigned
+      if (k == kCenter) continue;
+      const int32_t v = r[kn.column[k]];
+      bad |= uint32_t(v) + 1u > uint32_t(M);
+      m |= uint32_t(v >= 0) << k;
+    }
+    if (bad)
+      for (int j = 0; j < 26; ++j)
+        if (r[j] < -1 || r[j] >= M)
+          corrupt("neighbour row " + std::to_string(r[j]) + " of point " + std::to_string(n) + " is outside [-1, " +
+                  std::to_string(M) + ")");
+    mask[n] = m;
+  }
+}
+
 Kernels kernel_masks(int64_t M, const int32_t* rows /* [M, 26] */) {
   Kernels kn;
   kn.rows = rows;
@@ -183,23 +204,8 @@ Kernels kernel_masks(int64_t M, const int32_t* rows /* [M, 26] */) {
     kn.column[k] = k == kCenter ? 0 : (j > kCenter ? j - 1 : j);
   }
   kn.mask.resize(size_t(M));
-  for (int64_t n = 0; n < M; ++n) {
-    const int32_t* r = rows + n * 26;
-    bool bad = false;
-    uint32_t mask = 1u << kCenter;
-    for (int k = 0; k < kKernel; ++k) {  // branch-free: v + 1 in [0, M] as unsigned
-      if (k == kCenter) continue;
-      const int32_t v = r[kn.column[k]];
-      bad |= uint32_t(v) + 1u > uint32_t(M);
-      mask |= uint32_t(v >= 0) << k;
-    }
-    if (bad)
-      for (int j = 0; j < 26; ++j)
-        if (r[j] < -1 || r[j] >= M)
-          corrupt("neighbour row " + std::to_string(r[j]) + " of point " + std::to_string(n) + " is outside [-1, " +
-                  std::to_string(M) + ")");
-    kn.mask[n] = mask;
-  }
+  constexpr int64_t kChunk = 4096;
+  for (int64_t b = 0; b < M; b += kChunk) mask_rows(kn, M, b, std::min(M, b + kChunk), kn.mask.data());
   return kn;
 }
 
