@@ -14,7 +14,7 @@ import torch
 
 from ralhe_me.decode.bitstream import BitstreamError, CorruptDataError
 from ralhe_me.entropy.integer_arm import PARAM_TABLE_CONFIG, QuantizedArm
-from ralhe_me.entropy.laplace import LaplaceTableConfig, TableConfigError, get_tables
+from ralhe_me.entropy.laplace import LaplaceTableConfig, TableConfigError, _quantize_pmf, get_tables
 from ralhe_me.entropy.latent_coder import LATENT_LIMIT, decode_latents, encode_latents
 from ralhe_me.nn.arm import ArmConfig, BatchedArm
 from ralhe_me.decode.weights import WeightFormatError, decode_int_tensors, encode_int_tensors
@@ -44,6 +44,43 @@ def test_tables_identical_to_python(config):
     ref = get_tables(config).flat
     for a, b in zip(ours, ref):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _mirrored(row):
+    """Entries -W..W reversed, the escape (last) in place: the row of the opposite mean fraction."""
+    return np.concatenate([row[-2::-1], row[-1:]])
+
+
+def _splits_a_tie(p):
+    """Whether laplace._quantize_pmf gives its extra units to part of a group of equal remainders
+    (or takes units back), so that index order, not the remainders, decided them."""
+    n = len(p)
+    raw = p * float(2**16 - n)
+    frac = raw - np.floor(raw)
+    rem = 2**16 - int((np.floor(raw) + 1).sum())
+    if rem < 0:
+        return True
+    extra = rem % n
+    return extra > 0 and int((frac >= np.sort(frac)[::-1][extra - 1]).sum()) != extra
+
+
+def test_quantize_pmf_row_and_when_a_mirrored_row_may_reuse_it():
+    """The table builder gives a mean bin the mirrored frequencies of its opposite bin when the
+    row's quantization reports no tie decided by index: that report must be right."""
+    rng = np.random.default_rng(0)
+    rows = [rng.dirichlet(np.ones(n)) for n in (4, 9, 40, 301)]
+    rows += [np.array(r) for r in ([0.2, 0.2, 0.5, 0.1], [0.1, 0.3, 0.3, 0.3], [0.15, 0.35, 0.35, 0.15])]
+    reuse_would_be_wrong = 0
+    for p in rows:
+        freq, untied = N.quantize_pmf(p)
+        assert np.array_equal(freq, _quantize_pmf(p[None])[0])
+        assert untied == (not _splits_a_tie(p))
+        mirrored_row_freq = _quantize_pmf(_mirrored(p)[None])[0]
+        if untied:
+            assert np.array_equal(mirrored_row_freq, _mirrored(freq))
+        else:
+            reuse_would_be_wrong += not np.array_equal(mirrored_row_freq, _mirrored(freq))
+    assert reuse_would_be_wrong == 1  # [0.2, 0.2, 0.5, 0.1]: the check is what keeps the bits
 
 
 @pytest.mark.parametrize("bad", [

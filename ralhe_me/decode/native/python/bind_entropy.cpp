@@ -78,6 +78,13 @@ py::tuple laplace_tables(const py::dict& config) {
                         to_array(t->length, {n}), to_array(t->offset, {n}));
 }
 
+py::tuple quantize_pmf(const py::array_t<double, py::array::c_style | py::array::forcecast>& p) {
+  if (p.ndim() != 1 || p.shape(0) < 1) throw std::invalid_argument("quantize_pmf: p must be a non-empty 1-d array");
+  std::vector<int64_t> freq(size_t(p.shape(0)));
+  const bool untied = ralhe::quantize_pmf_row(p.data(), p.shape(0), freq.data());
+  return py::make_tuple(to_array(freq, {p.shape(0)}), untied);
+}
+
 py::list decode_latents(const py::bytes& arms_section, const py::bytes& latents_section,
                         const std::vector<int64_t>& plane_sizes, int num_attributes, int segment_length,
                         const py::dict& table_config) {
@@ -137,6 +144,9 @@ void bind_entropy(py::module_& m) {
   m.def("laplace_tables", &laplace_tables, py::arg("config"),
         "The Laplace table family of a table_config dict: (cdf_flat int32, cdf_start int64, cdf_lengths int32, "
         "offsets int32), as laplace.LaplaceTables.flat.");
+  m.def("quantize_pmf", &quantize_pmf, py::arg("p"),
+        "One row of probabilities float64 [n] -> (frequencies int64 [n], as laplace._quantize_pmf; whether no "
+        "index tie decided them, so that the mirrored row gets them mirrored).");
   m.def("decode_latents", &decode_latents, py::arg("arms_section"), py::arg("latents_section"),
         py::arg("plane_sizes"), py::arg("num_attributes"), py::arg("segment_length"), py::arg("table_config"),
         "The ARM section and the latent stream -> per plane int32 [A, n_p] (latent_coder.decode_latents).");

@@ -89,8 +89,10 @@ RALHE_NOINLINE void table_pmf(const ScaleExps& e, double one_minus, double f, in
 
 // laplace.py _quantize_pmf for one row: frequencies >= 1 summing to 2**16 (1 each, then the floor
 // of p * budget, then one more to the largest remainders, ties to the lower index, cycling if
-// needed; a negative remainder takes from the first largest frequency, one at a time).
-RALHE_NOINLINE void quantize_pmf(const double* p, int64_t n, int64_t* freq, std::vector<double>& frac,
+// needed; a negative remainder takes from the first largest frequency, one at a time).  Returns
+// whether no index tie decided anything: then the row of the mirrored pmf gets the mirrored
+// frequencies.
+RALHE_NOINLINE bool quantize_pmf(const double* p, int64_t n, int64_t* freq, std::vector<double>& frac,
                                  std::vector<int64_t>& order) {
   const double budget = double(kTotalFreq - n);
   frac.resize(size_t(n));
@@ -117,9 +119,16 @@ RALHE_NOINLINE void quantize_pmf(const double* p, int64_t n, int64_t* freq, std:
         return frac[a] > frac[b] || (frac[a] == frac[b] && a < b);
       });
       for (int64_t j = 0; j < extra; ++j) freq[order[j]] += 1;
+      // the chosen are exactly the remainders >= the smallest chosen one: no tie was split
+      const double threshold = frac[size_t(order[size_t(extra - 1)])];
+      int64_t at_least = 0;
+      for (int64_t i = 0; i < n; ++i) at_least += frac[size_t(i)] >= threshold;
+      return at_least == extra;
     }
   }
+  const bool untied = rem >= 0;
   for (; rem < 0; ++rem) *std::max_element(freq, freq + n) -= 1;  // max_element: the first largest
+  return untied;
 }
 
 }  // namespace
@@ -183,6 +192,11 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
   std::vector<double> p, frac;
   std::vector<int64_t> freq, order;
   ScaleExps exps;
+  // Mean bins j and m - j (1 <= j < m / 2) have mirrored pmfs, bit for bit: entry i of one is entry
+  // 2W - i of the other (the same |k - f|), the escapes equal (their two terms swapped).  So rows
+  // j > m / 2 take the mirrored frequencies of row m - j where no tie decided those.
+  std::vector<std::vector<int64_t>> source_freq(static_cast<size_t>(m));
+  std::vector<char> mirrored(static_cast<size_t>(m));
   int64_t pos = 0;
   for (int64_t s = 0; s < config.num_scale_bins; ++s) {
     const int64_t w = widths[s], n = 2 * w + 2;
@@ -193,8 +207,18 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
     freq.resize(size_t(n));
     for (int64_t j = 0; j < m; ++j) {
       const double f = double(j - m / 2) / double(m);  // exact
-      table_pmf(exps, one_minus, f, w, p.data());
-      quantize_pmf(p.data(), n, freq.data(), frac, order);
+      if (2 * j > m && mirrored[size_t(m - j)]) {
+        const int64_t* src = source_freq[size_t(m - j)].data();
+        for (int64_t i = 0; i <= 2 * w; ++i) freq[size_t(i)] = src[2 * w - i];
+        freq[size_t(n - 1)] = src[n - 1];
+      } else {
+        table_pmf(exps, one_minus, f, w, p.data());
+        const bool untied = quantize_pmf(p.data(), n, freq.data(), frac, order);
+        if (j >= 1 && 2 * j < m) {
+          mirrored[size_t(j)] = untied;
+          source_freq[size_t(j)].assign(freq.begin(), freq.end());
+        }
+      }
       out.start.push_back(pos);
       out.length.push_back(int32_t(n + 1));
       out.offset.push_back(int32_t(-w));
@@ -210,6 +234,12 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
     }
   }
   return out;
+}
+
+bool quantize_pmf_row(const double* p, int64_t n, int64_t* freq) {
+  std::vector<double> frac;
+  std::vector<int64_t> order;
+  return quantize_pmf(p, n, freq, frac, order);
 }
 
 int64_t max_stream_symbols(const LaplaceTables& tables, size_t stream_bytes) {

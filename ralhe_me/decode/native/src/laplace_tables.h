@@ -72,6 +72,10 @@ struct LaplaceTables {
 // (log-scales far below any real use, where Python's float arithmetic gives NaN) and families of
 // more than kMaxTableEntries CDF entries throw CorruptDataError.
 LaplaceTables build_laplace_tables(const LaplaceTableConfig& config);
+// laplace.py _quantize_pmf of one row p [n] -> freq [n] (throws CorruptDataError on a p that is no
+// probability); returns whether no index tie decided the frequencies, i.e. whether the row of the
+// mirrored pmf gets these frequencies mirrored (build_laplace_tables relies on it).
+bool quantize_pmf_row(const double* p, int64_t n, int64_t* freq);
 constexpr int64_t kMaxTableEntries = int64_t(1) << 26;
 
 // The most symbols coded with `tables` that a rANS stream of `stream_bytes` bytes can yield before
