@@ -56,7 +56,7 @@ try:
         Extension(
             "ralhe_me.geometry._occupancy_cpu",
             [os.path.join("ralhe_me", "geometry", "csrc", "occupancy.cpp")]
-            + native_sources("occupancy.cpp", "categorical.cpp"),
+            + native_sources("occupancy.cpp", "categorical.cpp", "crc32.cpp"),
             depends=[rans_header] + native_sources("occupancy.h", "categorical.h", "octree.h", "common.h"),
             include_dirs=include_paths() + [NATIVE_SRC],
             language="c++",

@@ -22,10 +22,16 @@ class StaleExtensionWarning(RuntimeWarning):
 
 def load_native(name: str, api_version: int) -> Optional[ModuleType]:
     """The extension module ``name`` if it is built and its ``API_VERSION`` is ``api_version``;
-    None if it is not built, or (with a StaleExtensionWarning) if it is built from other sources."""
+    None if it is not built, or (with a StaleExtensionWarning) if it is built from other sources
+    or is there but cannot be loaded (e.g. an undefined symbol)."""
     try:
         module = importlib.import_module(name)
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != name:  # the module is there; something it imports is not
+            _warn_unloadable(name, e)
+        return None
+    except ImportError as e:
+        _warn_unloadable(name, e)
         return None
     found = getattr(module, "API_VERSION", None)
     if found != api_version:
@@ -34,3 +40,8 @@ def load_native(name: str, api_version: int) -> Optional[ModuleType]:
                       stacklevel=2)
         return None
     return module
+
+
+def _warn_unloadable(name: str, error: ImportError) -> None:
+    warnings.warn(f"{name} is built but cannot be loaded ({error}): using the slower Python reference instead; "
+                  f"{REBUILD_HINT}", StaleExtensionWarning, stacklevel=3)
