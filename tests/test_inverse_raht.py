@@ -259,6 +259,19 @@ def test_native_adjoint_bad_input_is_named():
         module.raht_adjoint(np.zeros((2, m, 3), np.int32), left, right, a, b, order, steps)
     with pytest.raises(ValueError, match="merge rows"):
         module.raht_adjoint(np.zeros((2, m, 3), np.float32), left[::-1].copy(), right[::-1].copy(), a, b, order, steps)
+    far = order.copy()
+    far[3] = m
+    with pytest.raises(ValueError, match="raht_adjoint: order out of range"):
+        module.raht_adjoint(np.zeros((2, m, 3), np.float32), left, right, a, b, far, steps)
+    planes = [np.zeros((2, m), np.float32)]
+    with pytest.raises(ValueError, match="inverse_raht: order out of range"):
+        module.inverse_raht(planes, left, right, a, b, far, steps)
+    repeated = order.copy()
+    repeated[3] = repeated[4]
+    with pytest.raises(ValueError, match="inverse_raht: order is not a permutation"):
+        module.inverse_raht(planes, left, right, a, b, repeated, steps)
+    with pytest.raises(ValueError, match="inverse_raht: plan of"):
+        module.inverse_raht(planes, left, right, a, b, order[1:].copy(), steps)
 
 
 def test_synthesis_decode_equals_the_pure_torch_decode(monkeypatch):

@@ -114,6 +114,22 @@ ralhe::RahtMerges checked_merges(const char* what, int64_t M, const I64& left, c
   return m;
 }
 
+// The plan's point order, checked (ValueError): M entries in [0, M); with ``row_of``, also a
+// permutation, whose inverse (the row of each point) it fills.
+void checked_order(const char* what, int64_t M, const char* rows, const I64& order_in, std::vector<int64_t>* row_of) {
+  if (order_in.shape(0) != M)
+    throw std::invalid_argument(std::string(what) + ": plan of " + std::to_string(order_in.shape(0)) +
+                                " points for " + std::to_string(M) + " " + rows);
+  const int64_t* order = order_in.data();
+  for (int64_t m = 0; m < M; ++m)
+    if (order[m] < 0 || order[m] >= M) throw std::invalid_argument(std::string(what) + ": order out of range");
+  if (!row_of) return;
+  row_of->assign(size_t(M), -1);
+  for (int64_t m = 0; m < M; ++m) (*row_of)[size_t(order[m])] = m;
+  for (int64_t n = 0; n < M; ++n)
+    if ((*row_of)[size_t(n)] < 0) throw std::invalid_argument(std::string(what) + ": order is not a permutation");
+}
+
 template <typename T>
 py::array_t<T> inverse_raht(const std::vector<Arr<T>>& columns, I64 left_rows, I64 right_rows, F64 a_in, F64 b_in,
                             I64 order_in, I64 steps_in, int threads) {
@@ -122,19 +138,10 @@ py::array_t<T> inverse_raht(const std::vector<Arr<T>>& columns, I64 left_rows, I
   for (const auto& c : columns)
     if (c.ndim() != 2 || c.shape(0) != Q || c.shape(1) != M)
       throw std::invalid_argument("inverse_raht: the P coefficient arrays differ in shape");
-  if (order_in.shape(0) != M)
-    throw std::invalid_argument("inverse_raht: plan of " + std::to_string(order_in.shape(0)) + " points for " +
-                                std::to_string(M) + " coefficients");
+  std::vector<int64_t> row_of;
+  checked_order("inverse_raht", M, "coefficients", order_in, &row_of);
   std::vector<ralhe::RahtStep> steps;
   const ralhe::RahtMerges merges = checked_merges("inverse_raht", M, left_rows, right_rows, a_in, b_in, steps_in, steps);
-  const int64_t* order = order_in.data();
-  std::vector<int64_t> row_of(M, -1);
-  for (int64_t m = 0; m < M; ++m) {
-    if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("inverse_raht: order out of range");
-    row_of[order[m]] = m;
-  }
-  for (int64_t n = 0; n < M; ++n)
-    if (row_of[n] < 0) throw std::invalid_argument("inverse_raht: order is not a permutation");
   std::vector<const T*> column(X);  // column x = q * P + p
   for (int64_t q = 0; q < Q; ++q)
     for (int64_t p = 0; p < P; ++p) column[q * P + p] = columns[p].data() + q * M;
@@ -184,14 +191,10 @@ std::vector<py::array_t<T>> raht_adjoint(Arr<T> grad_in, I64 left_rows, I64 righ
                                          I64 order_in, I64 steps_in, int threads) {
   if (grad_in.ndim() != 3) throw std::invalid_argument("raht_adjoint: the gradient must be [Q, M, P]");
   const int64_t Q = grad_in.shape(0), M = grad_in.shape(1), P = grad_in.shape(2), X = P * Q;
-  if (order_in.shape(0) != M)
-    throw std::invalid_argument("raht_adjoint: plan of " + std::to_string(order_in.shape(0)) + " points for " +
-                                std::to_string(M) + " gradient rows");
+  checked_order("raht_adjoint", M, "gradient rows", order_in, nullptr);
   std::vector<ralhe::RahtStep> steps;
   const ralhe::RahtMerges merges = checked_merges("raht_adjoint", M, left_rows, right_rows, a_in, b_in, steps_in, steps);
   const int64_t* order = order_in.data();
-  for (int64_t m = 0; m < M; ++m)
-    if (order[m] < 0 || order[m] >= M) throw std::invalid_argument("raht_adjoint: order out of range");
   std::vector<py::array_t<T>> out;
   std::vector<T*> col(X);
   for (int64_t p = 0; p < P; ++p) out.emplace_back(std::vector<py::ssize_t>{Q, M});
