@@ -1,10 +1,12 @@
 """The sparse attribute decoder: MinkowskiEngine layers against a dense conv3d reference,
 the grouped torch decoder against single decoders, neighbour maps against brute force, the
 native kernels (point-wise layers, neighbour tables, pair plans) against torch bit for bit."""
+import math
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -430,6 +432,7 @@ def test_training_runs_the_native_forward_with_torch_bits_and_gradients(monkeypa
 
     class Counting:
         mlp_supported = staticmethod(ext.mlp_supported)
+        pointwise_mlp_backward = staticmethod(ext.pointwise_mlp_backward)
 
         @staticmethod
         def pointwise_mlp(*args):
@@ -445,7 +448,68 @@ def test_training_runs_the_native_forward_with_torch_bits_and_gradients(monkeypa
         results[mode] = (out.detach(), torch.autograd.grad((out * weight).sum(), leaves))
     assert calls == [192]  # the native=None run: the 3 full chunks, the last 8 points in torch
     assert torch.equal(bits(results[None][0]), bits(results[False][0]))
-    assert all(torch.equal(bits(u), bits(v)) for u, v in zip(results[None][1], results[False][1]))
+    # the backward runs natively (test_native_pointwise_backward_matches_reference): float rounding apart
+    for u, v in zip(results[None][1], results[False][1]):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+def mlp_backward_case(a, c0, c1, c2, n, seed):
+    """Inputs of the point-wise backward with dead units on both layers and zero inputs."""
+    g = torch.Generator().manual_seed(seed)
+    ws = mlp_weights(a, c0, c1, c2, seed=seed)
+    x = torch.randn(a, n, c0, generator=g) * 2
+    x[:, ::7] = 0.0
+    y = x.new_empty(n, a, c2)
+    with torch.no_grad():
+        grouped_module._mlp_chunks(x, *ws, 64, y, 0)
+    grad_y = torch.randn(n, a, c2, generator=g)
+    return x, ws, y, grad_y
+
+
+@native
+@pytest.mark.parametrize("a,c0,c1,c2,n", [(16, 3, 12, 4, 2200), (1, 3, 12, 4, 33), (3, 21, 12, 4, 700),
+                                          (2, 64, 64, 64, 65), (2, 1, 1, 1, 1), (1, 3, 12, 4, 530_000)])
+def test_native_pointwise_backward_matches_reference(a, c0, c1, c2, n):
+    """The C++ gradients against the torch reference run in float64: every gradient within
+    float32 rounding, at point counts inside one strip of 32, across strips and blocks of 2,048
+    and past 256 blocks (larger blocks); both layers have dead units (their masks matter)."""
+    x, ws, y, grad_y = mlp_backward_case(a, c0, c1, c2, n, seed=a * 100 + c0 + n)
+    assert (y == 0).any() and (y > 0).any()
+    got = grouped_module.mlp_backward(x, ws[0], ws[1], ws[2], y, grad_y, want_gx=True, native=True)
+    ref = grouped_module.mlp_backward(x.double(), *(w.double() for w in ws[:3]), y.double(), grad_y.double(),
+                                      want_gx=True, native=False)
+    for name, u, v in zip(("gx", "gw0", "gb0", "gw1", "gb1"), got, ref):
+        assert u.dtype == torch.float32 and u.shape == v.shape, name
+        scale = float(v.abs().max()) + 1e-6
+        assert float((u.double() - v).abs().max()) <= 2e-5 * scale * max(1.0, math.sqrt(n) / 30), name
+    assert grouped_module.mlp_backward(x, ws[0], ws[1], ws[2], y, grad_y, want_gx=False, native=True)[0] is None
+
+
+@native
+def test_native_pointwise_backward_is_the_same_on_any_thread_count():
+    x, ws, y, grad_y = mlp_backward_case(5, 3, 12, 4, 9000, seed=4)
+    module = neighbors_module._native_module()
+    arrays = [t.numpy() for t in (x, ws[0], ws[1], ws[2], y, grad_y)]
+    one = module.pointwise_mlp_backward(*arrays, True, threads=1)
+    for threads in (2, 3):
+        other = module.pointwise_mlp_backward(*arrays, True, threads=threads)
+        assert all(np.array_equal(u.view(np.int32), v.view(np.int32)) for u, v in zip(one, other)), threads
+
+
+@native
+def test_native_pointwise_backward_rejects_bad_input():
+    x, ws, y, grad_y = mlp_backward_case(2, 3, 4, 2, 100, seed=5)
+    module = neighbors_module._native_module()
+    with pytest.raises(ValueError, match="shapes"):
+        module.pointwise_mlp_backward(x.numpy(), ws[0].numpy(), ws[1].numpy(), ws[2].numpy(), y[:99].numpy(),
+                                      grad_y.numpy(), True)
+    wide = torch.zeros(2, 3, 65)
+    with pytest.raises(ValueError, match="widths"):
+        module.pointwise_mlp_backward(x.numpy(), wide.numpy(), torch.zeros(2, 1, 65).numpy(),
+                                      torch.zeros(2, 65, 2).numpy(), y.numpy(), grad_y.numpy(), True)
+    with pytest.raises(DecoderError, match="native point-wise backward"):
+        grouped_module.mlp_backward(x.double(), *(w.double() for w in ws[:3]), y.double(), grad_y.double(),
+                                    native=True)
 
 
 @native

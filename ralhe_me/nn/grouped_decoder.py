@@ -7,7 +7,7 @@ weights carry a leading attribute axis ([A, ...]) and:
 * the two point-wise layers run in cache-sized chunks of points, their 21-wide hidden
   layer recomputed in the backward pass rather than stored; the forward's full chunks run in
   C++ (nn/csrc/decode.cpp) where that gives MKL's bits (:func:`native_mlp_agrees`), in
-  training too; the backward runs in torch;
+  training too; the backward runs in C++ where built (:func:`mlp_backward`), torch otherwise;
 * the two 3x3x3 convolutions work on point-major features (one row of A * C values per
   voxel) over a precomputed :class:`~ralhe_me.nn.neighbors.NeighborMap`, visiting only the
   occupied neighbours: per kernel offset, gather the rows of its pairs, multiply by the
@@ -138,8 +138,8 @@ class _PointwiseMLP(torch.autograd.Function):
     attribute-major latents to point-major features (the layout the convolutions gather).
 
     The wide hidden layer (21 channels by default, the largest activation of the decoder)
-    is never stored: the backward pass recomputes it chunk by chunk. On a CPU shared by
-    several processes this is bound by memory traffic, not arithmetic. Products with few
+    is never stored: the backward pass recomputes it (:func:`mlp_backward`). On a CPU shared
+    by several processes this is bound by memory traffic, not arithmetic. Products with few
     output columns are computed transposed (W^T x^T), which MKL does several times faster.
     """
 
@@ -151,28 +151,61 @@ class _PointwiseMLP(torch.autograd.Function):
         _mlp_forward(x, w0, b0, w1, b1, chunk, y, native)
         ctx.save_for_backward(x, w0, b0, w1, y)
         ctx.chunk = chunk
+        ctx.native = native
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, w0, b0, w1, y = ctx.saved_tensors
-        chunk = ctx.chunk
-        g2 = (grad_y * (y > 0)).transpose(0, 1)  # [A, N, C2] view of point-major rows
-        w1t = w1.transpose(1, 2).contiguous()
-        gw0, gb0 = torch.zeros_like(w0), torch.zeros_like(b0)
-        gw1 = torch.zeros_like(w1)
-        gb1 = g2.sum(dim=1, keepdim=True)
-        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        for s in range(0, x.shape[1], chunk):
-            xs, gs = x[:, s:s + chunk], g2[:, s:s + chunk]
-            h = torch.baddbmm(b0, xs, w0).clamp_(min=0)
-            gw1.baddbmm_(h.transpose(1, 2), gs)
-            gh = torch.bmm(gs, w1t).mul_(h > 0)  # [A, B, C1]
-            gw0.baddbmm_(xs.transpose(1, 2), gh)
-            gb0 += gh.sum(dim=1, keepdim=True)
-            if gx is not None:
-                gx[:, s:s + chunk] = torch.bmm(w0, gh.transpose(1, 2)).transpose(1, 2)
+        gx, gw0, gb0, gw1, gb1 = mlp_backward(x, w0, b0, w1, y, grad_y, ctx.chunk, ctx.needs_input_grad[0],
+                                              ctx.native)
         return gx, gw0, gb0, gw1, gb1, None, None
+
+
+def _mlp_backward_torch(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, y: Tensor, grad_y: Tensor, chunk: int,
+                        want_gx: bool) -> tuple:
+    """The reference backward of the point-wise layers in torch, chunk by chunk (the hidden layer
+    recomputed): (gx or None, gw0, gb0, gw1, gb1)."""
+    g2 = (grad_y * (y > 0)).transpose(0, 1)  # [A, N, C2] view of point-major rows
+    w1t = w1.transpose(1, 2).contiguous()
+    gw0, gb0 = torch.zeros_like(w0), torch.zeros_like(b0)
+    gw1 = torch.zeros_like(w1)
+    gb1 = g2.sum(dim=1, keepdim=True)
+    gx = torch.empty_like(x) if want_gx else None
+    for s in range(0, x.shape[1], chunk):
+        xs, gs = x[:, s:s + chunk], g2[:, s:s + chunk]
+        h = torch.baddbmm(b0, xs, w0).clamp_(min=0)
+        gw1.baddbmm_(h.transpose(1, 2), gs)
+        gh = torch.bmm(gs, w1t).mul_(h > 0)  # [A, B, C1]
+        gw0.baddbmm_(xs.transpose(1, 2), gh)
+        gb0 += gh.sum(dim=1, keepdim=True)
+        if gx is not None:
+            gx[:, s:s + chunk] = torch.bmm(w0, gh.transpose(1, 2)).transpose(1, 2)
+    return gx, gw0, gb0, gw1, gb1
+
+
+def mlp_backward(x: Tensor,  # [A, N, C0]
+                 w0: Tensor,  # [A, C0, C1]
+                 b0: Tensor,  # [A, 1, C1]
+                 w1: Tensor,  # [A, C1, C2]
+                 y: Tensor,  # [N, A, C2] the forward's output
+                 grad_y: Tensor,  # [N, A, C2]
+                 chunk: int = MLP_CHUNK, want_gx: bool = True, native: Optional[bool] = None) -> tuple:
+    """Gradients (gx [A, N, C0] or None, gw0, gb0, gw1, gb1) of the point-wise layers. The C++
+    kernel (nn/csrc/decode.cpp: the same on any thread count, within float rounding of torch)
+    where built, usable and ``native`` is not False; the torch reference otherwise."""
+    module = _native_module() if native is not False else None
+    c0, c1, c2 = x.shape[2], w0.shape[2], w1.shape[2]
+    usable = (module is not None and module.mlp_supported() and max(c0, c1, c2) <= 64
+              and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, w0, b0, w1, y, grad_y)))
+    if native and not usable:
+        raise DecoderError("the native point-wise backward needs the built extension, an AVX2/FMA CPU, "
+                           "float32 CPU tensors and at most 64 channels per layer")
+    if not usable:
+        return _mlp_backward_torch(x, w0, b0, w1, y, grad_y, chunk, want_gx)
+    out = module.pointwise_mlp_backward(*(t.detach().contiguous().numpy() for t in (x, w0, b0, w1, y, grad_y)),
+                                        bool(want_gx), threads=torch.get_num_threads())
+    return tuple(None if g is None else torch.from_numpy(g) for g in out)
 
 
 def _mlp_chunks(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chunk: int, y: Tensor,
@@ -228,7 +261,7 @@ def pointwise_mlp(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor,
     The full chunks run in C++ (nn/csrc/decode.cpp) where :func:`native_mlp_agrees`
     (``native=None``), or whenever the extension can (``True``: for tests); the last partial
     chunk, and everything with ``native=False``, runs in torch. With autograd the forward is
-    the same and the backward runs in torch (:class:`_PointwiseMLP`)."""
+    the same and the backward is :func:`mlp_backward` (:class:`_PointwiseMLP`)."""
     chunk = int(chunk)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w0, b0, w1, b1)):
         return _PointwiseMLP.apply(x, w0, b0, w1, b1, chunk, native)

@@ -44,7 +44,7 @@ def _coords_tensor(coords) -> Tensor:
     return c.to(torch.int64)
 
 
-NATIVE_API_VERSION = 2  # the interface of _decode_cpu these sources call (its API_VERSION)
+NATIVE_API_VERSION = 3  # the interface of _decode_cpu these sources call (its API_VERSION)
 
 
 def _native_module():
