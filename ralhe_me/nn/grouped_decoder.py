@@ -162,6 +162,13 @@ class _PointwiseMLP(torch.autograd.Function):
         return gx, gw0, gb0, gw1, gb1, None, None
 
 
+def _native_mlp_usable(module, widths: Sequence[int], tensors: Sequence[Tensor]) -> bool:
+    """Whether the native point-wise kernels can run: the extension built, an AVX2/FMA CPU, at
+    most 64 channels per layer and float32 CPU tensors."""
+    return (module is not None and module.mlp_supported() and max(widths) <= 64
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
+
+
 def _mlp_backward_torch(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, y: Tensor, grad_y: Tensor, chunk: int,
                         want_gx: bool) -> tuple:
     """The reference backward of the point-wise layers in torch, chunk by chunk (the hidden layer
@@ -195,9 +202,7 @@ def mlp_backward(x: Tensor,  # [A, N, C0]
     kernel (nn/csrc/decode.cpp: the same on any thread count, within float rounding of torch)
     where built, usable and ``native`` is not False; the torch reference otherwise."""
     module = _native_module() if native is not False else None
-    c0, c1, c2 = x.shape[2], w0.shape[2], w1.shape[2]
-    usable = (module is not None and module.mlp_supported() and max(c0, c1, c2) <= 64
-              and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, w0, b0, w1, y, grad_y)))
+    usable = _native_mlp_usable(module, (x.shape[2], w0.shape[2], w1.shape[2]), (x, w0, b0, w1, y, grad_y))
     if native and not usable:
         raise DecoderError("the native point-wise backward needs the built extension, an AVX2/FMA CPU, "
                            "float32 CPU tensors and at most 64 channels per layer")
@@ -279,11 +284,10 @@ def _mlp_forward(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chun
     c1, c2 = w0.shape[2], w1.shape[2]
     full = n - n % chunk
     module = _native_module() if native is not False else None
-    usable = (module is not None and module.mlp_supported() and x.dtype == torch.float32
-              and all(t.dtype == torch.float32 for t in (w0, b0, w1, b1)) and max(c0, c1, c2) <= 64)
+    usable = _native_mlp_usable(module, (c0, c1, c2), (x, w0, b0, w1, b1))
     if native and not usable:
         raise DecoderError("the native point-wise layers need the built extension, an AVX2/FMA CPU, "
-                           "float32 and at most 64 channels per layer")
+                           "float32 CPU tensors and at most 64 channels per layer")
     if native is None:
         usable = usable and full > 0 and native_mlp_agrees(a, c0, c1, c2, chunk)
     start = 0

@@ -272,14 +272,50 @@ __attribute__((target("avx2,fma"))) inline void transpose8(__m256 r[8]) {
   }
 }
 
+constexpr int kStripVectors = 4;              // vectors per strip: 4 independent chains hide the FMA latency
+constexpr int64_t kStrip = 8 * kStripVectors;  // points per strip of the point-wise layers
+
+// The 32-byte aligned start of a buffer allocated with 8 floats to spare.
+inline float* aligned32(std::vector<float>& buffer) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 31) & ~uintptr_t(31));
+}
+
+// One attribute's inputs of a strip, planar: xp[k][i] = xa[i * C0 + k] for the nb points, zero after.
+inline void load_strip(const float* xa, int64_t nb, int64_t C0, float (*xp)[kStrip]) {
+  for (int64_t i = 0; i < nb; ++i)
+    for (int64_t k = 0; k < C0; ++k) xp[k][i] = xa[i * C0 + k];
+  for (int64_t k = 0; k < C0; ++k)
+    for (int64_t i = nb; i < kStrip; ++i) xp[k][i] = 0.f;
+}
+
+// The hidden layer of a strip, h[o] = relu(b[o] + sum_k xp[k] W[k][o]), summed as MKL does (the
+// first product, then fused multiply-adds in k order, the bias last): the forward's bits, which
+// the backward's recomputation reproduces.
+__attribute__((target("avx2,fma"))) inline void hidden_strip(const float (*xp)[kStrip], const float* w /* [C0][C1] */,
+                                                             const float* b /* [C1] */, int64_t C0, int64_t C1,
+                                                             __m256 (*h)[kStripVectors]) {
+  constexpr int V = kStripVectors;
+  for (int64_t o = 0; o < C1; ++o) {
+    __m256 acc[V];
+    const __m256 w0 = _mm256_set1_ps(w[o]);
+    for (int v = 0; v < V; ++v) acc[v] = _mm256_mul_ps(_mm256_load_ps(&xp[0][8 * v]), w0);
+    for (int64_t k = 1; k < C0; ++k) {
+      const __m256 wk = _mm256_set1_ps(w[k * C1 + o]);
+      for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_load_ps(&xp[k][8 * v]), wk, acc[v]);
+    }
+    const __m256 bias = _mm256_set1_ps(b[o]);
+    for (int v = 0; v < V; ++v) h[o][v] = relu8(_mm256_add_ps(bias, acc[v]));
+  }
+}
+
 __attribute__((target("avx2,fma"))) void mlp_rows(const float* x, int64_t N, int64_t A, int64_t C0, int64_t C1,
                                                    int64_t C2, const float* w0, const float* b0, const float* w1,
                                                    const float* b1, float* y, int64_t rows) {
-  constexpr int V = 4;  // vectors per strip: 4 independent chains hide the FMA latency
-  constexpr int64_t S = 8 * V;  // points per strip
+  constexpr int V = kStripVectors;
+  constexpr int64_t S = kStrip;
   alignas(32) float xp[kMaxWidth][S];  // one attribute's inputs of the strip, planar
   std::vector<float> tile_store(size_t(A * C2 * S) + 8);
-  float* tile = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tile_store.data()) + 31) & ~uintptr_t(31));
+  float* tile = aligned32(tile_store);
   __m256 h[kMaxWidth][V];
   const int64_t row = A * C2;  // floats per output row
   for (int64_t s0 = 0; s0 < rows; s0 += S) {
@@ -290,23 +326,9 @@ __attribute__((target("avx2,fma"))) void mlp_rows(const float* x, int64_t N, int
       if (s0 + 5 * S <= N)
         for (int64_t off = 0; off < S * C0; off += 16)
           _mm_prefetch(reinterpret_cast<const char*>(xa + 4 * S * C0 + off), _MM_HINT_T0);
-      for (int64_t i = 0; i < nb; ++i)
-        for (int64_t k = 0; k < C0; ++k) xp[k][i] = xa[i * C0 + k];
-      for (int64_t k = 0; k < C0; ++k)
-        for (int64_t i = nb; i < S; ++i) xp[k][i] = 0.f;
-      const float* wa = w0 + a * C0 * C1;  // [C0][C1]
+      load_strip(xa, nb, C0, xp);
       const float* va = w1 + a * C1 * C2;  // [C1][C2]
-      for (int64_t o = 0; o < C1; ++o) {
-        __m256 acc[V];
-        const __m256 w = _mm256_set1_ps(wa[o]);
-        for (int v = 0; v < V; ++v) acc[v] = _mm256_mul_ps(_mm256_load_ps(&xp[0][8 * v]), w);
-        for (int64_t k = 1; k < C0; ++k) {
-          const __m256 wk = _mm256_set1_ps(wa[k * C1 + o]);
-          for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_load_ps(&xp[k][8 * v]), wk, acc[v]);
-        }
-        const __m256 bias = _mm256_set1_ps(b0[a * C1 + o]);
-        for (int v = 0; v < V; ++v) h[o][v] = relu8(_mm256_add_ps(bias, acc[v]));
-      }
+      hidden_strip(xp, w0 + a * C0 * C1, b0 + a * C1, C0, C1, h);
       for (int64_t o = 0; o < C2; ++o) {
         __m256 acc[V];
         const __m256 w = _mm256_set1_ps(va[o]);
@@ -338,6 +360,11 @@ __attribute__((target("avx2,fma"))) void mlp_rows(const float* x, int64_t N, int
 
 using F32 = py::array_t<float, py::array::c_style>;
 
+void check_mlp_widths(const char* function, int64_t C0, int64_t C1, int64_t C2) {
+  if (C0 < 1 || C1 < 1 || C2 < 1 || C0 > kMaxWidth || C1 > kMaxWidth || C2 > kMaxWidth)
+    throw std::invalid_argument(std::string(function) + ": layer widths must lie in [1, 64]");
+}
+
 // x [A, N, C0], w0 [A, C0, C1], b0 [A, 1, C1], w1 [A, C1, C2], b1 [A, 1, C2], y [N, A, C2] (written
 // for the first `rows` points).
 void pointwise_mlp(F32 x, F32 w0, F32 b0, F32 w1, F32 b1, py::array y_out, int64_t rows) {
@@ -353,8 +380,7 @@ void pointwise_mlp(F32 x, F32 w0, F32 b0, F32 w1, F32 b1, py::array y_out, int64
       w1.shape(0) != A || w1.shape(1) != C1 || b1.shape(0) != A || b1.shape(1) != 1 || b1.shape(2) != C2 ||
       y.shape(0) != N || y.shape(1) != A || y.shape(2) != C2)
     throw std::invalid_argument("pointwise_mlp: shapes do not fit");
-  if (C0 < 1 || C1 < 1 || C2 < 1 || C0 > kMaxWidth || C1 > kMaxWidth || C2 > kMaxWidth)
-    throw std::invalid_argument("pointwise_mlp: layer widths must lie in [1, 64]");
+  check_mlp_widths("pointwise_mlp", C0, C1, C2);
   if (rows < 0 || rows > N) throw std::invalid_argument("pointwise_mlp: rows out of range");
   float* out = y.mutable_data();
   {
@@ -379,19 +405,38 @@ struct MlpShape {
   int64_t params() const { return C0 * C1 + C1 + C1 * C2 + C2; }  // gw0, gb0, gw1, gb1 of one attribute
 };
 
+// One row r of a layer y = x W over a strip: adds left * right[j] (the weight gradient's row
+// W[r][:], per lane) into sums[j] and returns in d the row's product W[r, :] . right (the input
+// gradient of x[r]); right holds the n output gradients.
+__attribute__((target("avx2,fma"))) inline void weight_row_grads(const __m256* left, const __m256 (*right)[kStripVectors],
+                                                                 int64_t n, const float* w_row, float* sums,
+                                                                 __m256* d) {
+  constexpr int V = kStripVectors;
+  for (int v = 0; v < V; ++v) d[v] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    __m256 sum = _mm256_load_ps(sums + 8 * j);
+    const __m256 w = _mm256_set1_ps(w_row[j]);
+    for (int v = 0; v < V; ++v) {
+      sum = _mm256_fmadd_ps(left[v], right[j][v], sum);
+      d[v] = _mm256_fmadd_ps(right[j][v], w, d[v]);
+    }
+    _mm256_store_ps(sums + 8 * j, sum);
+  }
+}
+
 // One block of points [p0, p1): gx rows (when gx), and every attribute's weight-gradient sums
 // into part [A][params] (overwritten).
 __attribute__((target("avx2,fma"))) void mlp_backward_block(
     const MlpShape& s, const float* x, const float* w0, const float* b0, const float* w1, const float* y,
     const float* gy, float* gx, int64_t p0, int64_t p1, float* part) {
-  constexpr int V = 4;
-  constexpr int64_t S = 8 * V;
+  constexpr int V = kStripVectors;
+  constexpr int64_t S = kStrip;
   const int64_t A = s.A, C0 = s.C0, C1 = s.C1, C2 = s.C2, P = s.params(), row = A * C2;
   // per-lane sums of every attribute's parameters: [A][P] vectors
   std::vector<float> acc_store(size_t(A * P * 8) + 8, 0.f);
-  float* acc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(acc_store.data()) + 31) & ~uintptr_t(31));
+  float* acc = aligned32(acc_store);
   std::vector<float> tile_store(size_t(row * S) + 8);  // the strip's masked output gradients, planar
-  float* tile = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(tile_store.data()) + 31) & ~uintptr_t(31));
+  float* tile = aligned32(tile_store);
   alignas(32) float xp[kMaxWidth][S];
   alignas(32) float gxp[kMaxWidth][S];
   __m256 h[kMaxWidth][V], gh[kMaxWidth][V], g2[kMaxWidth][V];
@@ -406,11 +451,7 @@ __attribute__((target("avx2,fma"))) void mlp_backward_block(
     for (int64_t c = 0; c < row; ++c)
       for (int64_t i = nb; i < S; ++i) tile[c * S + i] = 0.f;
     for (int64_t a = 0; a < A; ++a) {
-      const float* xa = x + (a * s.N + s0) * C0;
-      for (int64_t i = 0; i < nb; ++i)
-        for (int64_t k = 0; k < C0; ++k) xp[k][i] = xa[i * C0 + k];
-      for (int64_t k = 0; k < C0; ++k)
-        for (int64_t i = nb; i < S; ++i) xp[k][i] = 0.f;
+      load_strip(x + (a * s.N + s0) * C0, nb, C0, xp);
       const float* wa = w0 + a * C0 * C1;  // [C0][C1]
       const float* va = w1 + a * C1 * C2;  // [C1][C2]
       // this attribute's lane sums, 8 floats each
@@ -418,15 +459,7 @@ __attribute__((target("avx2,fma"))) void mlp_backward_block(
       float* gb0 = gw0 + C0 * C1 * 8;  // [C1]
       float* gw1 = gb0 + C1 * 8;       // [C1][C2]
       float* gb1 = gw1 + C1 * C2 * 8;  // [C2]
-      for (int64_t o = 0; o < C1; ++o) {  // the hidden layer, recomputed
-        const __m256 bias = _mm256_set1_ps(b0[a * C1 + o]);
-        for (int v = 0; v < V; ++v) h[o][v] = bias;
-        for (int64_t k = 0; k < C0; ++k) {
-          const __m256 wk = _mm256_set1_ps(wa[k * C1 + o]);
-          for (int v = 0; v < V; ++v) h[o][v] = _mm256_fmadd_ps(_mm256_load_ps(&xp[k][8 * v]), wk, h[o][v]);
-        }
-        for (int v = 0; v < V; ++v) h[o][v] = relu8(h[o][v]);
-      }
+      hidden_strip(xp, wa, b0 + a * C1, C0, C1, h);  // recomputed with the forward's bits
       for (int64_t o = 0; o < C2; ++o) {
         const float* t = tile + (a * C2 + o) * S;
         __m256 sum = _mm256_load_ps(gb1 + 8 * o);
@@ -439,16 +472,7 @@ __attribute__((target("avx2,fma"))) void mlp_backward_block(
       for (int64_t o = 0; o < C1; ++o) {
         // gw1[o][:] += h[o] g2[:];  gh[o] = (W1[o, :] . g2) where h[o] > 0
         __m256 d[V];
-        for (int v = 0; v < V; ++v) d[v] = _mm256_setzero_ps();
-        for (int64_t p = 0; p < C2; ++p) {
-          __m256 sum = _mm256_load_ps(gw1 + 8 * (o * C2 + p));
-          const __m256 wp = _mm256_set1_ps(va[o * C2 + p]);
-          for (int v = 0; v < V; ++v) {
-            sum = _mm256_fmadd_ps(h[o][v], g2[p][v], sum);
-            d[v] = _mm256_fmadd_ps(g2[p][v], wp, d[v]);
-          }
-          _mm256_store_ps(gw1 + 8 * (o * C2 + p), sum);
-        }
+        weight_row_grads(h[o], g2, C2, va + o * C2, gw1 + 8 * o * C2, d);
         __m256 sum = _mm256_load_ps(gb0 + 8 * o);
         for (int v = 0; v < V; ++v) {
           gh[o][v] = _mm256_and_ps(d[v], _mm256_cmp_ps(h[o][v], _mm256_setzero_ps(), _CMP_GT_OQ));
@@ -458,18 +482,9 @@ __attribute__((target("avx2,fma"))) void mlp_backward_block(
       }
       for (int64_t k = 0; k < C0; ++k) {
         // gw0[k][:] += x[k] gh[:];  gx[k] = W0[k, :] . gh
-        __m256 d[V];
-        for (int v = 0; v < V; ++v) d[v] = _mm256_setzero_ps();
-        for (int64_t o = 0; o < C1; ++o) {
-          __m256 sum = _mm256_load_ps(gw0 + 8 * (k * C1 + o));
-          const __m256 wk = _mm256_set1_ps(wa[k * C1 + o]);
-          for (int v = 0; v < V; ++v) {
-            const __m256 xv = _mm256_load_ps(&xp[k][8 * v]);
-            sum = _mm256_fmadd_ps(xv, gh[o][v], sum);
-            d[v] = _mm256_fmadd_ps(gh[o][v], wk, d[v]);
-          }
-          _mm256_store_ps(gw0 + 8 * (k * C1 + o), sum);
-        }
+        __m256 xk[V], d[V];
+        for (int v = 0; v < V; ++v) xk[v] = _mm256_load_ps(&xp[k][8 * v]);
+        weight_row_grads(xk, gh, C1, wa + k * C1, gw0 + 8 * k * C1, d);
         for (int v = 0; v < V; ++v) _mm256_store_ps(&gxp[k][8 * v], d[v]);
       }
       if (gx != nullptr) {
@@ -499,11 +514,9 @@ py::tuple pointwise_mlp_backward(F32 x, F32 w0, F32 b0, F32 w1, F32 y, F32 gy, b
       w1.shape(0) != s.A || w1.shape(1) != s.C1 || y.shape(0) != s.N || y.shape(1) != s.A || y.shape(2) != s.C2 ||
       gy.shape(0) != s.N || gy.shape(1) != s.A || gy.shape(2) != s.C2)
     throw std::invalid_argument("pointwise_mlp_backward: shapes do not fit");
-  if (s.C0 < 1 || s.C1 < 1 || s.C2 < 1 || s.C0 > kMaxWidth || s.C1 > kMaxWidth || s.C2 > kMaxWidth)
-    throw std::invalid_argument("pointwise_mlp_backward: layer widths must lie in [1, 64]");
+  check_mlp_widths("pointwise_mlp_backward", s.C0, s.C1, s.C2);
   const int64_t P = s.params();
   // blocks: at least 2,048 points, at most 256 of them; a function of N alone
-  constexpr int64_t kStrip = 32;
   int64_t block = std::max<int64_t>(2048, (s.N + 255) / 256);
   block = (block + kStrip - 1) / kStrip * kStrip;
   const int64_t blocks = s.N == 0 ? 0 : (s.N + block - 1) / block;
