@@ -104,7 +104,7 @@ def _check_positions(coords, depth, config=OccupancyConfig()):
 
 
 @pytest.mark.parametrize("depth,n,clustered", [(1, 1, False), (1, 6, False), (3, 40, False), (7, 900, True),
-                                               (10, 5000, True), (21, 150, False)])
+                                               (10, 5000, True), (12, 20000, True), (21, 150, False)])
 def test_positions_equal_reference(depth, n, clustered):
     _check_positions(_cloud(n, depth, seed=depth + n, clustered=clustered), depth)
 
@@ -210,6 +210,13 @@ def test_octree_levels_equal_reference():
         ref = OctreeLevels.build(vox.coords, num_levels, 9)
         sizes, p2v = N.octree_levels(vox.coords, num_levels, 9)
         assert sizes == ref.sizes and all(_same_bits(a, b) for a, b in zip(p2v, ref.point_to_voxel))
+    # several of the decoder's 8192-point chunks (the run count carries across them)
+    coords = np.unique(_cloud(30000, 12, seed=3, clustered=True), axis=0)
+    coords = coords[np.argsort(morton_encode(coords))]
+    ref = OctreeLevels.build(coords, 13, 12)
+    sizes, p2v = N.octree_levels(coords, 13, 12)
+    assert len(coords) > 3 * 8192 and sizes == ref.sizes
+    assert all(_same_bits(a, b) for a, b in zip(p2v, ref.point_to_voxel))
     with pytest.raises(CorruptDataError, match="num_levels"):
         N.octree_levels(vox.coords, 11, 9)
     with pytest.raises(CorruptDataError, match="Morton"):

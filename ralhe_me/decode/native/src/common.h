@@ -33,11 +33,34 @@
 #define RALHE_NOINLINE
 #define RALHE_ALWAYS_INLINE inline
 #endif
+// Out of line in the WebAssembly build only (a function the engine compiles and tiers up on its
+// own), inlined elsewhere (the native build keeps its register allocation across the call).
+#if defined(__EMSCRIPTEN__)
+#define RALHE_WASM_NOINLINE __attribute__((noinline))
+#else
+#define RALHE_WASM_NOINLINE RALHE_ALWAYS_INLINE
+#endif
 #if defined(__GNUC__) || defined(__clang__)
 #define RALHE_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define RALHE_INLINE_LAMBDA
 #endif
+
+// f(begin, end) over [0, n) in chunks of `chunk` items, each chunk one call of an out-of-line
+// function (one per call site).  For a per-item loop in a function that runs once per decode: a
+// WebAssembly engine counts the loop's work against the function and, past its budget, compiles
+// the function again optimized, work that a function called once never uses (no on-stack
+// replacement) and that competes for the cores; the chunk function's own optimized code serves
+// its later calls.  Chunks run in order, so results are those of the plain loop (which is what
+// the native build compiles: there the chunk function is inlined).
+template <typename F>
+RALHE_WASM_NOINLINE void run_chunk(F& f, int64_t begin, int64_t end) {
+  f(begin, end);
+}
+template <typename F>
+void for_chunks(int64_t n, int64_t chunk, F&& f) {
+  for (int64_t b = 0; b < n; b += chunk) run_chunk(f, b, n - b < chunk ? n : b + chunk);
+}
 
 // Kernels compiled for several x86 instruction sets and picked at load time (target attributes
 // and __builtin_cpu_supports): GCC on x86-64 Linux.  Other builds use the portable kernels.

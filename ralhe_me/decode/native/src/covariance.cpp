@@ -163,7 +163,8 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
     // int64 symbol + offset (numpy wraps), then rounded to float32 as astype(np.float32)
     return float(int64_t(uint64_t(symbols[size_t(col) * size_t(n) + size_t(i)]) + uint64_t(lows[col])));
   };
-  for (int64_t i = 0; i < n; ++i) {
+  for_chunks(n, 8192, [&](int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
     const int64_t c = index[size_t(i)];
     const float g = point_gain ? float(point_gain[i]) : 1.0f;
     for (int a = 0; a < 3; ++a) {
@@ -193,6 +194,7 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
     q[2] = ((y + t[0] * z) + t[1] * w) - t[2] * x;
     q[3] = ((z - t[0] * y) + t[1] * x) + t[2] * w;
   }
+  });
 }
 
 }  // namespace ralhe

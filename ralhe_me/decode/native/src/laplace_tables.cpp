@@ -56,7 +56,7 @@ struct ScaleExps {
   std::vector<double> exps;  // [(W + 1) q + 1]
   double q = 1.0;
 
-  void fill(double inv_b, int64_t w, int64_t m) {
+  RALHE_WASM_NOINLINE void fill(double inv_b, int64_t w, int64_t m) {
     const int64_t qi = m % 2 ? 2 * m : m;
     q = double(qi);
     exps.resize(size_t((w + 1) * qi + 1));
@@ -171,6 +171,31 @@ void CdfTablesView::check(int64_t cdf_size) const {
       throw std::invalid_argument("flat table out of range");
 }
 
+namespace {
+
+// freq [n] of the row mirrored from src [n] (entry i from entry 2w - i, the escape n - 1 kept).
+RALHE_WASM_NOINLINE void mirror_freq(const int64_t* src, int64_t w, int64_t n, int64_t* freq) {
+  for (int64_t i = 0; i <= 2 * w; ++i) freq[i] = src[2 * w - i];
+  freq[n - 1] = src[n - 1];
+}
+
+// cdf [n + 1] = 0 and the running sums of freq [n]; returns the largest frequency.
+RALHE_WASM_NOINLINE int32_t write_cdf(const int64_t* freq, int64_t n, int32_t* cdf) {
+  int64_t c = 0;
+  int32_t largest = 0;
+  cdf[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (freq[i] < 1) bad_config("a symbol gets no probability");  // unreachable for finite pmfs
+    c += freq[i];
+    cdf[i + 1] = int32_t(c);
+    largest = std::max(largest, int32_t(freq[i]));
+  }
+  if (c != kTotalFreq) bad_config("frequencies do not sum to 2**16");  // unreachable, kept as a guard
+  return largest;
+}
+
+}  // namespace
+
 LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
   config.validate();
   const int64_t m = config.num_mean_bins();
@@ -208,9 +233,7 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
     for (int64_t j = 0; j < m; ++j) {
       const double f = double(j - m / 2) / double(m);  // exact
       if (2 * j > m && mirrored[size_t(m - j)]) {
-        const int64_t* src = source_freq[size_t(m - j)].data();
-        for (int64_t i = 0; i <= 2 * w; ++i) freq[size_t(i)] = src[2 * w - i];
-        freq[size_t(n - 1)] = src[n - 1];
+        mirror_freq(source_freq[size_t(m - j)].data(), w, n, freq.data());
       } else {
         table_pmf(exps, one_minus, f, w, p.data());
         const bool untied = quantize_pmf(p.data(), n, freq.data(), frac, order);
@@ -222,15 +245,8 @@ LaplaceTables build_laplace_tables(const LaplaceTableConfig& config) {
       out.start.push_back(pos);
       out.length.push_back(int32_t(n + 1));
       out.offset.push_back(int32_t(-w));
-      int64_t c = 0;
-      out.cdf[size_t(pos++)] = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        if (freq[i] < 1) bad_config("a symbol gets no probability");  // unreachable for finite pmfs
-        c += freq[i];
-        out.cdf[size_t(pos++)] = int32_t(c);
-        out.max_frequency = std::max(out.max_frequency, int32_t(freq[i]));
-      }
-      if (c != kTotalFreq) bad_config("frequencies do not sum to 2**16");  // unreachable, kept as a guard
+      out.max_frequency = std::max(out.max_frequency, write_cdf(freq.data(), n, out.cdf.data() + pos));
+      pos += n + 1;
     }
   }
   return out;

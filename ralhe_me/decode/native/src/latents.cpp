@@ -219,6 +219,60 @@ struct Scratch {
 constexpr size_t kScratchBytes = sizeof(Scratch<16>);
 constexpr size_t kScratchAlign = 128;  // the widest lane vector (alignof depends on the target ISA)
 
+// The entropy model on one block of N segments (contexts rows[j] + g0, j < K; nl of the N lanes
+// kept) in one arithmetic: float32, int32 or float64 -> mo, io [nl].  In the WebAssembly build
+// each is its own function: the step that calls them runs from baseline code until an optimized
+// copy is ready, and three small functions are compiled sooner than one large one.
+template <int N>
+RALHE_WASM_NOINLINE void block_float(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
+                                     int32_t* io, Scratch<N>& sc) {
+  typedef Vec<N> X;
+  typedef typename X::H H;
+  for (int j = 0; j < md.K; ++j) {
+    H v;
+    std::memcpy(&v, rows[j] + g0, sizeof(v));
+    sc.f[j] = __builtin_convertvector(v, typename X::F);
+  }
+  const auto* y =
+      mlp_lanes<typename X::F, typename X::I, float>(md, a, md.wf.data(), md.bf.data(), sc.f, sc.f + kMaxDim);
+  const typename X::I mu_acc = __builtin_convertvector(y[0], typename X::I);
+  const typename X::I ls_acc = __builtin_convertvector(y[1], typename X::I);
+  finish_lanes<N>(md, a, mu_acc, ls_acc, nl, mo, io);
+}
+
+template <int N>
+RALHE_WASM_NOINLINE void block_int32(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
+                                     int32_t* io, Scratch<N>& sc) {
+  typedef Vec<N> X;
+  typedef typename X::H H;
+  for (int j = 0; j < md.K; ++j) {
+    H v;
+    std::memcpy(&v, rows[j] + g0, sizeof(v));
+    sc.i[j] = __builtin_convertvector(v, typename X::I);
+  }
+  const auto* y =
+      mlp_lanes<typename X::I, typename X::I, int32_t>(md, a, md.wi.data(), md.bi.data(), sc.i, sc.i + kMaxDim);
+  finish_lanes<N>(md, a, y[0], y[1], nl, mo, io);
+}
+
+template <int N>
+RALHE_WASM_NOINLINE void block_float64(const Model& md, int a, const int16_t* const* rows, int g0, int nl,
+                                       int32_t* mo, int32_t* io, Scratch<N>& sc) {
+  typedef Vec<N> X;
+  typedef typename X::H H;
+  for (int j = 0; j < md.K; ++j) {
+    H v;
+    std::memcpy(&v, rows[j] + g0, sizeof(v));
+    sc.d[j] = __builtin_convertvector(v, typename X::D);
+  }
+  const auto* y =
+      mlp_lanes<typename X::D, typename X::I, double>(md, a, md.wd.data(), md.bd.data(), sc.d, sc.d + kMaxDim);
+  double ym[N], yl[N];
+  std::memcpy(ym, &y[0], sizeof(ym));
+  std::memcpy(yl, &y[1], sizeof(yl));
+  for (int l = 0; l < nl; ++l) finish_lane(md, a, int64_t(ym[l]), int64_t(yl[l]), mo + l, io + l);
+}
+
 // One step: contexts of segments [0, na) of every attribute -> mu_out, idx_out [A * na] (a-major).
 // Each block of N segments runs in the cheapest arithmetic exact for its own contexts.  Blocks of
 // kBlock segments whose contexts are all zero (last_nonzero [A][Gp / kBlock]: the last step that
@@ -262,39 +316,12 @@ inline __attribute__((always_inline)) void eval_step_lanes(const Model& md, cons
         }
         continue;
       }
-      if (bound <= md.float_bound) {
-        for (int j = 0; j < md.K; ++j) {
-          H v;
-          std::memcpy(&v, rows[j] + g0, sizeof(v));
-          sc.f[j] = __builtin_convertvector(v, typename X::F);
-        }
-        const auto* y = mlp_lanes<typename X::F, typename X::I, float>(md, a, md.wf.data(), md.bf.data(), sc.f,
-                                                                       sc.f + kMaxDim);
-        const typename X::I mu_acc = __builtin_convertvector(y[0], typename X::I);
-        const typename X::I ls_acc = __builtin_convertvector(y[1], typename X::I);
-        finish_lanes<N>(md, a, mu_acc, ls_acc, nl, mo, io);
-      } else if (bound <= md.int32_bound) {
-        for (int j = 0; j < md.K; ++j) {
-          H v;
-          std::memcpy(&v, rows[j] + g0, sizeof(v));
-          sc.i[j] = __builtin_convertvector(v, typename X::I);
-        }
-        const auto* y = mlp_lanes<typename X::I, typename X::I, int32_t>(md, a, md.wi.data(), md.bi.data(), sc.i,
-                                                                         sc.i + kMaxDim);
-        finish_lanes<N>(md, a, y[0], y[1], nl, mo, io);
-      } else {
-        for (int j = 0; j < md.K; ++j) {
-          H v;
-          std::memcpy(&v, rows[j] + g0, sizeof(v));
-          sc.d[j] = __builtin_convertvector(v, typename X::D);
-        }
-        const auto* y = mlp_lanes<typename X::D, typename X::I, double>(md, a, md.wd.data(), md.bd.data(), sc.d,
-                                                                        sc.d + kMaxDim);
-        double ym[N], yl[N];
-        std::memcpy(ym, &y[0], sizeof(ym));
-        std::memcpy(yl, &y[1], sizeof(yl));
-        for (int l = 0; l < nl; ++l) finish_lane(md, a, int64_t(ym[l]), int64_t(yl[l]), mo + l, io + l);
-      }
+      if (bound <= md.float_bound)
+        block_float<N>(md, a, rows, g0, nl, mo, io, sc);
+      else if (bound <= md.int32_bound)
+        block_int32<N>(md, a, rows, g0, nl, mo, io, sc);
+      else
+        block_float64<N>(md, a, rows, g0, nl, mo, io, sc);
     }
   }
 }

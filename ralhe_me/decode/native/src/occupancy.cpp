@@ -413,11 +413,16 @@ OccupancyLeaves LevelLoop::run(int64_t num_bits) {
   faces_.clear();  // group 0 keeps none
   for (int g = 1; g <= 8; ++g) start_[g] = 1;
   for (int d = 0; d < depth_; ++d) {
-    if (d)
-      for (ContextState& c : contexts_) {
-        c.count[0] >>= decay_shift_;
-        c.count[1] >>= decay_shift_;
-      }
+    if (d) {
+      ContextState* contexts = contexts_.data();
+      const int shift = decay_shift_;
+      for_chunks(int64_t(contexts_.size()), 4096, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          contexts[i].count[0] >>= shift;
+          contexts[i].count[1] >>= shift;
+        }
+      });
+    }
     resize_scratch(occ_, size_t(n_) + 1, size_t(num_points_) + 1);
     std::fill(occ_.begin(), occ_.end(), 0);  // occ[n] = 0 stands for an empty neighbour
     resize_scratch(occp_, size_t(n_), size_t(num_points_));
@@ -734,7 +739,11 @@ DecodedPositions decode_positions(Bytes section, int depth) {
     corrupt("decoded " + std::to_string(leaves.codes.size()) + " points, the header says " + std::to_string(num_points));
   out.num_points = int64_t(num_points);
   out.coords.resize(size_t(num_points) * 3);
-  for (size_t i = 0; i < leaves.codes.size(); ++i) morton_decode(leaves.codes[i], out.coords.data() + 3 * i);
+  const int64_t* codes = leaves.codes.data();
+  int32_t* coords = out.coords.data();
+  for_chunks(int64_t(leaves.codes.size()), 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) morton_decode(codes[i], coords + 3 * i);
+  });
   out.codes = std::move(leaves.codes);
   out.neighbours = std::move(leaves.neighbours);
   return out;

@@ -15,12 +15,17 @@ int64_t level_voxels(const int64_t* codes, int64_t m, int level, int32_t* point_
   if (m > int64_t(std::numeric_limits<int32_t>::max())) corrupt("more than 2**31 voxels");
   const int shift = 3 * level;
   int64_t count = 0, prev = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    const int64_t s = codes[i] >> shift;
-    if (i == 0 || s != prev) ++count;
-    prev = s;
-    point_to_voxel[i] = int32_t(count - 1);
-  }
+  for_chunks(m, 8192, [&](int64_t b, int64_t e) {
+    int64_t c = count, p = prev;  // locals: the loop keeps them in registers
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t s = codes[i] >> shift;
+      if (i == 0 || s != p) ++c;
+      p = s;
+      point_to_voxel[i] = int32_t(c - 1);
+    }
+    count = c;
+    prev = p;
+  });
   return count;
 }
 
@@ -29,8 +34,11 @@ OctreeLevels build_octree_levels(const int64_t* codes, int64_t m, int num_levels
   if (depth < 0 || depth > kMaxDepth) corrupt("depth must be in [0, 21], got " + std::to_string(depth));
   if (num_levels > depth + 1)
     corrupt("num_levels=" + std::to_string(num_levels) + " exceeds depth + 1 = " + std::to_string(depth + 1));
-  for (int64_t i = 1; i < m; ++i)
-    if (codes[i] <= codes[i - 1]) corrupt("coords must be unique and sorted in Morton order");
+  bool sorted = true;
+  for_chunks(m, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b > 0 ? b : 1; i < e; ++i) sorted &= codes[i] > codes[i - 1];
+  });
+  if (!sorted) corrupt("coords must be unique and sorted in Morton order");
   OctreeLevels levels;
   levels.sizes.resize(size_t(num_levels));
   levels.point_to_voxel.resize(size_t(num_levels));

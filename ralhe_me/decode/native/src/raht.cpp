@@ -37,32 +37,44 @@ RahtPlan raht_plan(const C* c, int64_t M, int64_t depth) {
   if (depth < 0 || depth > 21) invalid("depth must be an integer in [0, 21]");
   if (M < 1) invalid("cannot transform an empty point set");
   const int64_t lim = int64_t(1) << depth;
+  // every per-point loop runs in chunks (for_chunks in common.h)
+  constexpr int64_t kChunk = 8192;
   std::vector<std::pair<uint64_t, int64_t>> keyed(M);
-  for (int64_t i = 0; i < M; ++i) {
-    const int64_t x = c[3 * i], y = c[3 * i + 1], z = c[3 * i + 2];
-    if (x < 0 || y < 0 || z < 0 || x >= lim || y >= lim || z >= lim)
-      invalid("coords must lie in [0, 2^" + std::to_string(depth) + ")");
-    keyed[i] = {raht_spread(uint64_t(x)) | (raht_spread(uint64_t(y)) << 1) | (raht_spread(uint64_t(z)) << 2), i};
-  }
+  for_chunks(M, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t x = c[3 * i], y = c[3 * i + 1], z = c[3 * i + 2];
+      if (x < 0 || y < 0 || z < 0 || x >= lim || y >= lim || z >= lim)
+        invalid("coords must lie in [0, 2^" + std::to_string(depth) + ")");
+      keyed[i] = {raht_spread(uint64_t(x)) | (raht_spread(uint64_t(y)) << 1) | (raht_spread(uint64_t(z)) << 2), i};
+    }
+  });
   // LSD radix sort by code (8-bit digits over the 3 * depth code bits); stable
   {
     std::vector<std::pair<uint64_t, int64_t>> tmp(M);
     for (int64_t shift = 0; shift < 3 * depth; shift += 8) {
       int64_t count[257] = {0};
-      for (const auto& e : keyed) ++count[((e.first >> shift) & 0xFF) + 1];
+      const std::pair<uint64_t, int64_t>* from = keyed.data();
+      std::pair<uint64_t, int64_t>* to = tmp.data();
+      for_chunks(M, kChunk, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) ++count[((from[i].first >> shift) & 0xFF) + 1];
+      });
       for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
-      for (const auto& e : keyed) tmp[count[(e.first >> shift) & 0xFF]++] = e;
+      for_chunks(M, kChunk, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) to[count[(from[i].first >> shift) & 0xFF]++] = from[i];
+      });
       keyed.swap(tmp);
     }
   }
   RahtPlan plan;
   plan.order.resize(M);
   std::vector<uint64_t> code(M);
-  for (int64_t i = 0; i < M; ++i) {
-    if (i > 0 && keyed[i].first == keyed[i - 1].first) invalid("coords must be unique");
-    plan.order[i] = keyed[i].second;
-    code[i] = keyed[i].first;
-  }
+  for_chunks(M, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i > 0 && keyed[i].first == keyed[i - 1].first) invalid("coords must be unique");
+      plan.order[i] = keyed[i].second;
+      code[i] = keyed[i].first;
+    }
+  });
   keyed = {};
   // One merge per boundary i (between positions i and i + 1) of the sorted codes, at the step of
   // their highest differing bit h[i]: the left node (rows lo[i] .. i) and the right node (rows
@@ -72,23 +84,31 @@ RahtPlan raht_plan(const C* c, int64_t M, int64_t depth) {
   // left and right rows are the nodes' first leaves and w1, w2 their leaf counts.
   const int64_t G = M - 1;
   std::vector<int8_t> h(G);
-  for (int64_t i = 0; i < G; ++i) h[i] = int8_t(63 - __builtin_clzll(code[i] ^ code[i + 1]));
+  for_chunks(G, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) h[i] = int8_t(63 - __builtin_clzll(code[i] ^ code[i + 1]));
+  });
   code = {};
   std::vector<int64_t> lo(G), hi(G), stack;
-  for (int64_t i = 0; i < G; ++i) {  // nearest boundary to the left with a higher bit
-    while (!stack.empty() && h[stack.back()] < h[i]) stack.pop_back();
-    lo[i] = stack.empty() ? 0 : stack.back() + 1;
-    stack.push_back(i);
-  }
+  for_chunks(G, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {  // nearest boundary to the left with a higher bit
+      while (!stack.empty() && h[stack.back()] < h[i]) stack.pop_back();
+      lo[i] = stack.empty() ? 0 : stack.back() + 1;
+      stack.push_back(i);
+    }
+  });
   stack.clear();
-  for (int64_t i = G; i-- > 0;) {  // ... and to the right
-    while (!stack.empty() && h[stack.back()] < h[i]) stack.pop_back();
-    hi[i] = stack.empty() ? M - 1 : stack.back();
-    stack.push_back(i);
-  }
+  for_chunks(G, kChunk, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = G - 1 - j0; i > G - 1 - j1; --i) {  // ... and to the right
+      while (!stack.empty() && h[stack.back()] < h[i]) stack.pop_back();
+      hi[i] = stack.empty() ? M - 1 : stack.back();
+      stack.push_back(i);
+    }
+  });
   // coarsest step (highest bit) first, boundaries in order within a step: a counting sort by bit
   int64_t count[65] = {0};
-  for (int64_t i = 0; i < G; ++i) ++count[63 - h[i]];
+  for_chunks(G, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) ++count[63 - h[i]];
+  });
   int64_t first[65];
   first[0] = 0;
   for (int k = 0; k < 64; ++k) first[k + 1] = first[k] + count[k];
@@ -98,15 +118,17 @@ RahtPlan raht_plan(const C* c, int64_t M, int64_t depth) {
   plan.right.resize(G);
   plan.a.resize(G);
   plan.b.resize(G);
-  for (int64_t i = 0; i < G; ++i) {
-    const int64_t g = first[63 - h[i]]++;
-    const int64_t w1 = i + 1 - lo[i], w2 = hi[i] - i;
-    const double wsum = double(w1 + w2);
-    plan.left[g] = lo[i];
-    plan.right[g] = i + 1;
-    plan.a[g] = std::sqrt(double(w1) / wsum);
-    plan.b[g] = std::sqrt(double(w2) / wsum);
-  }
+  for_chunks(G, kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t g = first[63 - h[i]]++;
+      const int64_t w1 = i + 1 - lo[i], w2 = hi[i] - i;
+      const double wsum = double(w1 + w2);
+      plan.left[g] = lo[i];
+      plan.right[g] = i + 1;
+      plan.a[g] = std::sqrt(double(w1) / wsum);
+      plan.b[g] = std::sqrt(double(w2) / wsum);
+    }
+  });
   return plan;
 }
 
@@ -203,6 +225,16 @@ struct FineBlocks {
 
 // ``check``: throw unless every fine merge lies inside its block (the plan was not made by
 // raht_plan / raht_pairs, e.g. arrays from Python), rather than race or corrupt memory.
+// The first merge from g on (up to end) whose right row is not below r1; with ``check``, throws
+// when a merge before it leaves the rows [r0, r1).  Out of line: once per block and fine step.
+RALHE_WASM_NOINLINE int64_t block_merges_end(const RahtMerges& p, int64_t g, int64_t end, int64_t r0, int64_t r1,
+                                        bool check) {
+  for (; g < end && p.right[g] < r1; ++g)
+    if (check && (p.left[g] < r0 || p.right[g] < r0 || p.left[g] >= r1))
+      invalid("inverse_raht: a fine merge leaves its block of rows (not a RAHT plan)");
+  return g;
+}
+
 FineBlocks fine_blocks(const RahtMerges& p, bool check) {
   const int64_t M = p.num_points;
   FineBlocks fb;
@@ -211,7 +243,9 @@ FineBlocks fine_blocks(const RahtMerges& p, bool check) {
   fb.num_fine = int64_t(p.num_steps - s);
   std::vector<char> cut(M + 1, 0);  // a run of the fine steps starts at row r
   cut[0] = cut[M] = 1;
-  for (int64_t g = 0; g < fb.coarse_end; ++g) cut[p.right[g]] = 1;
+  for_chunks(fb.coarse_end, 8192, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) cut[p.right[g]] = 1;
+  });
   std::vector<int64_t> cursor;
   for (size_t f = s; f < p.num_steps; ++f) cursor.push_back(p.steps[f].begin);
   const int64_t F = fb.num_fine;
@@ -220,14 +254,8 @@ FineBlocks fine_blocks(const RahtMerges& p, bool check) {
   for (int64_t r0 = 0; r0 < M;) {
     int64_t r1 = std::min(M, r0 + kBlockRows);
     while (!cut[r1]) ++r1;
-    for (int64_t f = 0; f < F; ++f) {  // merges within a step by right row
-      const int64_t end = p.steps[s + f].end;
-      int64_t g = cursor[f];
-      for (; g < end && p.right[g] < r1; ++g)
-        if (check && (p.left[g] < r0 || p.right[g] < r0 || p.left[g] >= r1))
-          invalid("inverse_raht: a fine merge leaves its block of rows (not a RAHT plan)");
-      cursor[f] = g;
-    }
+    for (int64_t f = 0; f < F; ++f)  // merges within a step by right row
+      cursor[f] = block_merges_end(p, cursor[f], p.steps[s + f].end, r0, r1, check);
     fb.row.push_back(r1);
     fb.bound.insert(fb.bound.end(), cursor.begin(), cursor.end());
     r0 = r1;

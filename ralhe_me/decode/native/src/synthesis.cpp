@@ -510,7 +510,11 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   std::vector<int64_t> row_of;  // the transform-code row of each point (the skip path reads it)
   if (raht && arch.skip) {
     row_of.resize(size_t(M));
-    for (int64_t m = 0; m < M; ++m) row_of[plan.order[m]] = m;
+    int64_t* rows = row_of.data();
+    const int64_t* order = plan.order.data();
+    for_chunks(M, 8192, [&](int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) rows[order[m]] = m;
+    });
   }
   // every element is written before it is read: no zero-filling
   Block x_block(size_t(M) * in * N * sizeof(float));

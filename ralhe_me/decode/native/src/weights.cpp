@@ -19,6 +19,38 @@ int64_t unzigzag(uint64_t u) {
   return int64_t(uint64_t(0) - (u + 1)) >> 1;  // -(u + 1) // 2, u + 1 even
 }
 
+// One tensor's order-0 exp-Golomb codes (of each value's u >> k, MSB first) from bit 0 of base
+// [nbits bits] -> values [count]; returns the bytes they took.  This and add_low_bits run once per
+// tensor, out of line (see for_chunks in common.h).
+RALHE_WASM_NOINLINE uint64_t decode_tensor_codes(const uint8_t* base, uint64_t nbits, int64_t count,
+                                             int64_t* values) {
+  uint64_t bit = 0;
+  auto read_bit = [&](uint64_t b) { return (base[b >> 3] >> (7 - (b & 7))) & 1; };
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t one = bit;
+    while (one < nbits && !read_bit(one)) ++one;
+    if (one >= nbits) bad("corrupt weight codes (exp-Golomb table ends early)");
+    const uint64_t zeros = one - bit, end = one + zeros + 1;
+    if (end > nbits || zeros > 62) bad("corrupt weight codes (exp-Golomb table ends early or holds an oversized value)");
+    uint64_t v = 0;
+    for (uint64_t b = one; b < end; ++b) v = (v << 1) | read_bit(b);
+    values[i] = int64_t(v - 1);
+    bit = end;
+  }
+  return (bit + 7) / 8;
+}
+
+// The k low bits of every value, MSB first, packed across values from bit 0 of low, appended to
+// values [count]; then the zigzag undone.
+RALHE_WASM_NOINLINE void add_low_bits(const uint8_t* low, int64_t count, int k, int64_t* values) {
+  uint64_t lb = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t u = uint64_t(values[i]) << k;  // numpy's int64 shift: wraps
+    for (int j = k - 1; j >= 0; --j, ++lb) u |= uint64_t((low[lb >> 3] >> (7 - (lb & 7))) & 1) << j;
+    values[i] = unzigzag(u);
+  }
+}
+
 }  // namespace
 
 std::vector<std::vector<int64_t>> decode_int_tensors(Bytes data, const std::vector<int64_t>& counts) {
@@ -36,31 +68,11 @@ std::vector<std::vector<int64_t>> decode_int_tensors(Bytes data, const std::vect
     std::vector<int64_t> values(static_cast<size_t>(count));
     // order-0 exp-Golomb codes of u >> k, MSB first: z zeros, then the z + 1 bits of value + 1
     const uint64_t nbits = 8 * uint64_t(data.size - pos);
-    const uint8_t* base = data.data + pos;
-    uint64_t bit = 0;
-    auto read_bit = [&](uint64_t b) { return (base[b >> 3] >> (7 - (b & 7))) & 1; };
-    for (int64_t i = 0; i < count; ++i) {
-      uint64_t one = bit;
-      while (one < nbits && !read_bit(one)) ++one;
-      if (one >= nbits) bad("corrupt weight codes (exp-Golomb table ends early)");
-      const uint64_t zeros = one - bit, end = one + zeros + 1;
-      if (end > nbits || zeros > 62) bad("corrupt weight codes (exp-Golomb table ends early or holds an oversized value)");
-      uint64_t v = 0;
-      for (uint64_t b = one; b < end; ++b) v = (v << 1) | read_bit(b);
-      values[size_t(i)] = int64_t(v - 1);
-      bit = end;
-    }
-    pos += size_t((bit + 7) / 8);
+    pos += size_t(decode_tensor_codes(data.data + pos, nbits, count, values.data()));
     // the k low bits of every value, MSB first, packed across values
     const uint64_t low_bytes = (uint64_t(count) * k + 7) / 8;
     if (low_bytes > data.size - pos) bad("weight section ends early");
-    const uint8_t* low = data.data + pos;
-    uint64_t lb = 0;
-    for (int64_t i = 0; i < count; ++i) {
-      uint64_t u = uint64_t(values[size_t(i)]) << k;  // numpy's int64 shift: wraps
-      for (int j = k - 1; j >= 0; --j, ++lb) u |= uint64_t((low[lb >> 3] >> (7 - (lb & 7))) & 1) << j;
-      values[size_t(i)] = unzigzag(u);
-    }
+    add_low_bits(data.data + pos, count, k, values.data());
     pos += size_t(low_bytes);
     out.push_back(std::move(values));
   }
