@@ -219,6 +219,16 @@ struct Scratch {
 constexpr size_t kScratchBytes = sizeof(Scratch<16>);
 constexpr size_t kScratchAlign = 128;  // the widest lane vector (alignof depends on the target ISA)
 
+// The K contexts of lanes g0 .. g0 + N - 1 (rows[j] + g0) converted to the lane vectors x [K].
+template <int N, typename V>
+RALHE_ALWAYS_INLINE void load_contexts(int K, const int16_t* const* rows, int g0, V* x) {
+  for (int j = 0; j < K; ++j) {
+    typename Vec<N>::H v;
+    std::memcpy(&v, rows[j] + g0, sizeof(v));
+    x[j] = __builtin_convertvector(v, V);
+  }
+}
+
 // The entropy model on one block of N segments (contexts rows[j] + g0, j < K; nl of the N lanes
 // kept) in one arithmetic: float32, int32 or float64 -> mo, io [nl].  In the WebAssembly build
 // each is its own function: the step that calls them runs from baseline code until an optimized
@@ -227,12 +237,7 @@ template <int N>
 RALHE_WASM_NOINLINE void block_float(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
                                      int32_t* io, Scratch<N>& sc) {
   typedef Vec<N> X;
-  typedef typename X::H H;
-  for (int j = 0; j < md.K; ++j) {
-    H v;
-    std::memcpy(&v, rows[j] + g0, sizeof(v));
-    sc.f[j] = __builtin_convertvector(v, typename X::F);
-  }
+  load_contexts<N>(md.K, rows, g0, sc.f);
   const auto* y =
       mlp_lanes<typename X::F, typename X::I, float>(md, a, md.wf.data(), md.bf.data(), sc.f, sc.f + kMaxDim);
   const typename X::I mu_acc = __builtin_convertvector(y[0], typename X::I);
@@ -244,12 +249,7 @@ template <int N>
 RALHE_WASM_NOINLINE void block_int32(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
                                      int32_t* io, Scratch<N>& sc) {
   typedef Vec<N> X;
-  typedef typename X::H H;
-  for (int j = 0; j < md.K; ++j) {
-    H v;
-    std::memcpy(&v, rows[j] + g0, sizeof(v));
-    sc.i[j] = __builtin_convertvector(v, typename X::I);
-  }
+  load_contexts<N>(md.K, rows, g0, sc.i);
   const auto* y =
       mlp_lanes<typename X::I, typename X::I, int32_t>(md, a, md.wi.data(), md.bi.data(), sc.i, sc.i + kMaxDim);
   finish_lanes<N>(md, a, y[0], y[1], nl, mo, io);
@@ -259,12 +259,7 @@ template <int N>
 RALHE_WASM_NOINLINE void block_float64(const Model& md, int a, const int16_t* const* rows, int g0, int nl,
                                        int32_t* mo, int32_t* io, Scratch<N>& sc) {
   typedef Vec<N> X;
-  typedef typename X::H H;
-  for (int j = 0; j < md.K; ++j) {
-    H v;
-    std::memcpy(&v, rows[j] + g0, sizeof(v));
-    sc.d[j] = __builtin_convertvector(v, typename X::D);
-  }
+  load_contexts<N>(md.K, rows, g0, sc.d);
   const auto* y =
       mlp_lanes<typename X::D, typename X::I, double>(md, a, md.wd.data(), md.bd.data(), sc.d, sc.d + kMaxDim);
   double ym[N], yl[N];
