@@ -164,36 +164,36 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
     return float(int64_t(uint64_t(symbols[size_t(col) * size_t(n) + size_t(i)]) + uint64_t(lows[col])));
   };
   for_chunks(n, 8192, [&](int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t c = index[size_t(i)];
-    const float g = point_gain ? float(point_gain[i]) : 1.0f;
-    for (int a = 0; a < 3; ++a) {
-      float d = residual(cols_s ? a : -1, i) * step_s;
-      if (point_gain) d = d * g;
-      log_scales[3 * i + a] = book.log_scales[3 * c + a] + d;
-    }
-    const float* cq = book.quats.data() + 4 * c;
-    float* q = quats.data() + 4 * i;
-    if (!rodrigues) {
-      for (int a = 0; a < 4; ++a) {
-        float d = residual(cols_q ? cols_s + a : -1, i) * step_q;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t c = index[size_t(i)];
+      const float g = point_gain ? float(point_gain[i]) : 1.0f;
+      for (int a = 0; a < 3; ++a) {
+        float d = residual(cols_s ? a : -1, i) * step_s;
         if (point_gain) d = d * g;
-        q[a] = cq[a] + d;
+        log_scales[3 * i + a] = book.log_scales[3 * c + a] + d;
       }
-      continue;
+      const float* cq = book.quats.data() + 4 * c;
+      float* q = quats.data() + 4 * i;
+      if (!rodrigues) {
+        for (int a = 0; a < 4; ++a) {
+          float d = residual(cols_q ? cols_s + a : -1, i) * step_q;
+          if (point_gain) d = d * g;
+          q[a] = cq[a] + d;
+        }
+        continue;
+      }
+      // covariance_code.compose_rotation: c * (1, t), each product rounded, sums from the left
+      float t[3];
+      for (int a = 0; a < 3; ++a) {
+        t[a] = residual(cols_q ? cols_s + a : -1, i) * step_q;
+        if (point_gain) t[a] = t[a] * g;
+      }
+      const float w = cq[0], x = cq[1], y = cq[2], z = cq[3];
+      q[0] = ((w - t[0] * x) - t[1] * y) - t[2] * z;
+      q[1] = ((x + t[0] * w) - t[1] * z) + t[2] * y;
+      q[2] = ((y + t[0] * z) + t[1] * w) - t[2] * x;
+      q[3] = ((z - t[0] * y) + t[1] * x) + t[2] * w;
     }
-    // covariance_code.compose_rotation: c * (1, t), each product rounded, sums from the left
-    float t[3];
-    for (int a = 0; a < 3; ++a) {
-      t[a] = residual(cols_q ? cols_s + a : -1, i) * step_q;
-      if (point_gain) t[a] = t[a] * g;
-    }
-    const float w = cq[0], x = cq[1], y = cq[2], z = cq[3];
-    q[0] = ((w - t[0] * x) - t[1] * y) - t[2] * z;
-    q[1] = ((x + t[0] * w) - t[1] * z) + t[2] * y;
-    q[2] = ((y + t[0] * z) + t[1] * w) - t[2] * x;
-    q[3] = ((z - t[0] * y) + t[1] * x) + t[2] * w;
-  }
   });
 }
 

@@ -230,29 +230,17 @@ RALHE_ALWAYS_INLINE void load_contexts(int K, const int16_t* const* rows, int g0
 }
 
 // The entropy model on one block of N segments (contexts rows[j] + g0, j < K; nl of the N lanes
-// kept) in one arithmetic: float32, int32 or float64 -> mo, io [nl].  In the WebAssembly build
-// each is its own function: the step that calls them runs from baseline code until an optimized
-// copy is ready, and three small functions are compiled sooner than one large one.
-template <int N>
-RALHE_WASM_NOINLINE void block_float(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
-                                     int32_t* io, Scratch<N>& sc) {
-  typedef Vec<N> X;
-  load_contexts<N>(md.K, rows, g0, sc.f);
-  const auto* y =
-      mlp_lanes<typename X::F, typename X::I, float>(md, a, md.wf.data(), md.bf.data(), sc.f, sc.f + kMaxDim);
-  const typename X::I mu_acc = __builtin_convertvector(y[0], typename X::I);
-  const typename X::I ls_acc = __builtin_convertvector(y[1], typename X::I);
-  finish_lanes<N>(md, a, mu_acc, ls_acc, nl, mo, io);
-}
-
-template <int N>
-RALHE_WASM_NOINLINE void block_int32(const Model& md, int a, const int16_t* const* rows, int g0, int nl, int32_t* mo,
-                                     int32_t* io, Scratch<N>& sc) {
-  typedef Vec<N> X;
-  load_contexts<N>(md.K, rows, g0, sc.i);
-  const auto* y =
-      mlp_lanes<typename X::I, typename X::I, int32_t>(md, a, md.wi.data(), md.bi.data(), sc.i, sc.i + kMaxDim);
-  finish_lanes<N>(md, a, y[0], y[1], nl, mo, io);
+// kept) in one arithmetic: float32 or int32 here (V the lane vector of T; x [K] its scratch, W and
+// B its weights and biases), float64 below -> mo, io [nl].  In the WebAssembly build each
+// arithmetic is its own function: the step that calls them runs from baseline code until an
+// optimized copy is ready, and small functions are compiled sooner than one large one.
+template <int N, typename V, typename T>
+RALHE_WASM_NOINLINE void block_exact32(const Model& md, int a, const int16_t* const* rows, int g0, int nl,
+                                       int32_t* mo, int32_t* io, V* x, const T* W, const T* B) {
+  typedef typename Vec<N>::I I;
+  load_contexts<N>(md.K, rows, g0, x);
+  const auto* y = mlp_lanes<V, I, T>(md, a, W, B, x, x + kMaxDim);
+  finish_lanes<N>(md, a, __builtin_convertvector(y[0], I), __builtin_convertvector(y[1], I), nl, mo, io);
 }
 
 template <int N>
@@ -312,9 +300,9 @@ inline __attribute__((always_inline)) void eval_step_lanes(const Model& md, cons
         continue;
       }
       if (bound <= md.float_bound)
-        block_float<N>(md, a, rows, g0, nl, mo, io, sc);
+        block_exact32<N>(md, a, rows, g0, nl, mo, io, sc.f, md.wf.data(), md.bf.data());
       else if (bound <= md.int32_bound)
-        block_int32<N>(md, a, rows, g0, nl, mo, io, sc);
+        block_exact32<N>(md, a, rows, g0, nl, mo, io, sc.i, md.wi.data(), md.bi.data());
       else
         block_float64<N>(md, a, rows, g0, nl, mo, io, sc);
     }

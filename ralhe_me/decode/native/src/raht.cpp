@@ -226,9 +226,9 @@ struct FineBlocks {
 // ``check``: throw unless every fine merge lies inside its block (the plan was not made by
 // raht_plan / raht_pairs, e.g. arrays from Python), rather than race or corrupt memory.
 // The first merge from g on (up to end) whose right row is not below r1; with ``check``, throws
-// when a merge before it leaves the rows [r0, r1).  Out of line: once per block and fine step.
-RALHE_WASM_NOINLINE int64_t block_merges_end(const RahtMerges& p, int64_t g, int64_t end, int64_t r0, int64_t r1,
-                                        bool check) {
+// when a merge before it leaves the rows [r0, r1).  Called once per block and fine step.
+RALHE_WASM_NOINLINE int64_t block_merges_end(const RahtMerges& p, int64_t g, int64_t end, int64_t r0,
+                                             int64_t r1, bool check) {
   for (; g < end && p.right[g] < r1; ++g)
     if (check && (p.left[g] < r0 || p.right[g] < r0 || p.left[g] >= r1))
       invalid("inverse_raht: a fine merge leaves its block of rows (not a RAHT plan)");

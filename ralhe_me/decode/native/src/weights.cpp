@@ -21,7 +21,7 @@ int64_t unzigzag(uint64_t u) {
 
 // One tensor's order-0 exp-Golomb codes (of each value's u >> k, MSB first) from bit 0 of base
 // [nbits bits] -> values [count]; returns the bytes they took.  This and add_low_bits run once per
-// tensor, out of line (see for_chunks in common.h).
+// tensor, out of line in the WebAssembly build (see for_chunks in common.h).
 RALHE_WASM_NOINLINE uint64_t decode_tensor_codes(const uint8_t* base, uint64_t nbits, int64_t count,
                                              int64_t* values) {
   uint64_t bit = 0;
