@@ -185,7 +185,7 @@ def cmd_decode(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .decode.bitstream import FORMAT_VERSION, unpack
+    from .decode.bitstream import unpack
     from .decode.reconstruction import SECTION_LATENTS
 
     with open(args.input, "rb") as fh:
@@ -193,7 +193,7 @@ def cmd_info(args) -> int:
     container = unpack(data)
     h = container.header
     n = int(h.get("num_points", 0)) or 1
-    print(f"{args.input}: RALHE format v{FORMAT_VERSION}, {len(data)} bytes, {h.get('num_points')} voxels, "
+    print(f"{args.input}: RALHE format v{container.version}, {len(data)} bytes, {h.get('num_points')} voxels, "
           f"depth {h.get('depth')}, SH degree {h.get('sh_degree')}, lambda {h.get('lambda')}")
     print(f"{'section':<12}{'bytes':>10}{'bits/voxel':>12}")
     for name, size in container.section_sizes():

@@ -393,7 +393,7 @@ def test_help_version_and_usage_errors(tmp_path):
     r = run_cli("--help")
     assert r.returncode == 0 and "usage: ralhe-decode" in r.stdout and "--timing" in r.stdout
     r = run_cli("--version")
-    assert r.returncode == 0 and "RALHE format version 1" in r.stdout
+    assert r.returncode == 0 and "RALHE format version 2" in r.stdout
     for args in ((), ("only-one.ralhe",), ("a", "b", "c"), ("--bogus", "a", "b")):
         r = run_cli(*args)
         assert r.returncode == 2 and "ralhe-decode: error:" in r.stderr and "usage:" in r.stderr, args

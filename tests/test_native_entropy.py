@@ -256,6 +256,49 @@ def test_weights_identical_to_python():
         N.decode_int_tensors(data[:4], [1 << 40])
 
 
+def test_masked_weights_identical_to_python_and_bad_masks_refused_alike():
+    """Tensors whose slices along axis 0 are partly zero (pruned decoder branches) are written with
+    a slice mask; the native reader gives Python's values, and both refuse the same bad masks."""
+    from ralhe_me.decode.weights import MASKED
+
+    rng = np.random.default_rng(5)
+    stacked = rng.integers(-40, 41, (17, 27, 2, 3))
+    stacked[[0, 8, 9, 16]] = 0
+    tensors = [stacked, np.zeros((16, 12, 4), np.int64), np.zeros(300, np.int64), rng.integers(-2, 3, (9, 4))]
+    data = encode_int_tensors(tensors)
+    sizes = [len(encode_int_tensors([t])) for t in tensors]
+    starts = np.cumsum([0] + sizes[:-1])
+    assert [bool(data[s] & MASKED) for s in starts] == [True, True, True, False]
+    counts = [int(np.prod(t.shape)) for t in tensors]
+    for o, t in zip(N.decode_int_tensors(data, counts), tensors):
+        assert np.array_equal(o, t.ravel())
+
+    def verdicts(section, shapes):
+        try:
+            ref = decode_int_tensors(section, shapes)
+        except WeightFormatError:
+            ref = None
+        try:
+            ours = N.decode_int_tensors(section, [int(np.prod(s)) for s in shapes])
+        except CorruptDataError:
+            ours = None
+        assert (ours is None) == (ref is None)
+        if ref is not None:
+            assert all(np.array_equal(o, r.ravel()) for o, r in zip(ours, ref))
+        return ref is not None
+
+    one = encode_int_tensors([stacked])  # order | MASKED, varint 17, 3 mask bytes, codes
+    assert one[1] == 17
+    assert verdicts(one, [stacked.shape])
+    assert not verdicts(one[:1] + bytes([5]) + one[2:], [stacked.shape])  # 5 slices do not divide 2754
+    assert not verdicts(one[:1] + bytes([0]) + one[2:], [stacked.shape])  # no slices
+    assert not verdicts(one[:4] + bytes([one[4] | 0x01]) + one[5:], [stacked.shape])  # a bit past slice 17
+    assert not verdicts(one[:1] + bytes([0x91] + [0x80] * 8 + [0]) + one[2:], [stacked.shape])  # 10-byte varint
+    assert not verdicts(one[:3], [stacked.shape])  # ends inside the mask
+    assert not verdicts(bytes([MASKED, 1, 0]), [(1 << 29,)])  # a masked tensor too large to allocate
+    assert verdicts(bytes([MASKED, 1, 0]), [(1 << 20,)])  # all zeros: the mask alone
+
+
 # ---------------------------------------------------------------------------------- fuzz
 def _mutations(data, rng, count):
     """Truncations (at word boundaries and not) and 1-3 bit flips of `data`."""
@@ -300,7 +343,9 @@ def test_fuzz_sections_raise_only_bitstream_errors(monkeypatch):
     sizes = [400, 150]
     lat = ar_latents(3, sizes, seed=9, spikes=1)
     arms_b, lat_b = q.to_bytes(), encode_latents(lat, q, 64)
-    weights = [rng.integers(-50, 50, (12, 6)), np.round(rng.laplace(0, 3, 200)).astype(np.int64), np.array(-3)]
+    masked = rng.integers(-50, 50, (8, 5, 3))
+    masked[[2, 3, 6]] = 0  # written with a slice mask (pruned decoder branches)
+    weights = [rng.integers(-50, 50, (12, 6)), np.round(rng.laplace(0, 3, 200)).astype(np.int64), np.array(-3), masked]
     w_b = encode_int_tensors(weights)
     counts = [int(np.prod(t.shape)) for t in weights]
     outcomes = {"ok": 0, "error": 0}

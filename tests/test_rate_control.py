@@ -174,14 +174,14 @@ def test_the_tries_measure_the_weight_step_on_views_rendered_once(scene, size_in
     views = size_input.render_target
     assert views is not None and len(views.cameras) == SHIFT_VIEWS
     seen = []
-    real = encoder_module._choose_decoder_shift
+    real = encoder_module._choose_decoder_weights
 
     def spy(*args):
         seen.append(args[-1])
         return real(*args)
 
     target = RateTarget(SIZE, int(0.9 * _size_at(size_input, config, config.lmbda)), max_tries=3)
-    monkeypatch.setattr(encoder_module, "_choose_decoder_shift", spy)
+    monkeypatch.setattr(encoder_module, "_choose_decoder_weights", spy)
     monkeypatch.setattr(encoder_module, "make_render_target", lambda *a, **k: pytest.fail("views rendered again"))
     out = encode_to_target(size_input, config, target, log=lambda _: None)
     assert len(seen) == len(out.trials) >= 2 and all(v is views for v in seen)

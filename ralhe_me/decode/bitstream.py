@@ -3,7 +3,7 @@
 Layout (all integers little-endian)::
 
     magic      6 bytes  b"RALHE\\x00"
-    version    u16      FORMAT_VERSION
+    version    u16      FORMAT_VERSION (written); OLDEST_FORMAT_VERSION..FORMAT_VERSION are read
     count      u16      number of sections
     then ``count`` sections, each:
         name_len u8, name (ASCII), length u32, crc32 u32, payload (``length`` bytes)
@@ -13,6 +13,10 @@ needs (counts, depth J, levels L, attribute list, architectures, quantization st
 segment length). Every payload has its own CRC-32, so a corrupted file is rejected with a
 named error before any decoding work, and a truncated one is noticed when a length runs
 past the end.
+
+Versions: 2 lets the decoders section hold masked tensors (pruned decoder branches, see
+weights.py); a decoder that reads only version 1 then refuses the file by its version instead of
+failing inside that section. Version 1 files still decode.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 MAGIC = b"RALHE\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+OLDEST_FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<6sHH")
 _SECTION = struct.Struct("<II")
 MAX_SECTIONS = 64
@@ -59,6 +64,7 @@ class Container:
 
     header: dict
     sections: Dict[str, bytes] = field(default_factory=dict)
+    version: int = FORMAT_VERSION  # the file's (pack writes FORMAT_VERSION)
 
     def section(self, name: str) -> bytes:
         if name not in self.sections:
@@ -101,9 +107,9 @@ def unpack(data: bytes) -> Container:
     if len(data) < _PREFIX.size:
         raise TruncatedFileError(f"file is truncated: {len(data)} bytes, shorter than the file prefix")
     _, version, count = _PREFIX.unpack_from(data, 0)
-    if version != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            f"format version {version} is not supported (this decoder reads version {FORMAT_VERSION})")
+    if not OLDEST_FORMAT_VERSION <= version <= FORMAT_VERSION:
+        raise UnsupportedVersionError(f"format version {version} is not supported (this decoder reads versions "
+                                      f"{OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})")
     if not 1 <= count <= MAX_SECTIONS:
         raise CorruptDataError(f"invalid section count {count}")
     pos = _PREFIX.size
@@ -140,4 +146,4 @@ def unpack(data: bytes) -> Container:
         raise CorruptDataError(f"unreadable header ({exc})") from None
     if not isinstance(header, dict):
         raise CorruptDataError("the header is not a dictionary")
-    return Container(header=header, sections=sections)
+    return Container(header=header, sections=sections, version=version)

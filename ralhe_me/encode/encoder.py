@@ -40,6 +40,7 @@ from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLev
 from ..threads import intra_op_threads
 from ..train.render_refine import RenderableAttributes, RenderTarget, calibrate
 from ..train.schedule import TrainingResult, train_attributes
+from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 
 #: decoder weight steps 2**-shift, tried from the coarsest: at small lambdas the latents' step,
@@ -404,10 +405,11 @@ def attribute_importance(target: GaussianModel, config: CodecConfig) -> Optional
                                                          resolution=config.importance_resolution))
 
 
-def _choose_decoder_shift(training: TrainingResult, signals, lmbda, n, opacity_weight, importance,
-                          render_target: Optional[RenderTarget] = None) -> tuple:
-    """The weight step 2**-shift minimizing the distortion its rounding adds + lambda * (weight
-    bits) / N.
+def _choose_decoder_weights(training: TrainingResult, signals, lmbda, n, opacity_weight, importance,
+                            target: GaussianModel, render_target: Optional[RenderTarget] = None) -> tuple:
+    """(shift, integer weights): the weight step 2**-shift minimizing the distortion its rounding
+    adds + lambda * (weight bits) / N, then the 4-layer branches that do not pay for their bits
+    pruned (:func:`_prune_branches`); the synthesis is left holding those weights.
 
     The added distortion is measured against the float decoders' output, not against the target:
     the target's difference has a cross term with the rounding errors, linear in them, that
@@ -421,14 +423,7 @@ def _choose_decoder_shift(training: TrainingResult, signals, lmbda, n, opacity_w
     synthesis = training.synthesis
     float_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
     sh_float, op_float = reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std, signals.gain)
-    calibration = None
-    if render_target is not None:
-        calibration = _render_calibration(training)
-        if calibration is None:  # no refinement ran: calibrate on the shift's views
-            with torch.no_grad():
-                calibration = calibrate(signals, synthesis.decode(training.latents), render_target,
-                                        RenderableAttributes(signals), views=SHIFT_VIEWS)
-    views = min(SHIFT_VIEWS, len(render_target.cameras)) if calibration is not None else 0
+    calibration, views = _shift_views(training, signals, render_target)
     with torch.no_grad():
         float_renders = [render_target.render(torch.as_tensor(op_float), torch.as_tensor(sh_float), v)
                          for v in range(views)]
@@ -451,9 +446,60 @@ def _choose_decoder_shift(training: TrainingResult, signals, lmbda, n, opacity_w
         return distortion + lmbda * bits / n
 
     shift = cheapest_shift(cost, DECODER_SHIFTS, DECODER_SHIFT_PATIENCE)
-    ints = candidates[shift]
-    load_decoders(synthesis, ints, shift)
+    ints = _prune_branches(training, candidates[shift], shift, target, signals, lmbda, n, opacity_weight, importance,
+                           render_target, calibration, views)
     return shift, ints
+
+
+def _shift_views(training: TrainingResult, signals, render_target: Optional[RenderTarget]
+                 ) -> Tuple[Optional[float], int]:
+    """(image-to-attribute distortion calibration, number of ``render_target``'s first views) on
+    which the decoder weights' choices are rendered; (None, 0) without a render target."""
+    if render_target is None:
+        return None, 0
+    calibration = _render_calibration(training)
+    if calibration is None:  # no refinement ran: calibrate on the shift's views
+        with torch.no_grad():
+            calibration = calibrate(signals, training.synthesis.decode(training.latents), render_target,
+                                    RenderableAttributes(signals), views=SHIFT_VIEWS)
+    return calibration, (min(SHIFT_VIEWS, len(render_target.cameras)) if calibration is not None else 0)
+
+
+def _prune_branches(training: TrainingResult, ints: List[np.ndarray], shift: int, target: GaussianModel,
+                    signals, lmbda: float, n: int, opacity_weight: float, importance,
+                    render_target: Optional[RenderTarget], calibration: Optional[float],
+                    views: int) -> List[np.ndarray]:
+    """The decoder integers with the 4-layer branches that do not pay for their bits pruned
+    (branch_pruning.py); the synthesis is left holding them. The distortion is taken against the
+    target (renders of the input on the weight step's views, or the voxelized attributes): a
+    pruned branch is no small perturbation of the trained decoder, as a weight step's rounding is."""
+    synthesis = training.synthesis
+    names = [name for name, _ in synthesis.decoder_parameters()]
+    slices = branch_slices(names, synthesis.num_sh)
+    every = frozenset(range(synthesis.num_sh + 1))
+    decoded = []
+    for pruned in (frozenset(), every):
+        load_decoders(synthesis, pruned_ints(ints, slices, pruned), shift)
+        decoded.append(reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std, signals.gain))
+
+    def cost(pruned: frozenset) -> float:
+        sh, opacity = combine(decoded[0], decoded[1], pruned)
+        bits = 8 * len(encode_int_tensors(pruned_ints(ints, slices, pruned)))
+        if views:
+            with torch.no_grad():
+                image = float(np.mean([render_target.image_mse(torch.as_tensor(opacity), torch.as_tensor(sh), v).item()
+                                       for v in range(views)]))
+            distortion = calibration * image
+        else:
+            distortion, _ = weighted_attribute_mse(target.sh, target.opacity_logits, sh, opacity, opacity_weight,
+                                                   importance)
+        return distortion + lmbda * bits / n
+
+    chosen = choose_pruned(cost, len(every))
+    final = pruned_ints(ints, slices, chosen)
+    load_decoders(synthesis, final, shift)
+    training.history.append({"step": "branch_pruning", "pruned": sorted(chosen)})
+    return final
 
 
 def _render_calibration(training: TrainingResult) -> Optional[float]:
@@ -564,9 +610,9 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     n = len(target)
     latents = [l.numpy().astype(np.int64) for l in training.latents]
     table_config = training.synthesis.arm.table_config
-    decoder_shift, decoder_ints = _choose_decoder_shift(training, signals, config.lmbda, n,
-                                                        config.training.opacity_weight, importance,
-                                                        render_target)
+    decoder_shift, decoder_ints = _choose_decoder_weights(training, signals, config.lmbda, n,
+                                                          config.training.opacity_weight, importance, target,
+                                                          render_target)
     arms, estimated = _choose_arm(training, latents, arch.segment_length, table_config)
     latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
     with intra_op_threads(DEFAULT_DECODE_THREADS):  # the decoder's float arithmetic, exactly

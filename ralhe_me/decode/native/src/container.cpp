@@ -30,9 +30,10 @@ Container unpack(Bytes data) {
     fail(ErrorKind::kTruncated,
          "file is truncated: " + std::to_string(data.size) + " bytes, shorter than the file prefix");
   unsigned version = load_u16le(data.data + 6), count = load_u16le(data.data + 8);
-  if (version != kFormatVersion)
+  if (version < kOldestFormatVersion || version > kFormatVersion)
     fail(ErrorKind::kUnsupportedVersion, "format version " + std::to_string(version) +
-                                             " is not supported (this decoder reads version " +
+                                             " is not supported (this decoder reads versions " +
+                                             std::to_string(kOldestFormatVersion) + " to " +
                                              std::to_string(kFormatVersion) + ")");
   if (count < 1 || count > unsigned(kMaxSections)) corrupt("invalid section count " + std::to_string(count));
   size_t pos = kPrefixSize;

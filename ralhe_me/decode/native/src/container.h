@@ -11,7 +11,8 @@
 
 namespace ralhe {
 
-constexpr uint16_t kFormatVersion = 1;
+constexpr uint16_t kFormatVersion = 2;        // bitstream.py FORMAT_VERSION (2: masked decoder weights)
+constexpr uint16_t kOldestFormatVersion = 1;  // bitstream.py OLDEST_FORMAT_VERSION
 constexpr int kMaxSections = 64;
 
 struct Container {

@@ -3,8 +3,11 @@
 //
 // Per tensor: one byte k (the exp-Golomb order, < 24); the order-0 exp-Golomb codes of u >> k
 // packed MSB-first and zero-padded to a byte; then the k low bits of every u, MSB-first, packed and
-// padded.  u is the zigzag of the value (v >= 0 -> 2v, v < 0 -> -2v - 1).  The section ends
-// exactly after the last tensor.
+// padded.  u is the zigzag of the value (v >= 0 -> 2v, v < 0 -> -2v - 1).  With the order byte's
+// top bit set (0x80, a masked tensor), a varint S (its slices, at most 9 bytes, dividing the
+// count) and ceil(S / 8) bytes of the nonzero slices' mask (MSB first, padding bits zero) come
+// before the codes, which then hold the nonzero slices only; the others are zeros.  The section
+// ends exactly after the last tensor.
 #pragma once
 
 #include <cstdint>
