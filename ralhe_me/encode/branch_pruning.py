@@ -68,18 +68,17 @@ def combine(kept: Tuple[np.ndarray, np.ndarray],  # (SH [N, K, 3], opacity logit
 
 
 def choose_pruned(cost: Callable[[FrozenSet[int]], float], num_attributes: int) -> FrozenSet[int]:
-    """The set of attributes to prune: each attribute's branch is tried alone; the ones that
-    lowered ``cost`` alone are tried together. The cheapest of no pruning, that set and the best
-    single attribute wins (bits are not separable: the tensors share one exp-Golomb order)."""
+    """The set of attributes to prune: each attribute's branch is tried alone; then no pruning,
+    the set of those that lowered ``cost`` alone and the best single one are compared, the
+    cheapest winning (bits are not separable: the tensors share one exp-Golomb order)."""
     none = frozenset()
     base = cost(none)
     single = {a: cost(frozenset([a])) for a in range(num_attributes)}
     paying = frozenset(a for a, c in single.items() if c < base)
     if not paying:
         return none
-    candidates = {none: base}
-    best_single = min(paying, key=single.get)
-    candidates[frozenset([best_single])] = single[best_single]
+    best = min(paying, key=single.get)
+    costs = {none: base, frozenset([best]): single[best]}
     if len(paying) > 1:
-        candidates[paying] = cost(paying)
-    return min(candidates, key=lambda s: (candidates[s], len(s)))
+        costs[paying] = cost(paying)
+    return min(costs, key=lambda c: (costs[c], len(c)))
