@@ -8,7 +8,7 @@ import torch
 from conftest import small_codec_config
 from ralhe_me.decode.bitstream import unpack
 from ralhe_me.decode.decoder import decode_bytes
-from ralhe_me.decode.reconstruction import SECTION_DECODERS, load_decoders, quantize_decoders, reconstruct_attributes
+from ralhe_me.decode.reconstruction import SECTION_DECODERS, quantize_decoders
 from ralhe_me.decode.synthesis import AttributeSynthesis
 from ralhe_me.decode.weights import MASKED, _codes, _zigzag, decode_int_tensors, encode_int_tensors
 from ralhe_me.default_scene import make_default_scene
@@ -39,7 +39,9 @@ def test_slices_map_every_branch_tensor_to_its_attributes():
     assert {first for _, first in slices} == {0, 4}
     ints = [np.arange(1, p.numel() + 1).reshape(p.shape) for _, p in synthesis.decoder_parameters()]
     out = pruned_ints(ints, slices, frozenset({2, 4}))
-    for i, (name, first) in enumerate(zip(names, [dict(slices).get(i) for i in range(len(names))])):
+    first_attribute = dict(slices)
+    for i in range(len(names)):
+        first = first_attribute.get(i)
         if first is None:  # skip paths are never pruned
             assert np.array_equal(out[i], ints[i])
         elif first == 0:  # the SH group: slice 2 only
@@ -78,16 +80,12 @@ def test_weights_with_pruned_slices_are_written_masked_and_read_back():
     assert not encode_int_tensors([np.array(0)])[0] & MASKED
 
 
-def trained_impl():
+@pytest.fixture(scope="module")
+def trained():
     config = small_codec_config()
     model = make_default_scene(1500, seed=4)
     vox = encoder_module.prepare(model, config)
     return encoder_module.encode_model(None, config, voxelized=vox), config
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return trained_impl()
 
 
 def test_fast_encodes_prune_branches_and_decode_to_the_encoders_reconstruction(trained):
@@ -128,10 +126,7 @@ def test_the_branches_the_target_needs_are_kept_and_the_rest_pruned(trained):
     from ralhe_me.attributes import extract_signals
 
     signals = extract_signals(target_model, config.training.opacity_weight)
-    decoded = []
-    for pruned in (frozenset(), frozenset(range(synthesis.num_sh + 1))):
-        load_decoders(synthesis, pruned_ints(ints, slices, pruned), shift)
-        decoded.append(reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std))
+    decoded = encoder_module.branch_decodes(training, ints, slices, shift, signals)
     needed = frozenset({0, synthesis.num_sh})
     others = frozenset(range(synthesis.num_sh + 1)) - needed
     sh, op = combine(decoded[0], decoded[1], others)

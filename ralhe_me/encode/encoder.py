@@ -474,6 +474,18 @@ def _shift_views(training: TrainingResult, signals, render_target: Optional[Rend
     return calibration, (min(SHIFT_VIEWS, len(render_target.cameras)) if calibration is not None else 0)
 
 
+def branch_decodes(training: TrainingResult, ints: List[np.ndarray], slices, shift: int, signals) -> list:
+    """The decoded attributes (SH [N, K, 3], opacity logits [N]) with every branch kept, then with
+    every branch pruned: branch_pruning.combine builds any other set from the two."""
+    every = frozenset(range(training.synthesis.num_sh + 1))
+    out = []
+    for pruned in (frozenset(), every):
+        load_decoders(training.synthesis, pruned_ints(ints, slices, pruned), shift)
+        out.append(reconstruct_attributes(training.synthesis, training.latents, signals.mean, signals.std,
+                                          signals.gain))
+    return out
+
+
 def _prune_branches(training: TrainingResult, ints: List[np.ndarray], shift: int, target: GaussianModel,
                     signals, lmbda: float, n: int, opacity_weight: float, importance,
                     render_target: Optional[RenderTarget], calibration: Optional[float],
@@ -488,10 +500,7 @@ def _prune_branches(training: TrainingResult, ints: List[np.ndarray], shift: int
     names = [name for name, _ in synthesis.decoder_parameters()]
     slices = branch_slices(names, synthesis.num_sh)
     every = frozenset(range(synthesis.num_sh + 1))
-    decoded = []
-    for pruned in (frozenset(), every):
-        load_decoders(synthesis, pruned_ints(ints, slices, pruned), shift)
-        decoded.append(reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std, signals.gain))
+    decoded = branch_decodes(training, ints, slices, shift, signals)
 
     if views:
         views = min(max(views, min(PRUNE_VIEWS, PRUNE_RENDER_BUDGET // max(1, n))), len(render_target.cameras))
