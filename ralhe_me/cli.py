@@ -379,13 +379,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(warnings.showwarning)
         try:
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe fails here, inside the handler below
+            return status
         except USER_ERRORS as exc:
             print(f"ralhe: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # pragma: no cover
             print("ralhe: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # stdout closed early (`ralhe info F | head -1`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail
+            return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
 """Whole-codec behaviour: encode a small scene once, then check the file from every side."""
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -109,6 +110,13 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("info", str(out))
     assert r.returncode == 0 and "latents" in r.stdout and "positions" in r.stdout, r.stdout + r.stderr
+    # a reader that stops early (`ralhe info F | head -1`): exit status 141, no traceback
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    p = subprocess.run([sys.executable, "-m", "ralhe_me.cli", "info", str(out)], stdout=write_end,
+                       stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert p.returncode == 141 and p.stderr == "", p.stderr
     r = run("decode", str(out), str(tmp_path / "y.ply"))
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.ralhe"

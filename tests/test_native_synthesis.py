@@ -154,6 +154,64 @@ def test_native_equals_the_canonical_order_bit_for_bit(transform, skip, sh_degre
     assert syn.quantized_weights() is None
 
 
+
+def zero_branches(ints, num_sh, attributes):
+    """The integer weights with the branches (linear0 .. conv1, not the skip path) of
+    ``attributes`` (SH 0..K-1, opacity K) set to zero, as branch pruning writes them."""
+    out = [v.copy() for v in ints]
+    for t in attributes:
+        first, a = (0, t) if t < num_sh else (8, 0)
+        for j in range(first, first + 8):
+            out[j][a] = 0
+    return out
+
+
+@pytest.mark.parametrize("lanes", ["8", "4"])
+@pytest.mark.parametrize("transform", ["raht", "pyramid"])
+def test_zero_branches_run_the_skip_path_alone_with_the_same_bits(transform, lanes, monkeypatch):
+    """A lane group whose branches are all zero (pruned) skips the branch passes; the bits are
+    still the canonical order's and the full passes' (RALHE_SYNTHESIS_FULL=1)."""
+    monkeypatch.setenv("RALHE_SYNTHESIS_LANES", lanes)
+    arch, num_sh, ints, levels, _, planes = random_case(transform, True, 3, seed=11)
+    coords = levels.coords[0]
+    rows = neighbour_rows(coords)
+    p2v = [] if transform == "raht" else [p.astype(np.int32) for p in levels.point_to_voxel]
+    # attributes 0-7: whole lane groups; 12 shares its group with kept ones; opacity (16) alone
+    ints = zero_branches(ints, num_sh, list(range(8)) + [12, 16])
+
+    def run():
+        return native.synthesize(arch_dict(arch), num_sh, ints, SHIFT, coords.astype(np.int32), levels.depth,
+                                 rows, p2v, planes)
+
+    sh, op = run()
+    ref_sh, ref_op = reference_synthesis(arch, num_sh, ints, levels, rows, planes)
+    assert same_bits(sh, ref_sh) and same_bits(op, ref_op)
+    assert np.abs(ref_sh[:, :8]).max() > 0 and np.abs(ref_op).max() > 0  # the skip path still gives values
+    monkeypatch.setenv("RALHE_SYNTHESIS_FULL", "1")
+    full_sh, full_op = run()
+    assert same_bits(sh, full_sh) and same_bits(op, full_op)
+
+
+def test_all_branches_zero_with_overflowing_outputs_keep_the_full_passes_bits(monkeypatch):
+    """Every branch zero (no hidden buffers are allocated), and skip weights so large that some
+    outputs overflow to inf or NaN: still the bits of the full passes."""
+    arch, num_sh, ints, levels, _, planes = random_case("raht", True, 3, seed=12)
+    coords = levels.coords[0]
+    rows = neighbour_rows(coords)
+    ints = zero_branches(ints, num_sh, range(num_sh + 1))
+    shift = -118  # weights up to 200 * 2**118 = 6.6e37: finite, their products with the latents not
+
+    def run():
+        return native.synthesize(arch_dict(arch), num_sh, ints, shift, coords.astype(np.int32), levels.depth,
+                                 rows, [], planes)
+
+    sh, op = run()
+    assert not np.isfinite(sh).all() and np.isfinite(sh).any()
+    monkeypatch.setenv("RALHE_SYNTHESIS_FULL", "1")
+    full_sh, full_op = run()
+    assert same_bits(sh, full_sh) and same_bits(op, full_op)
+
+
 def test_denormalize_follows_attributes_py():
     from ralhe_me.attributes import OPACITY_EPS, denormalize_opacity_logits, denormalize_sh
 

@@ -309,8 +309,13 @@ RALHE_ALWAYS_INLINE void conv0_pass(const GroupData<N>& gd, int64_t begin, int64
 }
 
 // Pass 2, conv1 + skip (from the point's input row) of points [begin, end), scattered to the
-// outputs.
-template <int N, int IN, int H3>
+// outputs.  Without Branch (a lane group whose branch weights are all +0, see branch_is_zero),
+// conv1's sums are left at their bias, +0: the same bits as the full passes, since every hidden
+// value is then +0 (a +0 bias plus products x * +0 = +-0, relu) and each conv1 term adds
+// +0 * +0.  That needs finite inputs x, which they are: int32 latents converted to float
+// (pyramid), or their inverse RAHT (raht), an orthonormal transform whose outputs stay below
+// 2^31 * sqrt(M) in magnitude.
+template <int N, int IN, int H3, bool Branch>
 RALHE_ALWAYS_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64_t end) {
   typedef typename Lanes<N>::V V;
   const LaneWeights<N>& w = *gd.w;
@@ -321,15 +326,17 @@ RALHE_ALWAYS_INLINE void conv1_pass(const GroupData<N>& gd, int64_t begin, int64
   const V* __restrict sk = w.sk.data();
   for (int64_t n = begin; n < end; ++n) {
     V acc[3] = {w.cb1[0], w.cb1[1], w.cb1[2]};
-    const int32_t* r = kn.rows + n * 26;
-    for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
-      const int k = lowest_bit(bits);
-      const int64_t nb = k == kCenter ? n : r[kn.column[k]];
-      const V* __restrict hm = gd.hid3 + nb * h3;
-      const V* __restrict wk = c1 + k * h3 * 3;
-      repeat<H3>(h3, [&](int i) RALHE_INLINE_LAMBDA {
-        repeat<3>(3, [&](int o) RALHE_INLINE_LAMBDA { acc[o] = acc[o] + hm[i] * wk[i * 3 + o]; });
-      });
+    if constexpr (Branch) {
+      const int32_t* r = kn.rows + n * 26;
+      for (uint32_t bits = masks[n]; bits; bits &= bits - 1) {
+        const int k = lowest_bit(bits);
+        const int64_t nb = k == kCenter ? n : r[kn.column[k]];
+        const V* __restrict hm = gd.hid3 + nb * h3;
+        const V* __restrict wk = c1 + k * h3 * 3;
+        repeat<H3>(h3, [&](int i) RALHE_INLINE_LAMBDA {
+          repeat<3>(3, [&](int o) RALHE_INLINE_LAMBDA { acc[o] = acc[o] + hm[i] * wk[i * 3 + o]; });
+        });
+      }
     }
     if (gd.skip) {
       const float* xr = gd.x + (gd.row_of ? gd.row_of[n] : n) * in * N;
@@ -375,8 +382,10 @@ RALHE_ALWAYS_INLINE void run_pass(const GroupData<N>& gd, int pass, int64_t begi
     pointwise_pass<N, IN, H1, H2>(gd, begin, end);
   else if (pass == 1)
     conv0_pass<N, H2, H3>(gd, begin, end);
+  else if (pass == 2)
+    conv1_pass<N, IN, H3, true>(gd, begin, end);
   else
-    conv1_pass<N, IN, H3>(gd, begin, end);
+    conv1_pass<N, IN, H3, false>(gd, begin, end);  // kSkipOnlyPass
 }
 
 // The kernels per lane count: N = 4 everywhere, N = 8 compiled for AVX2 (x86-64-v3) where GCC can
@@ -384,6 +393,7 @@ RALHE_ALWAYS_INLINE void run_pass(const GroupData<N>& gd, int pass, int64_t begi
 // unused: the bits are those of every other build.
 template <int N>
 using PassFn = void (*)(const GroupData<N>&, int, int64_t, int64_t);
+constexpr int kSkipOnlyPass = 3;  // pass 2 without conv1, for a lane group whose branch is +0
 
 #define RALHE_PASS_KERNEL(NAME, TARGET, N, IN, H1, H2, H3)                            \
   TARGET void NAME(const GroupData<N>& gd, int pass, int64_t begin, int64_t end) {    \
@@ -417,17 +427,23 @@ PassFn<8> pass_kernel<8>(const Widths& w) {
 }
 #endif
 
-// Lanes to use: 8 on a CPU with AVX2 (when built with the dispatcher), else 4.
+// RALHE_SYNTHESIS_FULL=1 in the environment runs every lane group's branch passes, also where
+// the branch is all +0, for the tests that compare the skip-only pass with them.
+bool full_passes_requested() {
+  const char* v = std::getenv("RALHE_SYNTHESIS_FULL");
+  return v && std::string(v) == "1";
+}
+
+#if RALHE_X86_DISPATCH
+// Lanes to use: 8 on a CPU with AVX2, else 4 (builds without the dispatcher always use 4).
 // RALHE_SYNTHESIS_LANES=4 in the environment forces 4, for the tests that compare both.
 int lanes_for_this_cpu() {
-#if RALHE_X86_DISPATCH
   if (const char* v = std::getenv("RALHE_SYNTHESIS_LANES"))
     if (std::string(v) == "4") return 4;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2")) return 8;
-#endif
-  return 4;
+  return __builtin_cpu_supports("avx2") ? 8 : 4;
 }
+#endif
 
 // The upsampled inputs of one lane group: x [M, in, N] (raht: rows in transform-code order).
 template <int N>
@@ -476,21 +492,56 @@ struct GroupShared {
   float* sh_norm;
   float* opacity_norm;
   const ShDenormalization* denorm;
+  bool full_passes;  // run the branch passes even where the branch is +0 (RALHE_SYNTHESIS_FULL)
 };
 
-// Lane group g of N lanes (attributes g * N .. g * N + N - 1): its inputs, then its three passes.
+// Whether attribute t's branch (linear0 .. conv1 with their biases, not the skip path) is all +0:
+// a pruned branch (encode/branch_pruning.py) is written as integer zeros, which dequantize to +0.
+bool branch_is_zero(const SynthesisWeights& weights, int K, int t) {
+  const bool sh = t < K;
+  const int base = sh ? 0 : kPerDecoder;
+  const size_t a = sh ? size_t(t) : 0, count = sh ? size_t(K) : 1;
+  for (int j = base; j < base + kPerDecoder; ++j) {
+    const std::vector<float>& T = weights.tensors[j];
+    const size_t per = T.size() / count;
+    for (size_t i = a * per; i < (a + 1) * per; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &T[i], sizeof bits);
+      if (bits != 0) return false;
+    }
+  }
+  return true;
+}
+
+// Whether some lane group runs the branch passes (a branch not all +0, no skip path, or
+// RALHE_SYNTHESIS_FULL).
+bool branch_passes_needed(const Architecture& arch, int K, const SynthesisWeights& weights) {
+  bool needed = !arch.skip || full_passes_requested();
+  for (int t = 0; t <= K && !needed; ++t) needed = !branch_is_zero(weights, K, t);
+  return needed;
+}
+
+// Lane group g of N lanes (attributes g * N .. g * N + N - 1): its inputs, then its three passes,
+// or, where every lane's branch is +0 and the skip path exists, the skip path alone (pass 3, see
+// conv1_pass).
 template <int N>
 void run_group(const GroupShared& s, int g) {
   typedef typename Lanes<N>::V V;
   const bool raht = s.arch.transform == "raht";
   const LaneWeights<N> lw = lane_weights<N>(s.wd, s.K, s.arch.skip, s.weights, g);
   group_inputs<N>(s.arch, s.K + 1, s.M, s.wd.in, g, s.plan, s.point_to_voxel, s.planes, s.plane_size, s.x);
+  bool zero = s.arch.skip;
+  for (int t = g * N; t < std::min(g * N + N, s.K + 1); ++t) zero = zero && branch_is_zero(s.weights, s.K, t);
   const GroupData<N> gd{s.wd, &lw, s.x, raht ? s.plan.order.data() : nullptr, s.row_of, &s.kn, s.arch.skip,
                         static_cast<V*>(s.hid2), static_cast<V*>(s.hid3), s.K, g, s.sh_norm, s.opacity_norm,
                         s.denorm};
   const PassFn<N> kernel = pass_kernel<N>(s.wd);
   // passes run in chunks of points, one call each (see RALHE_NOINLINE in common.h)
   constexpr int64_t kChunk = 4096;
+  if (zero && !s.full_passes) {
+    for (int64_t b = 0; b < s.M; b += kChunk) kernel(gd, kSkipOnlyPass, b, std::min(s.M, b + kChunk));
+    return;
+  }
   for (int pass = 0; pass < 3; ++pass)
     for (int64_t b = 0; b < s.M; b += kChunk) kernel(gd, pass, b, std::min(s.M, b + kChunk));
 }
@@ -519,10 +570,15 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   // every element is written before it is read: no zero-filling
   Block x_block(size_t(M) * in * N * sizeof(float));
   float* x = static_cast<float*>(x_block.data());  // [rows, in, N]
-  VecArray<V> hid2(size_t(M) * wd.h2), hid3(size_t(M) * wd.h3);
+  const bool full_passes = full_passes_requested();
+  VecArray<V> hid2, hid3;  // not allocated when no group needs them (every branch +0)
+  if (branch_passes_needed(arch, K, weights)) {
+    hid2 = VecArray<V>(size_t(M) * wd.h2);
+    hid3 = VecArray<V>(size_t(M) * wd.h3);
+  }
   const GroupShared shared{arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size,
                            row_of.empty() ? nullptr : row_of.data(), x, hid2.data(), hid3.data(), sh_norm,
-                           opacity_norm, denorm};
+                           opacity_norm, denorm, full_passes};
   const int tail = N == 8 ? A % 8 : 0;
   const int full = tail >= 1 && tail <= 4 ? A / N : (A + N - 1) / N;
   for (int g = 0; g < full; ++g) run_group<N>(shared, g);
@@ -654,7 +710,8 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
                   std::to_string(lo < 0 ? lo : hi) + " of " + std::to_string(plane_size[p]));
     }
   }
-  const Kernels kn = kernel_masks(M, neighbours);
+  // the kernels are read by the branch passes only (every branch +0: no masks, no row checks)
+  const Kernels kn = branch_passes_needed(arch, K, weights) ? kernel_masks(M, neighbours) : Kernels{};
   RahtPlan plan;
   if (raht) plan = raht_plan(coords, M, depth);
 #if RALHE_X86_DISPATCH
