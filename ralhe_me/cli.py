@@ -81,6 +81,8 @@ def _codec_config(args):
         config.geometry_tier = int(tier)
     if getattr(args, "far_field", None) is not None:
         config.far_field = args.far_field
+    if getattr(args, "latent_coder", None) is not None:
+        config.latent_coder = args.latent_coder
     if args.steps is not None:
         config.training.steps = args.steps
     if args.render_steps is not None:
@@ -195,10 +197,27 @@ def cmd_info(args) -> int:
     n = int(h.get("num_points", 0)) or 1
     print(f"{args.input}: RALHE format v{container.version}, {len(data)} bytes, {h.get('num_points')} voxels, "
           f"depth {h.get('depth')}, SH degree {h.get('sh_degree')}, lambda {h.get('lambda')}")
+    static = h.get("latent_coder") == "static"
+    if h.get("attribute_codec", "ralhe") == "ralhe":
+        print("latents coded with " + ("static per-level histograms (no ARM in the file)" if static
+                                        else "the autoregressive model (ARM)"))
     print(f"{'section':<12}{'bytes':>10}{'bits/voxel':>12}")
     for name, size in container.section_sizes():
         print(f"{name:<12}{size:>10}{8 * size / n:>12.3f}")
-    if args.per_attribute:
+    if args.per_attribute and static:  # each (plane, attribute) stream is framed by its length
+        from .entropy.categorical import read_varint
+
+        section, pos = container.section(SECTION_LATENTS), 0
+        sizes = [0] * len(h["attributes"])
+        for _ in range(int(h["architecture"]["latent_channels"])):
+            for a in range(len(h["attributes"])):
+                length, pos = read_varint(section, pos)
+                sizes[a] += length
+                pos += length
+        print(f"{'attribute':<12}{'latent bytes':>14}{'bits/voxel':>12}")
+        for name, b in zip(h["attributes"], sizes):
+            print(f"{name:<12}{b:>14.0f}{8 * b / n:>12.3f}")
+    elif args.per_attribute:
         from .entropy.integer_arm import QuantizedArm
         from .entropy.latent_coder import decode_latents, estimate_bits
         from .decode.reconstruction import architecture_from_header, table_config_from_header
@@ -300,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "more, code the space outside the foreground cube (95%% of the Gaussians) on a "
                         "logarithmic grid, at the angular precision of the foreground's edge; off: one plain "
                         "cube around every Gaussian")
+    p.add_argument("--latent-coder", choices=("auto", "arm", "static"), default=None,
+                   help="entropy coding of the latents: auto (default) codes them both ways and keeps the "
+                        "shorter; arm: the trained autoregressive model, sent in the file; static: per-level "
+                        "histograms (no model in the file; raht transform only)")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--render-steps", type=int, default=None,
                    help="image-domain refinement steps after training: the latents, decoders and entropy "

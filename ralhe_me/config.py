@@ -92,6 +92,10 @@ class CodecConfig:
     importance_resolution: int = 256  # their size in pixels
     gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)
     covariance_gain: bool = False  # scale the covariance residual steps by the gain map too (see README)
+    # how the latents are entropy coded: "arm" (the trained autoregressive model, sent in the file),
+    # "static" (per-level histograms, entropy/static_latents.py; "raht" transform only) or "auto":
+    # both, the shorter kept
+    latent_coder: str = "auto"
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 

@@ -34,9 +34,9 @@ def test_named_errors():
     bumped = data[:6] + struct.pack("<H", FORMAT_VERSION + 1) + data[8:]
     with pytest.raises(UnsupportedVersionError, match=f"version {FORMAT_VERSION + 1}"):
         unpack(bumped)
-    with pytest.raises(UnsupportedVersionError, match="version 0 .* reads versions 1 to 2"):
+    with pytest.raises(UnsupportedVersionError, match="version 0 .* reads versions 1 to 3"):
         unpack(data[:6] + struct.pack("<H", 0) + data[8:])
-    assert unpack(data).version == FORMAT_VERSION == 2
+    assert unpack(data).version == FORMAT_VERSION == 3
     old = unpack(data[:6] + struct.pack("<H", 1) + data[8:])  # files written before masked weights
     assert old.version == 1 and old.sections == unpack(data).sections
     with pytest.raises(TruncatedFileError, match="truncated"):

@@ -19,6 +19,7 @@ from ralhe_me.gaussians import write_ply
 @pytest.fixture(scope="module")
 def encoded():
     config = small_codec_config()
+    config.latent_coder = "arm"  # the ARM's round trip and rate estimate (static: test_static_latents.py)
     model = make_default_scene(1000, seed=2)
     return model, config, encode_model(model, config)
 

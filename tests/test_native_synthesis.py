@@ -242,7 +242,9 @@ def encoded():
     from ralhe_me.default_scene import make_default_scene
     from ralhe_me.encode.encoder import encode_model
 
-    return encode_model(make_default_scene(600, seed=3), small_codec_config())
+    config = small_codec_config()
+    config.latent_coder = "arm"  # decode_stages reads the ARM section
+    return encode_model(make_default_scene(600, seed=3), config)
 
 
 def decode_stages(data: bytes):

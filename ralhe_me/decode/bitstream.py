@@ -16,7 +16,9 @@ past the end.
 
 Versions: 2 lets the decoders section hold masked tensors (pruned decoder branches, see
 weights.py); a decoder that reads only version 1 then refuses the file by its version instead of
-failing inside that section. Version 1 files still decode.
+failing inside that section. 3 lets the header say ``latent_coder`` "static": the latents
+section then holds per-level histogram streams instead of ARM-coded latents, and the arms section
+is empty (entropy/static_latents.py). Version 1 and 2 files still decode.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 MAGIC = b"RALHE\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 OLDEST_FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<6sHH")
 _SECTION = struct.Struct("<II")

@@ -17,6 +17,7 @@ import torch
 
 from ..entropy.integer_arm import QuantizedArm
 from ..entropy.latent_coder import decode_latents
+from ..entropy.static_latents import LATENT_CODERS, StaticLatentsError, coefficient_levels, decode_static_latents
 from ..gaussians import GaussianModel, write_ply
 from ..geometry.covariance_code import decode_shapes
 from ..geometry.occupancy import NEIGHBOUR_OFFSETS, decode_positions
@@ -172,11 +173,25 @@ def _decode(container) -> DecodeResult:
     shapes = [tuple(p.shape) for _, p in synthesis.decoder_parameters()]
     ints = decode_int_tensors(container.section(SECTION_DECODERS), shapes)
     load_decoders(synthesis, ints, int(header["decoder_shift"]))
-    arms = QuantizedArm.from_bytes(container.section(SECTION_ARMS))
-    if arms.num_attributes != num_sh + 1:
-        raise CorruptDataError(f"{arms.num_attributes} ARMs for {num_sh + 1} attributes")
-    latents = decode_latents(container.section(SECTION_LATENTS), planes, num_sh + 1, arms,
-                             arch.segment_length, table_config)
+    latent_coder = header.get("latent_coder", "arm")
+    if latent_coder not in LATENT_CODERS:
+        raise CorruptDataError(f"unknown latent coder {latent_coder!r} (choose from {', '.join(LATENT_CODERS)})")
+    if latent_coder == "static":
+        if arch.transform != "raht":
+            raise CorruptDataError(f"static latents need the raht transform, the header has {arch.transform!r}")
+        if container.section(SECTION_ARMS):
+            raise CorruptDataError("a file with static latents has a non-empty arms section")
+        try:
+            latents = decode_static_latents(container.section(SECTION_LATENTS), len(planes), num_sh + 1,
+                                            coefficient_levels(coords, int(header["depth"])))
+        except StaticLatentsError as err:
+            raise CorruptDataError(str(err)) from None
+    else:
+        arms = QuantizedArm.from_bytes(container.section(SECTION_ARMS))
+        if arms.num_attributes != num_sh + 1:
+            raise CorruptDataError(f"{arms.num_attributes} ARMs for {num_sh + 1} attributes")
+        latents = decode_latents(container.section(SECTION_LATENTS), planes, num_sh + 1, arms,
+                                 arch.segment_length, table_config)
     times["latents"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

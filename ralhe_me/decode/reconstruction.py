@@ -76,8 +76,11 @@ def _with_contraction(header: dict, grid: VoxelGrid) -> dict:
 def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequence[str],
                 arch: ArchitectureConfig, table_config: LaplaceTableConfig, level_sizes: Sequence[int],
                 mean: np.ndarray, std: np.ndarray, decoder_shift: int, lmbda: float,
-                gain_level: Optional[int] = None) -> dict:
-    """``gain_level``: the octree level of the gain map (section ``gains``), None without one."""
+                gain_level: Optional[int] = None, latent_coder: str = "arm") -> dict:
+    """``gain_level``: the octree level of the gain map (section ``gains``), None without one;
+    ``latent_coder``: "arm" or "static" (entropy/static_latents.py; written only when static, so
+    that ARM-coded files keep the header of earlier versions)."""
+    extra = {} if latent_coder == "arm" else {"latent_coder": latent_coder}
     return _with_contraction({
         "num_points": int(num_points), "depth": int(grid.depth),
         "origin": [float(v) for v in grid.origin], "extent": float(grid.extent),
@@ -87,7 +90,7 @@ def make_header(*, num_points: int, grid: VoxelGrid, sh_degree: int, names: Sequ
         "level_sizes": [int(n) for n in level_sizes],
         "signal_mean": np.asarray(mean, np.float64).tolist(), "signal_std": np.asarray(std, np.float64).tolist(),
         "decoder_shift": int(decoder_shift), "lambda": float(lmbda),
-        "gain_level": None if gain_level is None else int(gain_level),
+        "gain_level": None if gain_level is None else int(gain_level), **extra,
     }, grid)
 
 

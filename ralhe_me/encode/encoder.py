@@ -30,6 +30,7 @@ from ..decode.reconstruction import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_D
 from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
 from ..entropy.integer_arm import ArmQuantizationError, QuantizedArm
+from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
 from ..entropy.latent_coder import encode_latents, estimate_bits
 from ..gaussians import GaussianModel, codable_model
 from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
@@ -636,8 +637,19 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     decoder_shift, decoder_ints = _choose_decoder_weights(training, signals, config.lmbda, n,
                                                           config.training.opacity_weight, importance, target,
                                                           render_target)
+    if config.latent_coder not in LATENT_CODERS + ("auto",):
+        raise EncodeError(f"latent_coder must be one of auto, {', '.join(LATENT_CODERS)}; got {config.latent_coder!r}")
+    if config.latent_coder == "static" and arch.transform != "raht":
+        raise EncodeError(f"latent_coder 'static' needs the raht transform, the architecture has {arch.transform!r}")
     arms, estimated = _choose_arm(training, latents, arch.segment_length, table_config)
-    latent_bytes = encode_latents(latents, arms, arch.segment_length, table_config)
+    arm_bytes, latent_bytes = arms.to_bytes(), encode_latents(latents, arms, arch.segment_length, table_config)
+    latent_coder = "arm"
+    if config.latent_coder != "arm" and arch.transform == "raht":
+        static = encode_static_latents(latents, coefficient_levels(vox.coords, vox.depth))
+        if static is None and config.latent_coder == "static":
+            raise EncodeError("latent_coder 'static' codes int32 latents only, and a latent exceeds that range")
+        if static is not None and (config.latent_coder == "static" or len(static) < len(arm_bytes) + len(latent_bytes)):
+            latent_coder, arm_bytes, latent_bytes, estimated = "static", b"", static, 8.0 * len(static)
     with intra_op_threads(DEFAULT_DECODE_THREADS):  # the decoder's float arithmetic, exactly
         sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
     times["quantize_and_code"] = time.perf_counter() - t0
@@ -648,9 +660,10 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     header = make_header(num_points=n, grid=vox.grid, sh_degree=target.sh_degree,
                          names=attribute_names(target.sh_degree), arch=arch, table_config=table_config,
                          level_sizes=plane_sizes(levels.sizes, arch), mean=signals.mean, std=signals.std,
-                         decoder_shift=decoder_shift, lmbda=config.lmbda, gain_level=geometry.gain_level)
+                         decoder_shift=decoder_shift, lmbda=config.lmbda, gain_level=geometry.gain_level,
+                         latent_coder=latent_coder)
     sections = geometry.sections()
-    sections.update({SECTION_DECODERS: encode_int_tensors(decoder_ints), SECTION_ARMS: arms.to_bytes(),
+    sections.update({SECTION_DECODERS: encode_int_tensors(decoder_ints), SECTION_ARMS: arm_bytes,
                      SECTION_LATENTS: latent_bytes})
     container = Container(header=header, sections=sections)
     data = pack(container)

@@ -10,6 +10,7 @@
 #include "../src/integer_arm.h"
 #include "../src/laplace_tables.h"
 #include "../src/latents.h"
+#include "../src/static_latents.h"
 #include "../src/weights.h"
 #include "bind.h"
 
@@ -138,6 +139,20 @@ py::list decode_int_tensors(const py::bytes& data, const std::vector<int64_t>& c
   return out;
 }
 
+py::list decode_static_latents(const py::bytes& section, int num_planes, int num_attributes,
+                               const std::vector<int32_t>& levels) {
+  if (num_planes < 0 || num_attributes < 0) ralhe::fail(ralhe::ErrorKind::kInvalidArgument, "negative plane or attribute count");
+  const ralhe::Bytes view = bytes_view(section);
+  ralhe::LatentPlanes planes;
+  {
+    py::gil_scoped_release release;
+    planes = ralhe::decode_static_latents(view, num_planes, num_attributes, levels);
+  }
+  py::list out;
+  for (auto& p : planes) out.append(into_array(std::move(p), {py::ssize_t(num_attributes), py::ssize_t(levels.size())}));
+  return out;
+}
+
 }  // namespace
 
 void bind_entropy(py::module_& m) {
@@ -150,6 +165,10 @@ void bind_entropy(py::module_& m) {
   m.def("decode_latents", &decode_latents, py::arg("arms_section"), py::arg("latents_section"),
         py::arg("plane_sizes"), py::arg("num_attributes"), py::arg("segment_length"), py::arg("table_config"),
         "The ARM section and the latent stream -> per plane int32 [A, n_p] (latent_coder.decode_latents).");
+  m.def("decode_static_latents", &decode_static_latents, py::arg("section"), py::arg("num_planes"),
+        py::arg("num_attributes"), py::arg("levels"),
+        "A static latents section and the coefficient levels int32 [M] -> per plane int32 [A, M] "
+        "(static_latents.decode_static_latents).");
   m.def("parse_arm", &parse_arm, py::arg("data"),
         "An ARM section -> dict of its header fields, weights[l] int64 [A, in, out], biases[l] int64 [A, out] and "
         "its exactness bounds (integer_arm.QuantizedArm.from_bytes).");

@@ -9,6 +9,7 @@
 #include "../src/attributes.h"
 #include "../src/common.h"
 #include "../src/synthesis.h"
+#include "../src/static_latents.h"
 #include "bind.h"
 
 namespace {
@@ -148,6 +149,22 @@ py::tuple denormalize(const py::object& sh_in, const py::object& op_in, const py
 }  // namespace
 
 void ralhe_py::bind_synthesis(py::module_& m) {
+  m.def(
+      "coefficient_levels",
+      [](const py::object& coords_obj, int depth) {
+        if (depth < 0 || depth > 21) invalid("depth must be in [0, 21], got " + std::to_string(depth));
+        const auto coords = checked<int32_t>(coords_obj, "coords", 2, {-1, 3});
+        const int64_t M = coords.shape(0);
+        std::vector<int32_t> levels;
+        {
+          py::gil_scoped_release release;
+          levels = ralhe::coefficient_levels(ralhe::raht_plan(coords.data(), M, depth), depth);
+        }
+        return py::array_t<int32_t>(py::ssize_t(levels.size()), levels.data());
+      },
+      py::arg("coords"), py::arg("depth"),
+      "The octree level of every RAHT coefficient of the voxels coords int32 [M, 3] (coefficient order; "
+      "DC: depth), as baselines/raht.py RahtPlan.coeff_levels.");
   m.def("synthesize", &synthesize, py::arg("architecture"), py::arg("num_sh"), py::arg("weights"), py::arg("shift"),
         py::arg("coords"), py::arg("depth"), py::arg("neighbours"), py::arg("point_to_voxel"), py::arg("planes"),
         "Integer latent planes -> (normalized SH [M, K, 3], normalized opacity [M]), float32, the canonical order "

@@ -93,6 +93,90 @@ void frequencies_to_cdf(const int64_t* freq, int a, int32_t* cdf) {
 
 }  // namespace
 
+void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contexts, int64_t n, int32_t* out) {
+  constexpr int A = kIntegerAlphabet;
+  size_t pos = 0;
+  const uint64_t table_bits = read_varint(data, pos, "integer stream header");
+  const uint64_t length = read_varint(data, pos, "integer stream header");
+  if (table_bits > uint64_t(kMaxTableBits) || length > data.size - pos)
+    corrupt("integer stream header is invalid or truncated");
+  if (n == 0) {
+    if (length != 0 || data.size - pos != 1 || data[pos] != 0) corrupt("an empty integer stream holds data");
+    return;
+  }
+  // the tables (_read_table): last symbol per context, then the histograms up to it
+  const Bytes tables(data.data + pos, size_t(length));
+  ExpGolombReader lasts(tables);
+  std::vector<int64_t> last(static_cast<size_t>(num_contexts));
+  uint64_t values = 0;
+  for (int64_t c = 0; c < num_contexts; ++c) {
+    last[c] = lasts.next();
+    if (last[c] >= A) corrupt("frequency table names a symbol outside the alphabet");
+    values += uint64_t(last[c]) + 1;
+  }
+  size_t used = lasts.bytes_used();
+  std::vector<int64_t> freq(size_t(num_contexts) * A, 0), weights(A);
+  std::vector<int32_t> cdfs(size_t(num_contexts) * (A + 2));
+  if (table_bits == 0) {
+    for (int64_t c = 0; c < num_contexts; ++c) {
+      for (int s = 0; s < A; ++s) weights[s] = s <= last[c];
+      quantize_row(weights.data(), A, freq.data() + c * A);
+    }
+  } else {
+    if (values > 8 * uint64_t(tables.size - used)) corrupt("exp-Golomb table ends early");
+    ExpGolombReader hist(tables.from(used, "frequency table"));
+    for (int64_t c = 0; c < num_contexts; ++c) {
+      int64_t sum = 0;
+      for (int s = 0; s < A; ++s) {
+        weights[s] = s <= last[c] ? hist.next() : 0;
+        if (weights[s] > (int64_t(1) << table_bits)) corrupt("frequency table value exceeds its precision");
+        sum += weights[s];
+      }
+      if (sum == 0) corrupt("a used context has an empty frequency table");
+      quantize_row(weights.data(), A, freq.data() + c * A);
+    }
+    used += hist.bytes_used();
+  }
+  if (used != tables.size) corrupt("frequency tables have trailing bytes");
+  for (int64_t c = 0; c < num_contexts; ++c) frequencies_to_cdf(freq.data() + c * A, A, cdfs.data() + c * (A + 2));
+  pos += size_t(length);
+  const uint64_t stream = read_varint(data, pos, "integer stream");
+  if (stream > data.size - pos) corrupt("integer stream is truncated");
+  SegmentedRansReader reader(Bytes(data.data + pos, size_t(stream)), n);
+  pos += size_t(stream);
+  reader.claim(n);
+  uint64_t raw_bits = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t c = ranks[i];
+    if (c < 0 || c >= num_contexts) fail(ErrorKind::kInvalidArgument, "decode_static_integers: context rank out of range");
+    const int32_t s = reader.decode(cdfs.data() + size_t(c) * (A + 2), A + 2);
+    if (s < 0 || s >= A || freq[size_t(c) * A + s] == 0) corrupt("decoded a symbol outside its table");
+    out[i] = s;  // the symbol, until the raw bits are read below
+    if (s >= (1 << kIntegerDirectLog2)) raw_bits += uint64_t((s - (1 << kIntegerDirectLog2)) / 2 + kIntegerDirectLog2 - 1);
+  }
+  // from_symbols: the raw bits of the large values, in symbol order, fill the rest exactly
+  const Bytes raw(data.data + pos, data.size - pos);
+  if ((raw_bits + 7) / 8 != raw.size)
+    corrupt("raw bit section holds " + std::to_string(raw.size) + " bytes, the symbols need " +
+            std::to_string((raw_bits + 7) / 8));
+  uint64_t bit = 0;
+  const auto next_bit = [&]() -> uint64_t { const uint64_t b = (raw.data[bit >> 3] >> (7 - (bit & 7))) & 1; ++bit; return b; };
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t s = out[i];
+    uint64_t u = uint64_t(s);
+    if (s >= (1 << kIntegerDirectLog2)) {
+      const int k = s - (1 << kIntegerDirectLog2), nb = k / 2 + kIntegerDirectLog2 - 1;
+      u = uint64_t(2 | (k & 1)) << nb;
+      for (int j = nb - 1; j >= 0; --j) u |= next_bit() << j;
+    }
+    if (u >> 32) corrupt("an integer stream holds a value outside int32");
+    const int64_t v = int64_t(u >> 1) ^ -int64_t(u & 1);  // unzigzag
+    out[i] = int32_t(v);
+  }
+  for (; bit < 8 * uint64_t(raw.size); ++bit)
+    if ((raw.data[bit >> 3] >> (7 - (bit & 7))) & 1) corrupt("raw bit section has nonzero padding");
+}
+
 uint16_t check16(Bytes head, Bytes body) {
   return uint16_t(crc32(body.data, body.size, crc32(head.data, head.size)) & 0xFFFF);
 }

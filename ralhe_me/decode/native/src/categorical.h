@@ -130,6 +130,17 @@ class StaticCategoricalDecoder {
   SegmentedRansReader reader_;
 };
 
+// baselines/scalar.py decode_integers (the RAHT baseline's static per-context integers, also the
+// static latents): n integers whose contexts are ranks [n] among the num_contexts contexts that
+// occur (dense_unique), into out [n].  Layout: varints table precision and table length, the
+// tables (exp-Golomb: each context's last symbol, then its histogram up to it unless the
+// precision is 0), a varint rANS length, the segments of n symbols of kIntegerAlphabet, then the
+// raw low bits of the large values, MSB first, zero-padded to the end of `data`.  A value outside
+// int32 is a CorruptDataError (the latents are int32).
+constexpr int kIntegerDirectLog2 = 4;  // scalar.DIRECT_LOG2
+constexpr int kIntegerAlphabet = (1 << kIntegerDirectLog2) + 2 * (40 - kIntegerDirectLog2);  // scalar.ALPHABET
+void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contexts, int64_t n, int32_t* out);
+
 // categorical.py decode_categorical: the n symbols of a stream whose contexts [n] are given, or
 // with contexts == nullptr all under context 0 (n < 0: as many as the stream holds; n >= 0: the
 // stream must hold exactly n, checked before decoding).

@@ -11,7 +11,7 @@
 
 namespace ralhe {
 
-constexpr uint16_t kFormatVersion = 2;        // bitstream.py FORMAT_VERSION (2: masked decoder weights)
+constexpr uint16_t kFormatVersion = 3;        // bitstream.py FORMAT_VERSION (2: masked decoder weights, 3: static latents)
 constexpr uint16_t kOldestFormatVersion = 1;  // bitstream.py OLDEST_FORMAT_VERSION
 constexpr int kMaxSections = 64;
 

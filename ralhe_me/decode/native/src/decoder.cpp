@@ -12,6 +12,8 @@
 #include "json.h"
 #include "laplace_tables.h"
 #include "latents.h"
+#include "raht.h"
+#include "static_latents.h"
 #include "occupancy.h"
 #include "octree.h"
 #include "synthesis.h"
@@ -38,6 +40,13 @@ struct Header {
   std::vector<double> signal_std;   // [K + 1]
   int64_t decoder_shift = 0;
 };
+
+// A string field of the header, `fallback` where absent; "<not a string>" where it is not one.
+std::string string_or(const Json& h, const char* key, const char* fallback) {
+  const Json* v = h.find(key);
+  if (!v) return fallback;
+  return v->type == Json::Type::kString ? v->string : std::string("<not a string>");
+}
 
 std::string attribute_codec(const Json& h) {
   const Json* kind = h.find("attribute_codec");
@@ -292,11 +301,25 @@ DecodedModel decode(const Container& container) {
   if (!unsupported.empty()) fail(ErrorKind::kUnsupported, unsupported);
   SynthesisWeights weights = dequantize_weights(arch, num_sh, ints, header.decoder_shift);
   std::vector<std::vector<int64_t>>().swap(ints);
-  QuantizedArm arms = parse_arm(container.section("arms"));
-  if (arms.num_attributes() != num_sh + 1)
-    corrupt(std::to_string(arms.num_attributes()) + " ARMs for " + std::to_string(num_sh + 1) + " attributes");
-  LatentPlanes latents =
-      decode_latents(container.section("latents"), planes, num_sh + 1, arms, arch.segment_length, header.table_config);
+  const std::string latent_coder = string_or(h, "latent_coder", "arm");
+  RahtPlan plan;  // static latents: their contexts come from it, and the synthesis reuses it
+  LatentPlanes latents;
+  if (latent_coder == "static") {
+    if (arch.transform != "raht")
+      corrupt("static latents need the raht transform, the header has '" + arch.transform + "'");
+    if (container.section("arms").size) corrupt("a file with static latents has a non-empty arms section");
+    plan = raht_plan(pos.coords.data(), n, header.depth);
+    latents = decode_static_latents(container.section("latents"), int(planes.size()), num_sh + 1,
+                                    coefficient_levels(plan, header.depth));
+  } else if (latent_coder == "arm") {
+    QuantizedArm arms = parse_arm(container.section("arms"));
+    if (arms.num_attributes() != num_sh + 1)
+      corrupt(std::to_string(arms.num_attributes()) + " ARMs for " + std::to_string(num_sh + 1) + " attributes");
+    latents =
+        decode_latents(container.section("latents"), planes, num_sh + 1, arms, arch.segment_length, header.table_config);
+  } else {
+    corrupt("unknown latent coder '" + latent_coder + "' (choose from arm, static)");
+  }
   m.seconds.emplace_back("latents", since(t0));
 
   t0 = Clock::now();
@@ -312,7 +335,8 @@ DecodedModel decode(const Container& container) {
   std::vector<PlaneView> latent_views;
   for (const auto& p : latents) latent_views.push_back(PlaneView{p.data(), int64_t(p.size())});
   synthesize(arch, num_sh, weights, n, pos.coords.data(), header.depth, pos.neighbours.data(), point_to_voxel,
-             latent_views, m.sh.data(), m.opacity_logits.data(), &denorm);
+             latent_views, m.sh.data(), m.opacity_logits.data(), &denorm, plan.num_points() ? &plan : nullptr);
+  plan = RahtPlan();
   LatentPlanes().swap(latents);
   decltype(pos.neighbours)().swap(pos.neighbours);
   constexpr int64_t kChunk = 8192;  // points per call (see RALHE_NOINLINE in common.h)

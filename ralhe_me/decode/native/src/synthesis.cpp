@@ -661,7 +661,7 @@ SynthesisWeights dequantize_weights(const Architecture& arch, int num_sh, const 
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<PlaneView>& planes,
-                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm) {
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm, const RahtPlan* given_plan) {
   check_architecture(arch);
   if (num_sh < 1 || num_sh > 1024) corrupt("invalid number of SH coefficients " + std::to_string(num_sh));
   if (M < 0 || M > INT32_MAX) corrupt("invalid number of points " + std::to_string(M));
@@ -712,8 +712,11 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
   }
   // the kernels are read by the branch passes only (every branch +0: no masks, no row checks)
   const Kernels kn = branch_passes_needed(arch, K, weights) ? kernel_masks(M, neighbours) : Kernels{};
-  RahtPlan plan;
-  if (raht) plan = raht_plan(coords, M, depth);
+  RahtPlan own_plan;
+  if (raht && !given_plan) own_plan = raht_plan(coords, M, depth);
+  if (raht && given_plan && given_plan->num_points() != M)
+    fail(ErrorKind::kInvalidArgument, "synthesize: the given RAHT plan is not of these points");
+  const RahtPlan& plan = raht && given_plan ? *given_plan : own_plan;
 #if RALHE_X86_DISPATCH
   // (up to 4 attributes, SH degree 0, fill one 4-lane group: 8 lanes would only add padding)
   const int lanes = A <= 4 ? 4 : lanes_for_this_cpu();

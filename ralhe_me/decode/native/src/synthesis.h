@@ -36,6 +36,8 @@
 #include <string>
 #include <vector>
 
+#include "raht.h"
+
 namespace ralhe {
 
 // config.py ArchitectureConfig (the header's "architecture").
@@ -94,7 +96,8 @@ struct ShDenormalization {
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<PlaneView>& planes,
-                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm = nullptr);
+                float* sh_norm, float* opacity_norm, const ShDenormalization* denorm = nullptr,
+                const RahtPlan* plan = nullptr);  // "raht": the plan of coords if the caller has it
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
                 const int32_t* coords, int depth, const int32_t* neighbours,
                 const std::vector<const int32_t*>& point_to_voxel, const std::vector<std::vector<int32_t>>& planes,
