@@ -606,6 +606,11 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
         torch.set_num_threads(config.training.threads)
     if config.training.render_steps < 0:
         raise EncodeError(f"render_steps must be >= 0, got {config.training.render_steps}")
+    if config.latent_coder not in LATENT_CODERS + ("auto",):
+        raise EncodeError(f"latent_coder must be one of auto, {', '.join(LATENT_CODERS)}; got {config.latent_coder!r}")
+    if config.latent_coder == "static" and config.architecture.transform != "raht":
+        raise EncodeError("latent_coder 'static' needs the raht transform, the architecture has "
+                          f"{config.architecture.transform!r}")
     if model is not None:  # the teacher of the render target, and what ``prepare`` voxelizes
         model = codable_model(model)
     times = {}
@@ -637,10 +642,6 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     decoder_shift, decoder_ints = _choose_decoder_weights(training, signals, config.lmbda, n,
                                                           config.training.opacity_weight, importance, target,
                                                           render_target)
-    if config.latent_coder not in LATENT_CODERS + ("auto",):
-        raise EncodeError(f"latent_coder must be one of auto, {', '.join(LATENT_CODERS)}; got {config.latent_coder!r}")
-    if config.latent_coder == "static" and arch.transform != "raht":
-        raise EncodeError(f"latent_coder 'static' needs the raht transform, the architecture has {arch.transform!r}")
     arms, estimated = _choose_arm(training, latents, arch.segment_length, table_config)
     arm_bytes, latent_bytes = arms.to_bytes(), encode_latents(latents, arms, arch.segment_length, table_config)
     latent_coder = "arm"
