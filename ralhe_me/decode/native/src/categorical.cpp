@@ -149,7 +149,7 @@ void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contex
   for (int64_t i = 0; i < n; ++i) {
     const int32_t c = ranks[i];
     if (c < 0 || c >= num_contexts) fail(ErrorKind::kInvalidArgument, "decode_static_integers: context rank out of range");
-    const int32_t s = reader.decode(cdfs.data() + size_t(c) * (A + 2), A + 2);
+    const int32_t s = reader.decode_from_zero(cdfs.data() + size_t(c) * (A + 2), A + 2);
     if (s < 0 || s >= A || freq[size_t(c) * A + s] == 0) corrupt("decoded a symbol outside its table");
     out[i] = s;  // the symbol, until the raw bits are read below
     if (s >= (1 << kIntegerDirectLog2)) raw_bits += uint64_t((s - (1 << kIntegerDirectLog2)) / 2 + kIntegerDirectLog2 - 1);

@@ -65,6 +65,13 @@ class SegmentedRansReader {
     --left_;
     return reader_.decode(cdf, length, 0);
   }
+  // decode() by walking up from symbol 0: the same symbol, cheaper where small symbols are the
+  // likely ones (zigzag integers: 0, -1, 1, ...).
+  int32_t decode_from_zero(const int32_t* cdf, int length) {
+    if (left_ == 0) open_next();
+    --left_;
+    return reader_.decode_from(cdf, length, 0, 0);
+  }
   // decode() with a bucket table of the CDF (see StaticCategoricalDecoder::decode_same).
   int32_t decode_bucketed(const int32_t* cdf, int length, const int32_t* first, int shift) {
     if (left_ == 0) open_next();
