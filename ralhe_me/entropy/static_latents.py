@@ -5,8 +5,8 @@ integer RAHT coefficients with the static per-level histograms of the RAHT basel
 Why: the autoregressive model costs its own weights (about 3.3 kB for 17 attributes) and, where
 latents are few or nearly independent, codes them no better than per-level histograms. The
 encoder codes the latents both ways and keeps the shorter (header ``latent_coder``); for example
-on the 50k default scene at lambda 6e-3, 29,922 B (ARMs and latents) against 25,707 B, and on
-kacytran at 6e-3 4,922 B against 2,695 B.
+on the 50k default scene at lambda 6e-3 about 29.9 kB of ARMs and latents against 25.8 kB, and on
+kacytran at 6e-3 4.9 kB against 2.8 kB.
 
 Section layout (``latent_coder`` "static", "raht" transform only): for every plane p (channel),
 for every attribute a: a varint byte length, then ``encode_integers(latents[p][a], levels)``.
