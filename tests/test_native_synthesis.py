@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_codec_config
+from conftest import small_codec_config, voxel_blob
 from ralhe_me.decode.bitstream import BitstreamError, CorruptDataError
 from ralhe_me.config import ArchitectureConfig
 from ralhe_me.geometry.occupancy import NEIGHBOUR_OFFSETS
 from ralhe_me.nn.inverse_raht import InverseRaht
-from ralhe_me.geometry.octree import OctreeLevels, morton_encode
+from ralhe_me.geometry.octree import OctreeLevels
 from ralhe_me.decode.synthesis import AttributeSynthesis, native_module, plane_sizes
 
 native = native_module()
@@ -26,15 +26,6 @@ SHIFT = 7
 def same_bits(a, b) -> bool:
     a, b = np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32)
     return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
-
-
-def cloud(n: int, depth: int, seed: int) -> np.ndarray:
-    """Unique Morton-sorted voxels of a blob (many with neighbours)."""
-    rng = np.random.default_rng(seed)
-    side = 1 << depth
-    pts = np.clip(rng.normal(side / 2, side / 12, (n, 3)).round(), 0, side - 1).astype(np.int64)
-    pts = np.unique(pts, axis=0)
-    return pts[np.argsort(morton_encode(pts))]
 
 
 def neighbour_rows(coords: np.ndarray) -> np.ndarray:
@@ -116,7 +107,7 @@ def reference_synthesis(arch, num_sh, ints, levels, rows, planes):
 def random_case(transform: str, skip: bool, sh_degree: int, seed: int):
     rng = np.random.default_rng(seed)
     depth = 5
-    coords = cloud(260, depth, seed)
+    coords = voxel_blob(260, depth, seed)
     arch = ArchitectureConfig(transform=transform, num_levels=3, latent_channels=2, skip=skip)
     num_sh = (sh_degree + 1) ** 2
     levels = OctreeLevels.build(coords, arch.num_levels, depth)

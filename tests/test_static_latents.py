@@ -6,26 +6,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import small_codec_config
+from conftest import small_codec_config, voxel_blob
 from ralhe_me.decode.bitstream import Container, CorruptDataError, pack, unpack
 from ralhe_me.decode.decoder import decode_bytes
 from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode.encoder import EncodeError, encode_model
 from ralhe_me.entropy.static_latents import (StaticLatentsError, coefficient_levels, decode_static_latents,
                                              encode_static_latents)
-from ralhe_me.geometry.octree import morton_encode
 from ralhe_me.decode.synthesis import native_module
 
 native = native_module()
 needs_native = pytest.mark.skipif(native is None, reason="ralhe_me.decode._native is not built")
-
-
-def cloud(n: int, depth: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    side = 1 << depth
-    pts = np.clip(rng.normal(side / 2, side / 10, (n, 3)).round(), 0, side - 1).astype(np.int64)
-    pts = np.unique(pts, axis=0)
-    return pts[np.argsort(morton_encode(pts))]
 
 
 def latent_planes(levels: np.ndarray, num_planes: int, num_attributes: int, seed: int):
@@ -44,7 +35,7 @@ def latent_planes(levels: np.ndarray, num_planes: int, num_attributes: int, seed
 @pytest.fixture(scope="module")
 def case():
     depth = 7
-    coords = cloud(1500, depth, seed=1)
+    coords = voxel_blob(1500, depth, seed=1, spread=10)
     levels = coefficient_levels(coords, depth)
     planes = latent_planes(levels, 3, 4, seed=2)
     return coords, depth, levels, planes, encode_static_latents(planes, levels)
