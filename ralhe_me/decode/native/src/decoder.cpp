@@ -48,11 +48,7 @@ std::string string_or(const Json& h, const char* key, const char* fallback) {
   return v->type == Json::Type::kString ? v->string : std::string("<not a string>");
 }
 
-std::string attribute_codec(const Json& h) {
-  const Json* kind = h.find("attribute_codec");
-  if (!kind) return "ralhe";
-  return kind->type == Json::Type::kString ? kind->string : std::string("<not a string>");
-}
+std::string attribute_codec(const Json& h) { return string_or(h, "attribute_codec", "ralhe"); }
 
 // grid_from_header; failures are "invalid voxel grid in the header: ..." as in _checked.
 VoxelGrid grid_from_header(const Json& h, int depth) {

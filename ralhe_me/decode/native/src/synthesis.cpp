@@ -514,9 +514,9 @@ bool branch_is_zero(const SynthesisWeights& weights, int K, int t) {
 }
 
 // Whether some lane group runs the branch passes (a branch not all +0, no skip path, or
-// RALHE_SYNTHESIS_FULL).
-bool branch_passes_needed(const Architecture& arch, int K, const SynthesisWeights& weights) {
-  bool needed = !arch.skip || full_passes_requested();
+// full_passes: RALHE_SYNTHESIS_FULL).
+bool branch_passes_needed(const Architecture& arch, int K, const SynthesisWeights& weights, bool full_passes) {
+  bool needed = !arch.skip || full_passes;
   for (int t = 0; t <= K && !needed; ++t) needed = !branch_is_zero(weights, K, t);
   return needed;
 }
@@ -554,7 +554,7 @@ template <int N>
 void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const SynthesisWeights& weights, int64_t M,
                       const Kernels& kn, const RahtPlan& plan, const std::vector<const int32_t*>& point_to_voxel,
                       const std::vector<PlaneView>& planes, const std::vector<int64_t>& plane_size, float* sh_norm,
-                      float* opacity_norm, const ShDenormalization* denorm) {
+                      float* opacity_norm, const ShDenormalization* denorm, bool full_passes, bool branch_passes) {
   typedef typename Lanes<N>::V V;
   const bool raht = arch.transform == "raht";
   const int in = wd.in, A = K + 1;
@@ -570,9 +570,8 @@ void synthesize_lanes(const Architecture& arch, const Widths& wd, int K, const S
   // every element is written before it is read: no zero-filling
   Block x_block(size_t(M) * in * N * sizeof(float));
   float* x = static_cast<float*>(x_block.data());  // [rows, in, N]
-  const bool full_passes = full_passes_requested();
   VecArray<V> hid2, hid3;  // not allocated when no group needs them (every branch +0)
-  if (branch_passes_needed(arch, K, weights)) {
+  if (branch_passes) {
     hid2 = VecArray<V>(size_t(M) * wd.h2);
     hid3 = VecArray<V>(size_t(M) * wd.h3);
   }
@@ -711,7 +710,9 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
     }
   }
   // the kernels are read by the branch passes only (every branch +0: no masks, no row checks)
-  const Kernels kn = branch_passes_needed(arch, K, weights) ? kernel_masks(M, neighbours) : Kernels{};
+  const bool full_passes = full_passes_requested();
+  const bool branch_passes = branch_passes_needed(arch, K, weights, full_passes);
+  const Kernels kn = branch_passes ? kernel_masks(M, neighbours) : Kernels{};
   RahtPlan own_plan;
   if (raht && !given_plan) own_plan = raht_plan(coords, M, depth);
   if (raht && given_plan && given_plan->num_points() != M)
@@ -722,12 +723,12 @@ void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& we
   const int lanes = A <= 4 ? 4 : lanes_for_this_cpu();
   if (lanes == 8) {
     synthesize_lanes<8>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm,
-                        denorm);
+                        denorm, full_passes, branch_passes);
     return;
   }
 #endif
   synthesize_lanes<4>(arch, wd, K, weights, M, kn, plan, point_to_voxel, planes, plane_size, sh_norm, opacity_norm,
-                      denorm);
+                      denorm, full_passes, branch_passes);
 }
 
 void synthesize(const Architecture& arch, int num_sh, const SynthesisWeights& weights, int64_t M,
