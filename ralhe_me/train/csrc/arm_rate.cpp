@@ -153,6 +153,7 @@ double attribute_rate(int a, const float* values, int64_t T, const int64_t* posi
   const int K = layers[0].in;
   const float* row = values + int64_t(a) * T;
   float* grow = grad_values ? grad_values + int64_t(a) * T : nullptr;
+  if (grow) std::fill(grow, grow + T, 0.f);  // here, on the attribute's thread: the rows zero in parallel
   const bool want_grad = grad_values != nullptr || !grad_w.empty();
   // weight-gradient sums per weight and lane [weights][kLanes], over the blocks in order
   VecBuf gw_sum, gb_sum;
@@ -326,8 +327,7 @@ py::tuple arm_rate(F32 values, I64 positions, I64 starts, const std::vector<F32>
   float* gvp = nullptr;
   if (grad_values) {
     py::array_t<float> g({A, T});
-    gvp = g.mutable_data();
-    std::fill(gvp, gvp + A * T, 0.f);
+    gvp = g.mutable_data();  // each row is zeroed by the thread that computes its attribute
     gv = g;
   }
   py::list gws, gbs;
