@@ -177,10 +177,11 @@ def calibrate(signals: AttributeSignals, decoded: Tuple[Tensor, Tensor], target:
 def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, levels: OctreeLevels,
                    training: TrainingConfig, lmbda: float, target: RenderTarget,
                    progress: Optional[Callable[[int, dict], None]] = None,
-                   step_offset: int = 0) -> Tuple[List[Tensor], dict]:
+                   step_offset: int = 0, level_rate=None) -> Tuple[List[Tensor], dict]:
     """``training.render_steps`` image-domain steps from the integer ``latents`` (per plane
     [A, n]); returns the new integer latents and a history record. ``synthesis`` (decoders and
-    ARMs) is updated in place."""
+    ARMs) is updated in place; so is ``level_rate`` (train/level_rate.py), the rate model used
+    instead of the ARMs' when given."""
     start = time.perf_counter()
     n = levels.sizes[0]
     if target.num_points != n:
@@ -194,11 +195,14 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     if c is None:  # the attribute errors do not show in the images: nothing to refine against
         return latents, record
     start_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
-    start_cost = rd_cost(synthesis, latents, target, decoded_renders, c, lmbda)
+    start_level_state = None if level_rate is None else {k: v.detach().clone()
+                                                         for k, v in level_rate.state_dict().items()}
+    start_cost = rd_cost(synthesis, latents, target, decoded_renders, c, lmbda, level_rate)
     params = [torch.nn.Parameter(l.detach().clone()) for l in latents]
     lr, net_lr = training.render_learning_rate, training.render_network_learning_rate
     groups = [{"params": params, "lr": lr, "base": lr},
-              {"params": list(synthesis.arm.parameters()), "lr": lr, "base": lr},
+              {"params": list((synthesis.arm if level_rate is None else level_rate).parameters()), "lr": lr,
+               "base": lr},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": net_lr, "base": net_lr}]
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(training.seed + 1)
@@ -211,8 +215,11 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
-        bits = rate_bits(synthesis, [noisy(p, gen) for p in params], subsample=training.render_rate_subsample,
-                         generator=gen)
+        noisy_params = [noisy(p, gen) for p in params]
+        if level_rate is None:
+            bits = rate_bits(synthesis, noisy_params, subsample=training.render_rate_subsample, generator=gen)
+        else:
+            bits = level_rate.bits(noisy_params, subsample=training.render_rate_subsample, generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -225,10 +232,12 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         final = [torch.round(p.detach()) for p in params]
     with torch.no_grad():
         end_cost = rd_cost(synthesis, final, target, view_renders(target, to_render(*synthesis.decode(final))),
-                           c, lmbda)
+                           c, lmbda, level_rate)
     kept = end_cost["cost"] < start_cost["cost"]
     if not kept:
         synthesis.load_state_dict(start_state)
+        if level_rate is not None:
+            level_rate.load_state_dict(start_level_state)
         final = latents
     record.update(steps=steps, seconds=time.perf_counter() - start, kept=kept, start=start_cost, end=end_cost)
     return final, record
@@ -236,11 +245,12 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
 
 @torch.no_grad()
 def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, renders: List[Tensor], c: float,
-            lmbda: float) -> dict:
+            lmbda: float, level_rate=None) -> dict:
     """The refinement's objective for integer ``latents`` (per plane [A, n]) whose decoded
     attributes render as ``renders`` (:func:`view_renders`): ``c`` times their image MSE against
-    the target's views plus ``lmbda`` times the bits per point under the float ARM, with its two
+    the target's views plus ``lmbda`` times the bits per point under the float ARM (or ``level_rate``), with its two
     parts."""
     image_mse = float(np.mean([target.render_mse(img, v).item() for v, img in enumerate(renders)]))
-    bits_per_point = float(rate_bits(synthesis, latents)) / target.num_points
+    bits = rate_bits(synthesis, latents) if level_rate is None else level_rate.bits(latents)
+    bits_per_point = float(bits) / target.num_points
     return {"cost": c * image_mse + lmbda * bits_per_point, "image_mse": image_mse, "bits_per_point": bits_per_point}

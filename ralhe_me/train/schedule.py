@@ -25,6 +25,7 @@ from ..config import ArchitectureConfig, TrainingConfig
 from ..decode.synthesis import AttributeSynthesis, sample_rows
 from ..geometry.octree import OctreeLevels
 from .arm_rate import positions_rate_bits, rate_bits
+from .level_rate import LevelRate
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -158,6 +159,24 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
     history.append({"step": "arm_refit", "bits_per_point": bits.item() / max(1, n_points)})
 
 
+RATE_MODELS = ("arm", "levels")
+
+
+def level_rate_model(training: TrainingConfig, arch: ArchitectureConfig, levels: OctreeLevels,
+                     latents: List[torch.Tensor]) -> Optional[LevelRate]:
+    """The per-level rate model when ``training.rate_model`` asks for it (None: the ARM's rate)."""
+    if training.rate_model not in RATE_MODELS:
+        raise ValueError(f"rate_model must be one of {', '.join(RATE_MODELS)}, got {training.rate_model!r}")
+    if training.rate_model == "arm":
+        return None
+    if arch.transform != "raht":
+        raise ValueError(f"rate_model 'levels' models RAHT coefficients; the {arch.transform!r} transform "
+                         "trains with rate_model 'arm'")
+    from ..entropy.static_latents import coefficient_levels
+
+    return LevelRate(coefficient_levels(levels.coords[0], levels.depth), latents)
+
+
 def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: ArchitectureConfig,
                      training: TrainingConfig, lmbda: float,
                      init: Optional[TrainingResult] = None,
@@ -179,10 +198,11 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     synthesis.bind(levels)
     distortion_of = SignalDistortion(signals)
     n_points = levels.sizes[0]
+    level_rate = level_rate_model(training, arch, levels, latents)
+    rate_params = list(synthesis.arm.parameters()) if level_rate is None else list(level_rate.parameters())
 
     params = [{"params": latents, "lr": training.learning_rate, "base": training.learning_rate},
-              {"params": list(synthesis.arm.parameters()), "lr": training.learning_rate,
-               "base": training.learning_rate},
+              {"params": rate_params, "lr": training.learning_rate, "base": training.learning_rate},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": training.network_learning_rate,
                "base": training.network_learning_rate}]
     opt = torch.optim.Adam(params)
@@ -202,7 +222,10 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
         distortion = distortion_of(pred_sh, pred_op, rows)
-        bits = rate_bits(synthesis, q, subsample=training.rate_subsample, generator=gen)
+        if level_rate is None:
+            bits = rate_bits(synthesis, q, subsample=training.rate_subsample, generator=gen)
+        else:
+            bits = level_rate.bits(q, subsample=training.rate_subsample, generator=gen)
         loss = distortion + lmbda * bits / n_points
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -217,7 +240,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         final = [torch.round(l.detach()) for l in latents]
     if render_target is not None and training.render_steps > 0:
         final, record = refine_latents(synthesis, final, signals, levels, training, lmbda, render_target,
-                                       progress, step_offset=steps)
+                                       progress, step_offset=steps, level_rate=level_rate)
         history.append(record)
     refit_arm(synthesis, final, training, gen, history)
     return TrainingResult(synthesis=synthesis, latents=final, history=history,
