@@ -155,3 +155,23 @@ def test_the_schedule_minimizes_the_level_model_and_not_the_arm(scene, monkeypat
     train_attributes(signals, levels, config.architecture, training, 1e-3)
     assert calls["levels"] == 6
     assert not torch.equal(calls["model"].log_scale.detach(), calls["start"])  # the scales were trained
+
+
+def test_the_encoder_refuses_a_bad_rate_model_before_any_work(monkeypatch):
+    """Checked at the start of encode_model, before the voxelization and finetuning."""
+    from ralhe_me.encode import encoder
+
+    def no_prepare(*args, **kwargs):
+        raise AssertionError("prepare ran before the settings were checked")
+
+    monkeypatch.setattr(encoder, "prepare", no_prepare)
+    model = make_default_scene(200, seed=1)
+    config = load_preset("fast")
+    config.training.rate_model = "entropy"
+    with pytest.raises(encoder.EncodeError, match="rate_model must be one of arm, levels; got 'entropy'"):
+        encoder.encode_model(model, config)
+    config = load_preset("fast")
+    config.training.rate_model = "levels"
+    config.architecture = dataclasses.replace(config.architecture, transform="pyramid")
+    with pytest.raises(encoder.EncodeError, match="rate_model 'levels' needs the raht transform"):
+        encoder.encode_model(model, config)

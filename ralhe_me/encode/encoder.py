@@ -40,7 +40,7 @@ from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLev
                                choose_depth, far_field_contraction, voxelize, with_model)
 from ..threads import intra_op_threads
 from ..train.render_refine import RenderableAttributes, RenderTarget, calibrate
-from ..train.schedule import TrainingResult, train_attributes
+from ..train.schedule import RATE_MODELS, TrainingResult, train_attributes
 from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 
@@ -610,6 +610,11 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
         raise EncodeError(f"latent_coder must be one of auto, {', '.join(LATENT_CODERS)}; got {config.latent_coder!r}")
     if config.latent_coder == "static" and config.architecture.transform != "raht":
         raise EncodeError("latent_coder 'static' needs the raht transform, the architecture has "
+                          f"{config.architecture.transform!r}")
+    if config.training.rate_model not in RATE_MODELS:
+        raise EncodeError(f"rate_model must be one of {', '.join(RATE_MODELS)}; got {config.training.rate_model!r}")
+    if config.training.rate_model == "levels" and config.architecture.transform != "raht":
+        raise EncodeError("rate_model 'levels' needs the raht transform, the architecture has "
                           f"{config.architecture.transform!r}")
     if model is not None:  # the teacher of the render target, and what ``prepare`` voxelizes
         model = codable_model(model)
