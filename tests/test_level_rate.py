@@ -133,7 +133,7 @@ def test_trained_with_levels_its_estimate_matches_the_static_section(scene):
 def test_the_schedule_minimizes_the_level_model_and_not_the_arm(scene, monkeypatch):
     """With rate_model 'levels' every step's rate comes from LevelRate.bits and none from the
     ARM's rate (ARM refit off); its scales are among the optimized parameters."""
-    from ralhe_me.train import level_rate, schedule
+    from ralhe_me.train import level_rate
 
     config, vox, levels = scene
     signals = extract_signals(vox.model, 0.25)
@@ -150,7 +150,7 @@ def test_the_schedule_minimizes_the_level_model_and_not_the_arm(scene, monkeypat
         raise AssertionError("the ARM's rate was used")
 
     monkeypatch.setattr(level_rate.LevelRate, "bits", counting)
-    monkeypatch.setattr(schedule, "rate_bits", no_arm)
+    monkeypatch.setattr(level_rate, "rate_bits", no_arm)  # what training_rate would call for the ARM
     training = dataclasses.replace(config.training, rate_model="levels", steps=6, arm_refit_steps=0)
     train_attributes(signals, levels, config.architecture, training, 1e-3)
     assert calls["levels"] == 6

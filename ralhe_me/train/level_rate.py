@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..decode.synthesis import sample_positions
+from ..decode.synthesis import AttributeSynthesis, sample_positions
 from ..entropy.laplace import laplace_rate_bits
+from .arm_rate import rate_bits
 
 #: log-scale range of the level models (natural log of the Laplace scale b): below e^-4 a zero
 #: costs under 1e-26 bits, above e^12 the latents are beyond any attribute's range
@@ -63,3 +64,11 @@ class LevelRate(nn.Module):
             log_scale = self.log_scale[p][:, self.index[positions]].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
             total = total + laplace_rate_bits(plane[:, positions], torch.zeros(()), log_scale).sum() * scale
         return total
+
+
+def training_rate(synthesis: AttributeSynthesis, level_rate: Optional[LevelRate], planes: List[Tensor],
+                  subsample: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:  # scalar
+    """The rate a training step minimizes: ``level_rate``'s bits when given, else the ARMs'."""
+    if level_rate is None:
+        return rate_bits(synthesis, planes, subsample=subsample, generator=generator)
+    return level_rate.bits(planes, subsample=subsample, generator=generator)

@@ -39,7 +39,7 @@ from ..attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
 from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
-from .arm_rate import rate_bits
+from .level_rate import training_rate
 from .quantization import noisy, ste_round
 
 CALIBRATION_VIEWS = 16
@@ -215,11 +215,8 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])
-        noisy_params = [noisy(p, gen) for p in params]
-        if level_rate is None:
-            bits = rate_bits(synthesis, noisy_params, subsample=training.render_rate_subsample, generator=gen)
-        else:
-            bits = level_rate.bits(noisy_params, subsample=training.render_rate_subsample, generator=gen)
+        bits = training_rate(synthesis, level_rate, [noisy(p, gen) for p in params],
+                             subsample=training.render_rate_subsample, generator=gen)
         loss = c * image_mse + lmbda * bits / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -248,9 +245,8 @@ def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, renders: Lis
             lmbda: float, level_rate=None) -> dict:
     """The refinement's objective for integer ``latents`` (per plane [A, n]) whose decoded
     attributes render as ``renders`` (:func:`view_renders`): ``c`` times their image MSE against
-    the target's views plus ``lmbda`` times the bits per point under the float ARM (or ``level_rate``), with its two
-    parts."""
+    the target's views plus ``lmbda`` times the bits per point under the float ARM (or
+    ``level_rate``), with its two parts."""
     image_mse = float(np.mean([target.render_mse(img, v).item() for v, img in enumerate(renders)]))
-    bits = rate_bits(synthesis, latents) if level_rate is None else level_rate.bits(latents)
-    bits_per_point = float(bits) / target.num_points
+    bits_per_point = float(training_rate(synthesis, level_rate, latents)) / target.num_points
     return {"cost": c * image_mse + lmbda * bits_per_point, "image_mse": image_mse, "bits_per_point": bits_per_point}

@@ -25,7 +25,7 @@ from ..config import ArchitectureConfig, TrainingConfig
 from ..decode.synthesis import AttributeSynthesis, sample_rows
 from ..geometry.octree import OctreeLevels
 from .arm_rate import positions_rate_bits, rate_bits
-from .level_rate import LevelRate
+from .level_rate import LevelRate, training_rate
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -222,10 +222,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
         rows = sample_rows(n_points, training.distortion_subsample, training.subsample_chunk, gen)
         pred_sh, pred_op = synthesis.decode(q, rows)
         distortion = distortion_of(pred_sh, pred_op, rows)
-        if level_rate is None:
-            bits = rate_bits(synthesis, q, subsample=training.rate_subsample, generator=gen)
-        else:
-            bits = level_rate.bits(q, subsample=training.rate_subsample, generator=gen)
+        bits = training_rate(synthesis, level_rate, q, subsample=training.rate_subsample, generator=gen)
         loss = distortion + lmbda * bits / n_points
         opt.zero_grad(set_to_none=True)
         loss.backward()
