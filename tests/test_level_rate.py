@@ -14,7 +14,7 @@ from ralhe_me.default_scene import make_default_scene
 from ralhe_me.encode.encoder import prepare
 from ralhe_me.entropy.static_latents import coefficient_levels, encode_static_latents
 from ralhe_me.geometry.octree import OctreeLevels
-from ralhe_me.train.level_rate import LOG_SCALE_MIN, LevelRate, LevelRateError
+from ralhe_me.train.level_rate import LOG_SCALE_MIN, NARROW_INIT, LevelRate, LevelRateError
 from ralhe_me.train.schedule import train_attributes
 
 
@@ -40,16 +40,20 @@ def planes():
     return levels, planes
 
 
-def test_initial_scales_are_each_groups_mean_magnitude(planes):
+def test_initial_state_is_each_groups_zero_share_and_nonzero_magnitude(planes):
     levels, latents = planes
     model = LevelRate(levels, latents)
-    assert model.log_scale.shape == (3, 2, 6)
+    assert model.log_scale.shape == (3, 2, 6, 2) and model.mix_logit.shape == (3, 2, 6)
     for p, plane in enumerate(latents):
         for a in range(2):
             for j, level in enumerate(np.unique(levels)):
-                mean_abs = float(plane[a, levels == level].abs().mean())
-                expected = max(mean_abs, math.exp(LOG_SCALE_MIN))
-                assert math.isclose(float(model.log_scale[p, a, j].detach().exp()), expected, rel_tol=1e-5)
+                x = plane[a, levels == level]
+                zero_share = min(max(float((x == 0).float().mean()), 0.05), 0.95)
+                nonzero = x[x != 0].abs()
+                wide = max(float(nonzero.mean()) if len(nonzero) else 0.0, 0.5)
+                assert math.isclose(float(torch.sigmoid(model.mix_logit[p, a, j]).detach()), zero_share, rel_tol=1e-5)
+                assert math.isclose(float(model.log_scale[p, a, j, 0].detach().exp()), NARROW_INIT, rel_tol=1e-5)
+                assert math.isclose(float(model.log_scale[p, a, j, 1].detach().exp()), wide, rel_tol=1e-5)
 
 
 def test_bits_equal_a_loop_over_the_latents(planes):
@@ -57,14 +61,19 @@ def test_bits_equal_a_loop_over_the_latents(planes):
     model = LevelRate(levels, latents)
     with torch.no_grad():
         model.log_scale.add_(torch.linspace(-0.5, 0.5, model.log_scale.numel()).reshape(model.log_scale.shape))
+        model.mix_logit.add_(torch.linspace(-1, 1, model.mix_logit.numel()).reshape(model.mix_logit.shape))
     got = float(model.bits(latents).detach())
     index = {level: j for j, level in enumerate(np.unique(levels))}
     expected = 0.0
     for p, plane in enumerate(latents):
         for a in range(2):
             for m in range(plane.shape[1]):
-                ls = float(model.log_scale[p, a, index[levels[m]]].detach().clamp(LOG_SCALE_MIN, 12.0))
-                expected += laplace_bits_reference(float(plane[a, m]), math.exp(ls))
+                j = index[levels[m]]
+                share = float(torch.sigmoid(model.mix_logit[p, a, j]).detach())
+                b = [math.exp(float(model.log_scale[p, a, j, c].detach().clamp(LOG_SCALE_MIN, 12.0))) for c in (0, 1)]
+                x = float(plane[a, m])
+                mass = share * 2 ** -laplace_bits_reference(x, b[0]) + (1 - share) * 2 ** -laplace_bits_reference(x, b[1])
+                expected += -math.log2(mass)
     assert math.isclose(got, expected, rel_tol=1e-4)
 
 
@@ -85,6 +94,7 @@ def test_gradients_reach_the_latents_and_the_scales(planes):
     model.bits(x).backward()
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in x)
     assert torch.isfinite(model.log_scale.grad).all() and model.log_scale.grad.abs().sum() > 0
+    assert torch.isfinite(model.mix_logit.grad).all() and model.mix_logit.grad.abs().sum() > 0
 
 
 def test_planes_that_do_not_match_the_levels_are_refused(planes):
@@ -175,3 +185,16 @@ def test_the_encoder_refuses_a_bad_rate_model_before_any_work(monkeypatch):
     config.architecture = dataclasses.replace(config.architecture, transform="pyramid")
     with pytest.raises(encoder.EncodeError, match="rate_model 'levels' needs the raht transform"):
         encoder.encode_model(model, config)
+
+
+def test_a_lone_nonzero_latent_in_a_zero_level_costs_less_than_the_cap():
+    """The narrow/wide mixture: in a level of 999 zeros, one latent at 3 costs its rarity plus the
+    wide component's bits (about 8), not the 16-bit cap a single collapsed Laplace charged,
+    whose gradient then zeroed whole levels at high lambda."""
+    levels = np.zeros(1000, dtype=np.int64)
+    zeros = torch.zeros(1, 1000)
+    lone = zeros.clone()
+    lone[0, 500] = 3.0
+    model = LevelRate(levels, [lone])
+    cost = float((model.bits([lone]) - model.bits([zeros])).detach())
+    assert 6.0 < cost < 11.0, cost
