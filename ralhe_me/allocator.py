@@ -4,8 +4,8 @@ Why: training allocates and frees the same large tensors at every step. With gli
 blocks over 128 KiB (adaptively up to 32 MiB) come from mmap and go back at free, and a freed
 heap top is trimmed, so every step faults its pages in again. Measured on a 200k-Gaussian SH3
 encode (fast preset, 10 steps, 2 cores): 30.3 s of its 101.2 s were system time; with a 1 GiB
-mmap threshold, a trim threshold meant as 64 GiB (see below) and a 256 MiB top pad, 7.7 s of 86.9 s, 5% more peak
-memory, the same bytes. (A 1M-Gaussian encode spent 1,249 s in the system against 1,340 s user.)
+mmap threshold, a trim threshold meant as 64 GiB (see below) and a 256 MiB top pad, 7.7 s of
+86.9 s, 5% more peak memory, the same bytes. (A 1M-Gaussian encode spent 1,249 s in the system against 1,340 s user.)
 mallopt takes a C int: a trim threshold of 2**36 passed untyped was masked to 0 (trim at every
 free past the top pad), and a 983k-voxel step still faulted about 128 MiB back in (14 steps:
 2.33 against 1.88 million page faults with 2**31 - 1). The arguments are typed now, so a value

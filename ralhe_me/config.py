@@ -49,8 +49,8 @@ class TrainingConfig:
     # step at 483k voxels, against 128 ms with 32768 and 273 ms with no cap
     arm_refit_max_samples: int = 8192
     rate_subsample: float = 1.0  # fraction of latents whose rate is evaluated per step
-    # the rate the schedule minimizes: "arm" (the autoregressive model's) or "levels" (a Laplace per
-    # plane, attribute and RAHT level: the static latent coder's model; train/level_rate.py)
+    # the rate the schedule minimizes: "arm" (the autoregressive model's) or "levels" (a two-Laplace
+    # mixture per plane, attribute and RAHT level: the static latent coder's model; train/level_rate.py)
     rate_model: str = "arm"
     distortion_subsample: float = 1.0  # fraction of voxels decoded per step (Morton runs)
     subsample_chunk: int = 512  # length of those runs

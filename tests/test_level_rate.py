@@ -116,11 +116,11 @@ def scene():
 def test_the_schedule_refuses_an_unknown_or_unfit_rate_model(scene):
     config, vox, levels = scene
     signals = extract_signals(vox.model, 0.25)
-    with pytest.raises(ValueError, match="rate_model must be one of arm, levels"):
+    with pytest.raises(ValueError, match="rate_model must be one of arm, levels; got 'x'"):
         train_attributes(signals, levels, config.architecture, dataclasses.replace(config.training, rate_model="x"),
                          1e-3)
     pyramid = dataclasses.replace(config.architecture, transform="pyramid")
-    with pytest.raises(ValueError, match="'pyramid' transform trains with rate_model 'arm'"):
+    with pytest.raises(ValueError, match="rate_model 'levels' needs the raht transform, the architecture has 'pyramid'"):
         train_attributes(signals, levels, pyramid, dataclasses.replace(config.training, rate_model="levels"), 1e-3)
 
 

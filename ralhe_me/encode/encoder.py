@@ -39,8 +39,8 @@ from ..geometry.occupancy import encode_positions
 from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel,
                                choose_depth, far_field_contraction, voxelize, with_model)
 from ..threads import intra_op_threads
-from ..train.render_refine import RenderableAttributes, RenderTarget, calibrate
-from ..train.schedule import RATE_MODELS, TrainingResult, train_attributes
+from ..train.render_refine import RenderableAttributes, RenderTarget, calibrate, state_copy
+from ..train.schedule import TrainingResult, check_rate_model, train_attributes
 from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 
@@ -431,7 +431,7 @@ def _choose_decoder_weights(training: TrainingResult, signals, lmbda, n, opacity
     errors average out, so the signals undercount them (the default scene at lambda 1.5e-3:
     2**-5 from the signals, 2**-6 from renders, 0.35 dB better for 0.4% more bytes)."""
     synthesis = training.synthesis
-    float_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
+    float_state = state_copy(synthesis)
     sh_float, op_float = reconstruct_attributes(synthesis, training.latents, signals.mean, signals.std, signals.gain)
     calibration, views = _shift_views(training, signals, render_target)
     with torch.no_grad():
@@ -611,11 +611,10 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     if config.latent_coder == "static" and config.architecture.transform != "raht":
         raise EncodeError("latent_coder 'static' needs the raht transform, the architecture has "
                           f"{config.architecture.transform!r}")
-    if config.training.rate_model not in RATE_MODELS:
-        raise EncodeError(f"rate_model must be one of {', '.join(RATE_MODELS)}; got {config.training.rate_model!r}")
-    if config.training.rate_model == "levels" and config.architecture.transform != "raht":
-        raise EncodeError("rate_model 'levels' needs the raht transform, the architecture has "
-                          f"{config.architecture.transform!r}")
+    try:
+        check_rate_model(config.training, config.architecture)
+    except ValueError as err:
+        raise EncodeError(str(err)) from None
     if model is not None:  # the teacher of the render target, and what ``prepare`` voxelizes
         model = codable_model(model)
     times = {}

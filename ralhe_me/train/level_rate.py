@@ -94,6 +94,11 @@ class LevelRate(nn.Module):
         return total
 
 
+def rate_parameters(synthesis: AttributeSynthesis, level_rate: Optional[LevelRate]) -> List[nn.Parameter]:
+    """What a training step's rate term trains: ``level_rate``'s scales when given, else the ARMs'."""
+    return list((synthesis.arm if level_rate is None else level_rate).parameters())
+
+
 def training_rate(synthesis: AttributeSynthesis, level_rate: Optional[LevelRate], planes: List[Tensor],
                   subsample: float = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:  # scalar
     """The rate a training step minimizes: ``level_rate``'s bits when given, else the ARMs'."""

@@ -39,7 +39,7 @@ from ..attributes import OPACITY_EPS, AttributeSignals, SignalDistortion
 from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
-from .level_rate import training_rate
+from .level_rate import LevelRate, rate_parameters, training_rate
 from .quantization import noisy, ste_round
 
 CALIBRATION_VIEWS = 16
@@ -174,10 +174,15 @@ def calibrate(signals: AttributeSignals, decoded: Tuple[Tensor, Tensor], target:
     return float(SignalDistortion(signals)(*decoded)) / added
 
 
+def state_copy(module: torch.nn.Module) -> dict:
+    """A detached copy of ``module``'s state, to restore with ``load_state_dict``."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
 def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, levels: OctreeLevels,
                    training: TrainingConfig, lmbda: float, target: RenderTarget,
                    progress: Optional[Callable[[int, dict], None]] = None,
-                   step_offset: int = 0, level_rate=None) -> Tuple[List[Tensor], dict]:
+                   step_offset: int = 0, level_rate: Optional[LevelRate] = None) -> Tuple[List[Tensor], dict]:
     """``training.render_steps`` image-domain steps from the integer ``latents`` (per plane
     [A, n]); returns the new integer latents and a history record. ``synthesis`` (decoders and
     ARMs) is updated in place; so is ``level_rate`` (train/level_rate.py), the rate model used
@@ -194,15 +199,13 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     record = {"step": "render_refine", "calibration": c, "steps": 0}
     if c is None:  # the attribute errors do not show in the images: nothing to refine against
         return latents, record
-    start_state = {k: v.detach().clone() for k, v in synthesis.state_dict().items()}
-    start_level_state = None if level_rate is None else {k: v.detach().clone()
-                                                         for k, v in level_rate.state_dict().items()}
+    start_state = state_copy(synthesis)
+    start_level_state = None if level_rate is None else state_copy(level_rate)
     start_cost = rd_cost(synthesis, latents, target, decoded_renders, c, lmbda, level_rate)
     params = [torch.nn.Parameter(l.detach().clone()) for l in latents]
     lr, net_lr = training.render_learning_rate, training.render_network_learning_rate
     groups = [{"params": params, "lr": lr, "base": lr},
-              {"params": list((synthesis.arm if level_rate is None else level_rate).parameters()), "lr": lr,
-               "base": lr},
+              {"params": rate_parameters(synthesis, level_rate), "lr": lr, "base": lr},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": net_lr, "base": net_lr}]
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(training.seed + 1)
@@ -242,7 +245,7 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
 
 @torch.no_grad()
 def rd_cost(synthesis, latents: List[Tensor], target: RenderTarget, renders: List[Tensor], c: float,
-            lmbda: float, level_rate=None) -> dict:
+            lmbda: float, level_rate: Optional[LevelRate] = None) -> dict:
     """The refinement's objective for integer ``latents`` (per plane [A, n]) whose decoded
     attributes render as ``renders`` (:func:`view_renders`): ``c`` times their image MSE against
     the target's views plus ``lmbda`` times the bits per point under the float ARM (or

@@ -23,9 +23,10 @@ import torch
 from ..attributes import AttributeSignals, SignalDistortion
 from ..config import ArchitectureConfig, TrainingConfig
 from ..decode.synthesis import AttributeSynthesis, sample_rows
+from ..entropy.static_latents import coefficient_levels
 from ..geometry.octree import OctreeLevels
 from .arm_rate import positions_rate_bits, rate_bits
-from .level_rate import LevelRate, training_rate
+from .level_rate import LevelRate, rate_parameters, training_rate
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -162,18 +163,20 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
 RATE_MODELS = ("arm", "levels")
 
 
+def check_rate_model(training: TrainingConfig, arch: ArchitectureConfig) -> None:
+    """ValueError unless ``training.rate_model`` is one of RATE_MODELS and fits ``arch``."""
+    if training.rate_model not in RATE_MODELS:
+        raise ValueError(f"rate_model must be one of {', '.join(RATE_MODELS)}; got {training.rate_model!r}")
+    if training.rate_model == "levels" and arch.transform != "raht":
+        raise ValueError(f"rate_model 'levels' needs the raht transform, the architecture has {arch.transform!r}")
+
+
 def level_rate_model(training: TrainingConfig, arch: ArchitectureConfig, levels: OctreeLevels,
                      latents: List[torch.Tensor]) -> Optional[LevelRate]:
     """The per-level rate model when ``training.rate_model`` asks for it (None: the ARM's rate)."""
-    if training.rate_model not in RATE_MODELS:
-        raise ValueError(f"rate_model must be one of {', '.join(RATE_MODELS)}, got {training.rate_model!r}")
+    check_rate_model(training, arch)
     if training.rate_model == "arm":
         return None
-    if arch.transform != "raht":
-        raise ValueError(f"rate_model 'levels' models RAHT coefficients; the {arch.transform!r} transform "
-                         "trains with rate_model 'arm'")
-    from ..entropy.static_latents import coefficient_levels
-
     return LevelRate(coefficient_levels(levels.coords[0], levels.depth), latents)
 
 
@@ -199,10 +202,10 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     distortion_of = SignalDistortion(signals)
     n_points = levels.sizes[0]
     level_rate = level_rate_model(training, arch, levels, latents)
-    rate_params = list(synthesis.arm.parameters()) if level_rate is None else list(level_rate.parameters())
 
     params = [{"params": latents, "lr": training.learning_rate, "base": training.learning_rate},
-              {"params": rate_params, "lr": training.learning_rate, "base": training.learning_rate},
+              {"params": rate_parameters(synthesis, level_rate), "lr": training.learning_rate,
+               "base": training.learning_rate},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": training.network_learning_rate,
                "base": training.network_learning_rate}]
     opt = torch.optim.Adam(params)
