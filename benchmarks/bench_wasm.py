@@ -8,7 +8,8 @@ module, decode, write: "cold"), and the decode alone in a warm Node.js process (
 ratios to native (the goal: WebAssembly within 2x of native).  Checks the .ply bytes are equal.
 
     .venv/bin/python benchmarks/bench_wasm.py FILE.ralhe [FILE.ralhe ...] [--repeat 5] \\
-        [--screenshot outputs/web_view.png] [--screenshot-file FILE.ralhe] [--no-screenshot]
+        [--screenshot outputs/web_view.png] [--screenshot-file FILE.ralhe] [--no-screenshot] \\
+        [--node-flags=--v8-pool-size=1]
 
 The screenshot serves web/ (web/serve.mjs), opens ``?src=`` the first file (or
 ``--screenshot-file``) in headless Chromium with software WebGL (web/screenshot.mjs,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -73,9 +75,9 @@ def first_decode_seconds(stdout: str) -> float:
     return next(r for r in records if "input" in r)["ms"][0] / 1000
 
 
-def node_records(node: str, args: Sequence[str]) -> List[dict]:
-    """The JSON lines of one test_node.mjs run."""
-    proc = subprocess.run([node, str(DRIVER), *args], capture_output=True, text=True)
+def node_records(node: Sequence[str], args: Sequence[str]) -> List[dict]:
+    """The JSON lines of one test_node.mjs run (``node``: the command and its flags)."""
+    proc = subprocess.run([*node, str(DRIVER), *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"test_node.mjs failed: {proc.stderr.strip()[-2000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -90,7 +92,7 @@ def find_native(explicit: Optional[str]) -> Optional[str]:
     return shutil.which("ralhe-decode")
 
 
-def bench_file(path: Path, node: str, native: Optional[str], repeat: int, tmp: Path) -> dict:
+def bench_file(path: Path, node: Sequence[str], native: Optional[str], repeat: int, tmp: Path) -> dict:
     row = {"file": path.name, "bytes": path.stat().st_size}
     wasm_ply, native_ply = tmp / "wasm.ply", tmp / "native.ply"
     # native and cold runs alternate: this machine's speed drifts by 20% over minutes, and the
@@ -106,10 +108,10 @@ def bench_file(path: Path, node: str, native: Optional[str], repeat: int, tmp: P
             seconds, proc = run_timed([native, "--timing", str(path), str(native_ply)])
             native_s.append(seconds)
             native_decode_s.append(native_decode_seconds(proc.stderr))
-        seconds, proc = run_timed([node, str(DRIVER), str(path), str(wasm_ply)])
+        seconds, proc = run_timed([*node, str(DRIVER), str(path), str(wasm_ply)])
         cold_s.append(seconds)
         first_s.append(first_decode_seconds(proc.stdout))
-        start_s.append(wall([node, "-e", ""]))
+        start_s.append(wall([*node, "-e", ""]))
     if native:
         row["native"] = statistics.median(native_s)
         row["native_decode"] = statistics.median(native_decode_s)
@@ -190,6 +192,9 @@ def main(argv=None) -> int:
     p.add_argument("--screenshot-file", help="the file the viewer shows (default: the first)")
     p.add_argument("--no-screenshot", action="store_true")
     p.add_argument("--timeout", type=float, default=120, help="seconds the page may take to show the scene")
+    p.add_argument("--node-flags", default="",
+                   help="flags for every Node.js process timed, e.g. '--v8-pool-size=1' (one V8 worker "
+                        "thread: on 2 cores the default 4 compile optimized code beside the decode)")
     args = p.parse_args(argv)
 
     node = shutil.which("node") or shutil.which("nodejs")
@@ -203,7 +208,8 @@ def main(argv=None) -> int:
     native = find_native(args.native)
     eh = (WASM_BUILD / "exceptions").read_text().strip() if (WASM_BUILD / "exceptions").is_file() else "?"
     print(f"WebAssembly: {WASM_BUILD / 'ralhe_decode.wasm'} ({(WASM_BUILD / 'ralhe_decode.wasm').stat().st_size:,} bytes, "
-          f"{eh} exceptions), Node.js {subprocess.run([node, '--version'], capture_output=True, text=True).stdout.strip()}")
+          f"{eh} exceptions), Node.js {subprocess.run([node, '--version'], capture_output=True, text=True).stdout.strip()}"
+          f"{' ' + args.node_flags if args.node_flags else ''}")
     print(f"native: {native or 'not found (make -C ralhe_me/decode/native): WebAssembly times only'}")
     print(f"median of {args.repeat}; native = a whole `ralhe-decode IN OUT.ply` process (decode: its decode "
           "alone); cold = a whole `node test_node.mjs IN OUT.ply` process; first = its decode alone (the "
@@ -215,7 +221,7 @@ def main(argv=None) -> int:
     worst = {"cold": 0.0, "first": 0.0, "module": 0.0, "warm": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
-            row = bench_file(path, node, native, args.repeat, Path(tmp))
+            row = bench_file(path, [node, *shlex.split(args.node_flags)], native, args.repeat, Path(tmp))
             # first against the native decode alone (its .ply bytes made in its write stage, not
             # counted: the comparison leans against WebAssembly), the others against the process
             ratio = {k: row[k] / row["native_decode" if k == "first" else "native"] if "native" in row else None

@@ -446,3 +446,33 @@ def test_synthesis_lane_count_changes_no_bit(written, name, tmp_path):
     r = subprocess.run([str(_cli()), str(src), str(four)], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     assert four.read_bytes() == default_ply.read_bytes()
+
+
+# ---------------------------------------------------------------- header numbers
+
+def test_header_numbers_parse_as_python_float():
+    """The header parser's numbers are Python's float() of the same text, bit for bit: what Python's
+    repr writes (its exact path: up to 19 digits, exponents -27 to 19), float32 values, ties
+    between two doubles, and what falls back to strtod (long mantissas, far exponents)."""
+    import json
+    import struct
+    _engine()
+    from ralhe_me.decode import _native
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 1 << 63, 3000, dtype=np.int64).astype(np.uint64) << np.uint64(1)
+    doubles = raw.view(np.float64)
+    doubles = doubles[np.isfinite(doubles)]
+    tokens = [repr(float(x)) for x in doubles[:1000]]  # every exponent
+    tokens += [repr(float(np.float32(x))) for x in rng.normal(0, 1, 1000) * 10.0 ** rng.integers(-12, 6, 1000)]
+    tokens += [f"{x:.{int(p)}e}" for x, p in zip(rng.normal(0, 1, 1000) * 1e3, rng.integers(0, 22, 1000))]
+    # exact ties (2**53 + odd) x 10**e, and digit strings of 5s (ties after division)
+    tokens += [f"{(1 << 53) + k}e{e}" for k in (1, 3, 5) for e in range(-27, 4)]
+    tokens += ["5" * int(d) + f"e{int(e)}" for d, e in zip(rng.integers(1, 25, 200), rng.integers(-40, 30, 200))]
+    tokens += ["0", "-0", "-0.0", "0.000", "1e19", "1e20", "1e-27", "1e-28", "12345678901234567890",
+               "9999999999999999999", "1.7976931348623157e308", "5e-324", "-2.2250738585072014e-308"]
+    text = "[" + ",".join(tokens) + "]"
+    assert [float(x) for x in json.loads(text)] == [float(t) for t in tokens]  # valid JSON, same numbers
+    got = _native.json_numbers(text)
+    assert len(got) == len(tokens)
+    mismatched = [t for t, g in zip(tokens, got) if struct.pack("<d", g) != struct.pack("<d", float(t))]
+    assert mismatched == []

@@ -95,6 +95,48 @@ def test_corrupt_sections_are_refused_alike(case):
     assert refused >= 60  # a flipped bit inside a rANS segment often still decodes (the CRC-32 guards files)
 
 
+@needs_native
+def test_corrupt_tables_are_refused_alike(case):
+    """The histogram tables (exp-Golomb codes, which the native decoder reads a byte at a time and
+    the reference bit by bit): flipped bits, zeroed runs (codes longer than the 62-bit limit) and
+    set bytes inside the first stream's tables get the same verdict, and the same latents where
+    both decode."""
+    from ralhe_me.entropy.categorical import read_varint
+    _, _, levels, _, data = case
+    _, start = read_varint(data, 0)  # the first stream's length ...
+    _, start = read_varint(data, start)  # ... its table precision ...
+    length, start = read_varint(data, start)  # ... and its tables' length
+    assert length > 8
+    rng = np.random.default_rng(3)
+    mutations = []
+    for i in range(120):
+        b = bytearray(data)
+        at = start + int(rng.integers(0, length))
+        if i % 3 == 0:
+            b[at] ^= 1 << int(rng.integers(0, 8))
+        elif i % 3 == 1:
+            run = int(rng.integers(1, 12))
+            b[at:at + run] = bytes(len(b[at:at + run]))
+        else:
+            b[at] = int(rng.integers(1, 256))
+        mutations.append(bytes(b))
+    verdicts = []
+    for section in mutations:
+        try:
+            ref = decode_static_latents(section, 3, 4, levels)
+        except StaticLatentsError:
+            ref = None
+        try:
+            ours = native.decode_static_latents(section, 3, 4, levels.astype(np.int32).tolist())
+        except CorruptDataError:
+            ours = None
+        assert (ours is None) == (ref is None)
+        if ref is not None:
+            assert all(np.array_equal(o, r) for o, r in zip(ours, ref))
+        verdicts.append(ref is None)
+    assert 20 <= sum(verdicts) <= 110  # both verdicts occur
+
+
 @pytest.fixture(scope="module")
 def coded():
     """One small scene encoded with each coder (training is deterministic: same latents)."""

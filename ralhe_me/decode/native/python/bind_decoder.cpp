@@ -1,11 +1,13 @@
 // ralhe_me.decode._native.decode: the whole native decode for ralhe_me/decode/decoder.py (engine "native").
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "../src/decoder.h"
+#include "../src/json.h"
 #include "bind.h"
 
 namespace ralhe_py {
@@ -44,6 +46,13 @@ py::dict decode(py::bytes data) {
   return out;
 }
 
+// The numbers of a JSON array as the header parser reads them (its tests compare them with
+// Python's float()).
+std::vector<double> json_numbers(const std::string& text) {
+  const ralhe::Json v = ralhe::parse_json(text.data(), text.size());
+  return ralhe::json_doubles(v, "numbers");
+}
+
 }  // namespace
 
 void bind_decoder(py::module_& m) {
@@ -51,6 +60,8 @@ void bind_decoder(py::module_& m) {
         "Decode the bytes of a .ralhe file: a dict of float32 arrays means [N, 3], log_scales [N, 3], "
         "quats [N, 4], opacity_logits [N], sh [N, K, 3], plus num_points, sh_degree and seconds (per "
         "stage).  Raises ralhe_me.decode.bitstream's BitstreamError subclasses.");
+  m.def("json_numbers", &json_numbers, py::arg("text"),
+        "The numbers of the JSON array `text`, parsed as the native decoder parses its headers.");
   m.attr("DECODER_VERSION") = ralhe::kDecoderVersion;
 }
 

@@ -9,38 +9,60 @@ namespace ralhe {
 
 namespace {
 
-// Order-0 exp-Golomb codes, MSB first (categorical.py exp_golomb_decode).
+// Order-0 exp-Golomb codes, MSB first (categorical.py exp_golomb_decode).  The run of zeros is
+// found a byte at a time and the value read in byte-sized pieces: the tables hold thousands of
+// codes, and a loop per bit is what a cold WebAssembly decode spends its time on.
 class ExpGolombReader {
  public:
   explicit ExpGolombReader(Bytes b) : data_(b.data), num_bits_(uint64_t(b.size) * 8) {}
 
   int64_t next() {
-    uint64_t zeros = 0;
-    while (true) {
-      if (pos_ >= num_bits_) corrupt("exp-Golomb table ends early");
-      if (bit(pos_)) break;
-      ++pos_;
-      if (++zeros > 62) corrupt("exp-Golomb table ends early or holds an oversized value");
+    // the first 1 bit at or after pos_ (num_bits_ when there is none)
+    uint64_t one = pos_;
+    while (one < num_bits_) {
+      const unsigned off = unsigned(one & 7);
+      const unsigned rest = unsigned(data_[one >> 3] << off) & 0xFFu;  // this byte's bits from `one`, MSB first
+      if (rest) {
+        one += unsigned(__builtin_clz(rest)) - 24;  // leading zeros of the byte (as a 32-bit value, less 24)
+        break;
+      }
+      one += 8 - off;
     }
+    const uint64_t zeros = one - pos_;
+    // the bit loop's order of checks: 63 zeros is oversized even where the table would end after them
+    if (zeros > 62) corrupt("exp-Golomb table ends early or holds an oversized value");
+    if (one >= num_bits_) corrupt("exp-Golomb table ends early");
+    pos_ = one;
     if (zeros + 1 > num_bits_ - pos_) corrupt("exp-Golomb table ends early or holds an oversized value");
     uint64_t x = 0;
-    for (uint64_t i = 0; i <= zeros; ++i) x = (x << 1) | bit(pos_++);
+    for (uint64_t left = zeros + 1; left > 0;) {
+      const unsigned off = unsigned(pos_ & 7);
+      const unsigned take = unsigned(std::min<uint64_t>(left, 8 - off));
+      const unsigned byte = data_[pos_ >> 3];
+      x = (x << take) | ((byte >> (8 - off - take)) & ((1u << take) - 1));
+      pos_ += take;
+      left -= take;
+    }
     return int64_t(x) - 1;
   }
   // Whole bytes consumed.
   size_t bytes_used() const { return size_t((pos_ + 7) / 8); }
 
  private:
-  uint64_t bit(uint64_t i) const { return (data_[i >> 3] >> (7 - (i & 7))) & 1; }
-
   const uint8_t* data_;
   uint64_t num_bits_, pos_ = 0;
+};
+
+// Scratch of quantize_row, reused across the rows of a table (no allocation per row).
+struct RowScratch {
+  std::vector<int64_t> rem;
+  std::vector<int32_t> order;
 };
 
 // categorical.py quantize_frequencies of one row of weights w [a] (each 0 .. 2**15): a weight of
 // 0 gets 0, a positive one 1 plus its share of the rest, the units left over going to the largest
 // remainders (ties to the lower symbol); rows sum to 2**16.
-void quantize_row(const int64_t* w, int a, int64_t* freq) {
+void quantize_row(const int64_t* w, int a, int64_t* freq, RowScratch& scratch) {
   int64_t npos = 0, total = 0;
   for (int s = 0; s < a; ++s) {
     npos += w[s] > 0;
@@ -49,7 +71,8 @@ void quantize_row(const int64_t* w, int a, int64_t* freq) {
   const int64_t spare = npos > 0 ? kTotalFreq - npos : 0;
   const int64_t denom = std::max<int64_t>(total, 1);
   int64_t given = 0;
-  std::vector<int64_t> rem(static_cast<size_t>(a));
+  std::vector<int64_t>& rem = scratch.rem;
+  rem.resize(static_cast<size_t>(a));
   for (int s = 0; s < a; ++s) {
     const int64_t scaled = w[s] * spare;
     freq[s] = scaled / denom + (w[s] > 0);
@@ -62,33 +85,70 @@ void quantize_row(const int64_t* w, int a, int64_t* freq) {
     freq[rem[0] >= rem[1] ? 0 : 1] += 1;
     return;
   }
-  // the `left` largest remainders, ties to the lower symbol (a stable sort by -rem)
-  std::vector<int32_t> order(static_cast<size_t>(a));
+  // the `left` largest remainders, ties to the lower symbol: the order a stable sort by -rem
+  // gives, which is the one order by (-rem, symbol)
+  std::vector<int32_t>& order = scratch.order;
+  order.resize(static_cast<size_t>(a));
   for (int s = 0; s < a; ++s) order[s] = s;
-  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return rem[x] > rem[y]; });
+  std::partial_sort(order.begin(), order.begin() + left, order.end(),
+                    [&](int32_t x, int32_t y) { return rem[x] > rem[y] || (rem[x] == rem[y] && x < y); });
   for (int64_t r = 0; r < left; ++r) freq[order[r]] += 1;
 }
 
 // categorical.py frequencies_to_cdfs of one row of frequencies f [a] into cdf [max(a, 2) + 2]:
-// alphabet 1 widened to 2, a symbol holding all 2**16 gives 1 to the next (cyclically), escape
-// of zero width.
+// alphabet 1 widened to 2 (a zero appended), a symbol holding all 2**16 gives 1 to the next
+// (cyclically), escape of zero width.
 void frequencies_to_cdf(const int64_t* freq, int a, int32_t* cdf) {
   const int a2 = std::max(a, 2);
-  std::vector<int64_t> f(size_t(a2), 0);
-  std::copy(freq, freq + a, f.begin());
-  const auto top = std::max_element(f.begin(), f.end());  // the first largest, as np.argmax
-  if (*top == kTotalFreq) {
-    const int s = int(top - f.begin());
-    f[s] -= 1;
-    f[(s + 1) % a2] += 1;
-  }
+  int top = 0;  // the first largest, as np.argmax (an appended zero is never above freq[0] >= 0)
+  for (int s = 1; s < a; ++s)
+    if (freq[s] > freq[top]) top = s;
+  const bool full = a > 0 && freq[top] == kTotalFreq;
   int64_t sum = 0;
   cdf[0] = 0;
   for (int s = 0; s < a2; ++s) {
-    sum += f[s];
+    sum += (s < a ? freq[s] : 0) - int64_t(full && s == top) + int64_t(full && s == (top + 1) % a2);
     cdf[s + 1] = int32_t(sum);
   }
   cdf[a2 + 1] = int32_t(kTotalFreq);
+}
+
+// decode_static_integers' two loops over the symbols, a chunk of them per call (RALHE_NOINLINE in
+// common.h): symbols [begin, end) into out, returning the raw bits they need ...
+constexpr int64_t kIntegerChunk = 4096;
+
+RALHE_NOINLINE uint64_t decode_integer_symbols(SegmentedRansReader& reader, const int32_t* cdfs, const int64_t* freq,
+                                               const int32_t* ranks, int64_t num_contexts, int64_t begin, int64_t end,
+                                               int32_t* out) {
+  constexpr int A = kIntegerAlphabet;
+  uint64_t raw_bits = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const int32_t c = ranks[i];
+    if (c < 0 || c >= num_contexts) fail(ErrorKind::kInvalidArgument, "decode_static_integers: context rank out of range");
+    const int32_t s = reader.decode_from_zero(cdfs + size_t(c) * (A + 2), A + 2);
+    if (s < 0 || s >= A || freq[size_t(c) * A + s] == 0) corrupt("decoded a symbol outside its table");
+    out[i] = s;  // the symbol, until the raw bits are read
+    if (s >= (1 << kIntegerDirectLog2)) raw_bits += uint64_t((s - (1 << kIntegerDirectLog2)) / 2 + kIntegerDirectLog2 - 1);
+  }
+  return raw_bits;
+}
+
+// ... then symbols [begin, end) of out into their integers, the large ones completed by the raw bits
+// from bit `bit` on (returns the next bit).
+RALHE_NOINLINE uint64_t integers_from_symbols(Bytes raw, uint64_t bit, int64_t begin, int64_t end, int32_t* out) {
+  for (int64_t i = begin; i < end; ++i) {
+    const int32_t s = out[i];
+    uint64_t u = uint64_t(s);
+    if (s >= (1 << kIntegerDirectLog2)) {
+      const int k = s - (1 << kIntegerDirectLog2), nb = k / 2 + kIntegerDirectLog2 - 1;
+      u = uint64_t(2 | (k & 1)) << nb;
+      for (int j = nb - 1; j >= 0; --j, ++bit) u |= uint64_t((raw.data[bit >> 3] >> (7 - (bit & 7))) & 1) << j;
+    }
+    if (u >> 32) corrupt("an integer stream holds a value outside int32");
+    const int64_t v = int64_t(u >> 1) ^ -int64_t(u & 1);  // unzigzag
+    out[i] = int32_t(v);
+  }
+  return bit;
 }
 
 }  // namespace
@@ -117,10 +177,11 @@ void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contex
   size_t used = lasts.bytes_used();
   std::vector<int64_t> freq(size_t(num_contexts) * A, 0), weights(A);
   std::vector<int32_t> cdfs(size_t(num_contexts) * (A + 2));
+  RowScratch scratch;
   if (table_bits == 0) {
     for (int64_t c = 0; c < num_contexts; ++c) {
       for (int s = 0; s < A; ++s) weights[s] = s <= last[c];
-      quantize_row(weights.data(), A, freq.data() + c * A);
+      quantize_row(weights.data(), A, freq.data() + c * A, scratch);
     }
   } else {
     if (values > 8 * uint64_t(tables.size - used)) corrupt("exp-Golomb table ends early");
@@ -133,7 +194,7 @@ void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contex
         sum += weights[s];
       }
       if (sum == 0) corrupt("a used context has an empty frequency table");
-      quantize_row(weights.data(), A, freq.data() + c * A);
+      quantize_row(weights.data(), A, freq.data() + c * A, scratch);
     }
     used += hist.bytes_used();
   }
@@ -146,33 +207,16 @@ void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contex
   pos += size_t(stream);
   reader.claim(n);
   uint64_t raw_bits = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t c = ranks[i];
-    if (c < 0 || c >= num_contexts) fail(ErrorKind::kInvalidArgument, "decode_static_integers: context rank out of range");
-    const int32_t s = reader.decode_from_zero(cdfs.data() + size_t(c) * (A + 2), A + 2);
-    if (s < 0 || s >= A || freq[size_t(c) * A + s] == 0) corrupt("decoded a symbol outside its table");
-    out[i] = s;  // the symbol, until the raw bits are read below
-    if (s >= (1 << kIntegerDirectLog2)) raw_bits += uint64_t((s - (1 << kIntegerDirectLog2)) / 2 + kIntegerDirectLog2 - 1);
-  }
+  for (int64_t i = 0; i < n; i += kIntegerChunk)
+    raw_bits += decode_integer_symbols(reader, cdfs.data(), freq.data(), ranks, num_contexts, i,
+                                       std::min(n, i + kIntegerChunk), out);
   // from_symbols: the raw bits of the large values, in symbol order, fill the rest exactly
   const Bytes raw(data.data + pos, data.size - pos);
   if ((raw_bits + 7) / 8 != raw.size)
     corrupt("raw bit section holds " + std::to_string(raw.size) + " bytes, the symbols need " +
             std::to_string((raw_bits + 7) / 8));
   uint64_t bit = 0;
-  const auto next_bit = [&]() -> uint64_t { const uint64_t b = (raw.data[bit >> 3] >> (7 - (bit & 7))) & 1; ++bit; return b; };
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t s = out[i];
-    uint64_t u = uint64_t(s);
-    if (s >= (1 << kIntegerDirectLog2)) {
-      const int k = s - (1 << kIntegerDirectLog2), nb = k / 2 + kIntegerDirectLog2 - 1;
-      u = uint64_t(2 | (k & 1)) << nb;
-      for (int j = nb - 1; j >= 0; --j) u |= next_bit() << j;
-    }
-    if (u >> 32) corrupt("an integer stream holds a value outside int32");
-    const int64_t v = int64_t(u >> 1) ^ -int64_t(u & 1);  // unzigzag
-    out[i] = int32_t(v);
-  }
+  for (int64_t i = 0; i < n; i += kIntegerChunk) bit = integers_from_symbols(raw, bit, i, std::min(n, i + kIntegerChunk), out);
   for (; bit < 8 * uint64_t(raw.size); ++bit)
     if ((raw.data[bit >> 3] >> (7 - (bit & 7))) & 1) corrupt("raw bit section has nonzero padding");
 }
@@ -258,10 +302,11 @@ StaticCategoricalDecoder::StaticCategoricalDecoder(Bytes data, int alphabet_size
   }
   size_t used_bytes = flags.bytes_used();
   std::vector<int64_t> weights(static_cast<size_t>(a)), freq(static_cast<size_t>(a));
+  RowScratch scratch;
   if (table_bits == 0) {
     // uniform tables: every used context has the same row, held once
     std::fill(weights.begin(), weights.end(), 1);
-    quantize_row(weights.data(), a, freq.data());
+    quantize_row(weights.data(), a, freq.data(), scratch);
     cdfs_.resize(size_t(cdf_length_));
     frequencies_to_cdf(freq.data(), a, cdfs_.data());
   } else {
@@ -276,7 +321,7 @@ StaticCategoricalDecoder::StaticCategoricalDecoder(Bytes data, int alphabet_size
         sum += weights[s];
       }
       if (sum == 0) corrupt("a used context has an empty histogram");
-      quantize_row(weights.data(), a, freq.data());
+      quantize_row(weights.data(), a, freq.data(), scratch);
       frequencies_to_cdf(freq.data(), a, cdfs_.data() + size_t(row) * size_t(cdf_length_));
     }
     used_bytes += values.bytes_used();

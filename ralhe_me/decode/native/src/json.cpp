@@ -12,6 +12,85 @@ namespace {
 
 constexpr int kMaxNesting = 512;  // deeper than any header; bounds the recursion
 
+// m [< 2**128, > 0] * 2**e rounded to the nearest double (ties to even) when `inexact` says the
+// exact value is a little above m (a nonzero remainder below m's last bit): the 53 leading bits,
+// then the bits below them and the remainder decide the rounding.
+double round_to_double(unsigned __int128 m, int e, bool inexact) {
+  int bits = 0;
+  for (unsigned __int128 t = m; t; t >>= 1) ++bits;
+  if (bits > 53) {
+    const int drop = bits - 53;
+    const unsigned __int128 one = 1, low = m & ((one << drop) - 1), half = one << (drop - 1);
+    m >>= drop;
+    e += drop;
+    if (low > half || (low == half && (inexact || (m & 1)))) ++m;  // 2**53 after a carry is exact too
+  }
+  return std::ldexp(double(uint64_t(m)), e);
+}
+
+// 10**k for k in [0, 19] and 5**k for k in [0, 27] (each below 2**64).
+uint64_t power(uint64_t base, int k) {
+  uint64_t p = 1;
+  while (k-- > 0) p *= base;
+  return p;
+}
+
+// A JSON number token's exact value, correctly rounded, when it has at most 19 significant digits
+// and the value is d * 10**e with e in [-27, 19]; false otherwise (the caller falls back to strtod).
+// For e >= 0 the product is exact in 128 bits; for e < 0 the digits, shifted to fill 128 bits, are
+// divided by 5**-e (the 2**-e is the exponent) and the remainder says whether the quotient is exact.
+bool exact_decimal(const std::string& token, double& out) {
+  size_t i = 0;
+  const bool negative = token[0] == '-';
+  if (negative) ++i;
+  uint64_t digits = 0;
+  int significant = 0, exponent = 0;
+  bool fraction = false;
+  for (; i < token.size() && token[i] != 'e' && token[i] != 'E'; ++i) {
+    if (token[i] == '.') {
+      fraction = true;
+      continue;
+    }
+    const unsigned d = unsigned(token[i] - '0');
+    if (digits == 0 && d == 0) {
+      exponent -= fraction;  // leading zeros: only their place counts
+      continue;
+    }
+    if (++significant > 19) return false;
+    digits = digits * 10 + d;
+    exponent -= fraction;
+  }
+  if (i < token.size()) {  // exponent: [eE][+-]?[0-9]+ (the grammar checked it)
+    ++i;
+    bool minus = false;
+    if (token[i] == '+' || token[i] == '-') minus = token[i++] == '-';
+    int x = 0;
+    for (; i < token.size(); ++i) {
+      if (x > 10000) return false;
+      x = x * 10 + (token[i] - '0');
+    }
+    exponent += minus ? -x : x;
+  }
+  if (digits == 0) {
+    out = negative ? -0.0 : 0.0;
+    return true;
+  }
+  double value;
+  if (exponent >= 0) {
+    if (exponent > 19) return false;
+    value = round_to_double((unsigned __int128)digits * power(10, exponent), 0, false);
+  } else {
+    if (exponent < -27) return false;
+    const int k = -exponent;
+    const int shift = __builtin_clzll(digits);  // digits << shift has its top bit at bit 63
+    const unsigned __int128 scaled = (unsigned __int128)(digits << shift) << 64;
+    const uint64_t divisor = power(5, k);
+    value = round_to_double(scaled / divisor, -64 - shift - k, scaled % divisor != 0);
+  }
+  out = negative ? -value : value;
+  return true;
+}
+
 class Parser {
  public:
   Parser(const char* text, size_t size) : p_(text), size_(size) {}
@@ -181,9 +260,14 @@ class Parser {
     v.number = to_double(token);
   }
 
-  // strtod is correctly rounded (glibc, musl) as Python's float(); it reads the locale's decimal
-  // point, so the token is rewritten with it.
+  // The token's value, correctly rounded as Python's float(): exactly (exact_decimal) when its
+  // digits and exponent are in range, which covers every number Python's repr writes (at most 17
+  // digits); otherwise strtod (correctly rounded in glibc and musl; it reads the locale's decimal
+  // point, so the token is rewritten with it).  In WebAssembly strtod works in software 128-bit
+  // floats, which a cold decode paid for every number of the header.
   static double to_double(std::string token) {
+    double exact;
+    if (exact_decimal(token, exact)) return exact;
     const char* point = std::localeconv()->decimal_point;
     if (point && point[0] && !(point[0] == '.' && point[1] == '\0')) {
       size_t dot = token.find('.');
