@@ -63,6 +63,27 @@ def test_latents_outside_int32_are_not_coded_static(case):
     assert encode_static_latents(wide, levels) is None
 
 
+def refused_alike(mutations, levels) -> int:
+    """How many of the sections (3 planes of 4 attributes) both decoders refuse: Python raises
+    StaticLatentsError exactly where the native decoder raises CorruptDataError, and both decode
+    the same latents otherwise."""
+    refused = 0
+    for section in mutations:
+        try:
+            ref = decode_static_latents(section, 3, 4, levels)
+        except StaticLatentsError:
+            ref = None
+        try:
+            ours = native.decode_static_latents(section, 3, 4, levels.astype(np.int32).tolist())
+        except CorruptDataError:
+            ours = None
+        assert (ours is None) == (ref is None)
+        if ref is not None:
+            assert all(np.array_equal(o, r) for o, r in zip(ours, ref))
+        refused += ref is None
+    return refused
+
+
 @needs_native
 def test_corrupt_sections_are_refused_alike(case):
     """Truncations, bit flips and appended bytes: Python raises StaticLatentsError exactly where
@@ -78,21 +99,7 @@ def test_corrupt_sections_are_refused_alike(case):
             for _ in range(int(rng.integers(1, 3))):
                 b[int(rng.integers(0, len(b)))] ^= 1 << int(rng.integers(0, 8))
             mutations.append(bytes(b))
-    refused = 0
-    for section in mutations:
-        try:
-            ref = decode_static_latents(section, 3, 4, levels)
-        except StaticLatentsError:
-            ref = None
-        try:
-            ours = native.decode_static_latents(section, 3, 4, levels.astype(np.int32).tolist())
-        except CorruptDataError:
-            ours = None
-        assert (ours is None) == (ref is None)
-        if ref is not None:
-            assert all(np.array_equal(o, r) for o, r in zip(ours, ref))
-        refused += ref is None
-    assert refused >= 60  # a flipped bit inside a rANS segment often still decodes (the CRC-32 guards files)
+    assert refused_alike(mutations, levels) >= 60  # a flipped bit inside a rANS segment often still decodes (the CRC-32 guards files)
 
 
 @needs_native
@@ -120,21 +127,7 @@ def test_corrupt_tables_are_refused_alike(case):
         else:
             b[at] = int(rng.integers(1, 256))
         mutations.append(bytes(b))
-    verdicts = []
-    for section in mutations:
-        try:
-            ref = decode_static_latents(section, 3, 4, levels)
-        except StaticLatentsError:
-            ref = None
-        try:
-            ours = native.decode_static_latents(section, 3, 4, levels.astype(np.int32).tolist())
-        except CorruptDataError:
-            ours = None
-        assert (ours is None) == (ref is None)
-        if ref is not None:
-            assert all(np.array_equal(o, r) for o, r in zip(ours, ref))
-        verdicts.append(ref is None)
-    assert 20 <= sum(verdicts) <= 110  # both verdicts occur
+    assert 20 <= refused_alike(mutations, levels) <= 110  # both verdicts occur
 
 
 @pytest.fixture(scope="module")
