@@ -57,7 +57,7 @@ try:
             "ralhe_me.geometry._occupancy_cpu",
             [os.path.join("ralhe_me", "geometry", "csrc", "occupancy.cpp")]
             + native_sources("occupancy.cpp", "categorical.cpp", "crc32.cpp"),
-            depends=[rans_header] + native_sources("occupancy.h", "categorical.h", "octree.h", "common.h"),
+            depends=[rans_header] + native_sources("occupancy.h", "categorical.h", "bits.h", "octree.h", "common.h"),
             include_dirs=include_paths() + [NATIVE_SRC],
             language="c++",
             extra_compile_args=NATIVE_FLAGS,

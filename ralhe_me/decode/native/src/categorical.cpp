@@ -5,45 +5,28 @@
 #include <limits>
 #include <string>
 
+#include "bits.h"
+
 namespace ralhe {
 
 namespace {
 
-// Order-0 exp-Golomb codes, MSB first (categorical.py exp_golomb_decode).  The run of zeros is
-// found a byte at a time and the value read in byte-sized pieces: the tables hold thousands of
-// codes, and a loop per bit is what a cold WebAssembly decode spends its time on.
+// Order-0 exp-Golomb codes, MSB first (categorical.py exp_golomb_decode), read a byte at a time
+// (bits.h): the tables hold thousands of codes, and a loop per bit is what a cold WebAssembly
+// decode spent its time on.
 class ExpGolombReader {
  public:
   explicit ExpGolombReader(Bytes b) : data_(b.data), num_bits_(uint64_t(b.size) * 8) {}
 
   int64_t next() {
-    // the first 1 bit at or after pos_ (num_bits_ when there is none)
-    uint64_t one = pos_;
-    while (one < num_bits_) {
-      const unsigned off = unsigned(one & 7);
-      const unsigned rest = unsigned(data_[one >> 3] << off) & 0xFFu;  // this byte's bits from `one`, MSB first
-      if (rest) {
-        one += unsigned(__builtin_clz(rest)) - 24;  // leading zeros of the byte (as a 32-bit value, less 24)
-        break;
-      }
-      one += 8 - off;
-    }
+    const uint64_t one = first_one_bit(data_, pos_, num_bits_);
     const uint64_t zeros = one - pos_;
     // the bit loop's order of checks: 63 zeros is oversized even where the table would end after them
     if (zeros > 62) corrupt("exp-Golomb table ends early or holds an oversized value");
     if (one >= num_bits_) corrupt("exp-Golomb table ends early");
     pos_ = one;
     if (zeros + 1 > num_bits_ - pos_) corrupt("exp-Golomb table ends early or holds an oversized value");
-    uint64_t x = 0;
-    for (uint64_t left = zeros + 1; left > 0;) {
-      const unsigned off = unsigned(pos_ & 7);
-      const unsigned take = unsigned(std::min<uint64_t>(left, 8 - off));
-      const unsigned byte = data_[pos_ >> 3];
-      x = (x << take) | ((byte >> (8 - off - take)) & ((1u << take) - 1));
-      pos_ += take;
-      left -= take;
-    }
-    return int64_t(x) - 1;
+    return int64_t(read_bits(data_, pos_, zeros + 1)) - 1;
   }
   // Whole bytes consumed.
   size_t bytes_used() const { return size_t((pos_ + 7) / 8); }
@@ -141,8 +124,7 @@ RALHE_NOINLINE uint64_t integers_from_symbols(Bytes raw, uint64_t bit, int64_t b
     uint64_t u = uint64_t(s);
     if (s >= (1 << kIntegerDirectLog2)) {
       const int k = s - (1 << kIntegerDirectLog2), nb = k / 2 + kIntegerDirectLog2 - 1;
-      u = uint64_t(2 | (k & 1)) << nb;
-      for (int j = nb - 1; j >= 0; --j, ++bit) u |= uint64_t((raw.data[bit >> 3] >> (7 - (bit & 7))) & 1) << j;
+      u = (uint64_t(2 | (k & 1)) << nb) | read_bits(raw.data, bit, uint64_t(nb));
     }
     if (u >> 32) corrupt("an integer stream holds a value outside int32");
     const int64_t v = int64_t(u >> 1) ^ -int64_t(u & 1);  // unzigzag
@@ -217,8 +199,8 @@ void decode_static_integers(Bytes data, const int32_t* ranks, int64_t num_contex
             std::to_string((raw_bits + 7) / 8));
   uint64_t bit = 0;
   for (int64_t i = 0; i < n; i += kIntegerChunk) bit = integers_from_symbols(raw, bit, i, std::min(n, i + kIntegerChunk), out);
-  for (; bit < 8 * uint64_t(raw.size); ++bit)
-    if ((raw.data[bit >> 3] >> (7 - (bit & 7))) & 1) corrupt("raw bit section has nonzero padding");
+  if (first_one_bit(raw.data, bit, 8 * uint64_t(raw.size)) < 8 * uint64_t(raw.size))
+    corrupt("raw bit section has nonzero padding");
 }
 
 uint16_t check16(Bytes head, Bytes body) {

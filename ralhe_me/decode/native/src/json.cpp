@@ -262,9 +262,10 @@ class Parser {
 
   // The token's value, correctly rounded as Python's float(): exactly (exact_decimal) when its
   // digits and exponent are in range, which covers what Python's repr writes (at most 17 digits)
-  // for magnitudes from about 1e-11 to 1e36, the header's numbers; otherwise strtod (correctly rounded in glibc and musl; it reads the locale's decimal
-  // point, so the token is rewritten with it).  In WebAssembly strtod works in software 128-bit
-  // floats, which a cold decode paid for every number of the header.
+  // for magnitudes from about 1e-11 to 1e36, the header's numbers; otherwise strtod (correctly
+  // rounded in glibc and musl; it reads the locale's decimal point, so the token is rewritten
+  // with it).  In WebAssembly strtod works in software 128-bit floats, which a cold decode paid
+  // for every number of the header.
   static double to_double(std::string token) {
     double exact;
     if (exact_decimal(token, exact)) return exact;

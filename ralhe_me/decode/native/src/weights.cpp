@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "bits.h"
+
 namespace ralhe {
 
 namespace {
@@ -28,16 +30,12 @@ int64_t unzigzag(uint64_t u) {
 RALHE_WASM_NOINLINE uint64_t decode_tensor_codes(const uint8_t* base, uint64_t nbits, int64_t count,
                                              int64_t* values) {
   uint64_t bit = 0;
-  auto read_bit = [&](uint64_t b) { return (base[b >> 3] >> (7 - (b & 7))) & 1; };
   for (int64_t i = 0; i < count; ++i) {
-    uint64_t one = bit;
-    while (one < nbits && !read_bit(one)) ++one;
+    uint64_t one = first_one_bit(base, bit, nbits);
     if (one >= nbits) bad("corrupt weight codes (exp-Golomb table ends early)");
     const uint64_t zeros = one - bit, end = one + zeros + 1;
     if (end > nbits || zeros > 62) bad("corrupt weight codes (exp-Golomb table ends early or holds an oversized value)");
-    uint64_t v = 0;
-    for (uint64_t b = one; b < end; ++b) v = (v << 1) | read_bit(b);
-    values[i] = int64_t(v - 1);
+    values[i] = int64_t(read_bits(base, one, zeros + 1) - 1);
     bit = end;
   }
   return (bit + 7) / 8;
@@ -48,8 +46,7 @@ RALHE_WASM_NOINLINE uint64_t decode_tensor_codes(const uint8_t* base, uint64_t n
 RALHE_WASM_NOINLINE void add_low_bits(const uint8_t* low, int64_t count, int k, int64_t* values) {
   uint64_t lb = 0;
   for (int64_t i = 0; i < count; ++i) {
-    uint64_t u = uint64_t(values[i]) << k;  // numpy's int64 shift: wraps
-    for (int j = k - 1; j >= 0; --j, ++lb) u |= uint64_t((low[lb >> 3] >> (7 - (lb & 7))) & 1) << j;
+    const uint64_t u = (uint64_t(values[i]) << k) | read_bits(low, lb, uint64_t(k));  // numpy's int64 shift: wraps
     values[i] = unzigzag(u);
   }
 }
