@@ -91,6 +91,30 @@ try:
             extra_link_args=["-fopenmp"],
         )
     )
+    # The per-level model's training rate with its gradient in one pass (train/level_rate.py);
+    # pybind11 only; training falls back to the torch reference without it.  Threads: OpenMP.
+    ext_modules.append(
+        Extension(
+            "ralhe_me.train._level_rate_cpu",
+            [os.path.join("ralhe_me", "train", "csrc", "level_rate.cpp")],
+            include_dirs=include_paths(),
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+        )
+    )
+    # Latents plus counter-based uniform noise, the rounding's stand-in (train/quantization.py);
+    # pybind11 only; numpy computes the same numbers without it.  Threads: OpenMP.
+    ext_modules.append(
+        Extension(
+            "ralhe_me.train._uniform_noise_cpu",
+            [os.path.join("ralhe_me", "train", "csrc", "uniform_noise.cpp")],
+            include_dirs=include_paths(),
+            language="c++",
+            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fopenmp"],
+            extra_link_args=["-fopenmp"],
+        )
+    )
     # The native decoder for Python: the whole library plus one binding file per part.
     native_dir = os.path.dirname(NATIVE_SRC)
     ext_modules.append(
@@ -114,7 +138,7 @@ setup(
     description="RALHE: region-adaptive learned hierarchical encoding of 3D Gaussian Splatting models",
     packages=find_packages(include=["ralhe_me", "ralhe_me.*"]),
     package_data={"ralhe_me": ["render/csrc/*.cpp", "render/csrc/*.h", "entropy/csrc/*.cpp", "geometry/csrc/*.cpp",
-                                 "nn/csrc/*.cpp", "decode/native/*.md",
+                                 "nn/csrc/*.cpp", "train/csrc/*.cpp", "decode/native/*.md",
                                  "decode/native/src/*", "decode/native/python/*", "decode/native/cli/*",
                                  "decode/native/wasm/*", "decode/native/Makefile"]},
     python_requires=">=3.9",

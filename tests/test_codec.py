@@ -262,15 +262,27 @@ def test_decoder_step_cost_counts_only_the_error_rounding_adds(monkeypatch, mode
 
 def test_small_lambda_gets_finer_decoder_weights_than_the_old_cap(monkeypatch):
     """At small lambdas the decoders' first layer and skip path carry the latents' fine step in
-    their weights: 2**-12 (the old finest step) left the distortion above what finer weights give."""
+    their weights: 2**-12 (the old finest step) adds more error to the trained decoders' output
+    than the finer step the search now takes. The error is measured against the same training's
+    output with weights at 2**-24 (near float), not against the input, whose difference has a cross
+    term with the rounding errors that moves either way by chance (see _choose_decoder_weights in
+    encode/encoder.py): against the input, the finer step came out behind on two of three training seeds.
+    One thread, so that the three encodes train the same bits."""
     from ralhe_me.encode import encoder as encoder_module
 
     model = make_default_scene(1000, seed=2)
     config = dataclasses.replace(small_codec_config(), lmbda=1e-7)
-    fine = encode_model(model, config)
-    monkeypatch.setattr(encoder_module, "DECODER_SHIFTS", tuple(range(5, 13)))
-    capped = encode_model(model, config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fine = encode_model(model, config)
+        monkeypatch.setattr(encoder_module, "DECODER_SHIFTS", tuple(range(5, 13)))
+        capped = encode_model(model, config)
+        monkeypatch.setattr(encoder_module, "DECODER_SHIFTS", (24,))
+        near_float = encode_model(model, config)
+    finally:
+        torch.set_num_threads(threads)
     shift = lambda r: unpack(r.data).header["decoder_shift"]
-    assert shift(capped) <= 12 < shift(fine)
-    error = lambda r: float(np.mean((r.reconstruction.sh - r.voxelized.model.sh) ** 2))
-    assert error(fine) < error(capped)
+    assert shift(capped) <= 12 < shift(fine) < 24 == shift(near_float)
+    added = lambda r: float(np.mean((r.reconstruction.sh - near_float.reconstruction.sh) ** 2))
+    assert added(fine) < 0.1 * added(capped), (added(fine), added(capped))  # measured: 2.6e-7 against 9.1e-5
