@@ -79,42 +79,21 @@ try:
             extra_link_args=["-fopenmp"],
         )
     )
-    # The float ARM's training rate with its gradient in one pass (train/arm_rate.py); pybind11
-    # only; training falls back to the torch reference without it.  Threads: OpenMP.
-    ext_modules.append(
-        Extension(
-            "ralhe_me.train._arm_rate_cpu",
-            [os.path.join("ralhe_me", "train", "csrc", "arm_rate.cpp")],
-            include_dirs=include_paths(),
-            language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-fopenmp"],
-            extra_link_args=["-fopenmp"],
+    # The training kernels (pybind11 only, threads: OpenMP); training falls back to their torch or
+    # numpy references without them. The float ARM's rate with its gradient in one pass
+    # (train/arm_rate.py), the per-level model's (train/level_rate.py), and the latents plus
+    # counter-based uniform noise, the rounding's stand-in (train/quantization.py).
+    for name in ("arm_rate", "level_rate", "uniform_noise"):
+        ext_modules.append(
+            Extension(
+                f"ralhe_me.train._{name}_cpu",
+                [os.path.join("ralhe_me", "train", "csrc", f"{name}.cpp")],
+                include_dirs=include_paths(),
+                language="c++",
+                extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-fopenmp"],
+                extra_link_args=["-fopenmp"],
+            )
         )
-    )
-    # The per-level model's training rate with its gradient in one pass (train/level_rate.py);
-    # pybind11 only; training falls back to the torch reference without it.  Threads: OpenMP.
-    ext_modules.append(
-        Extension(
-            "ralhe_me.train._level_rate_cpu",
-            [os.path.join("ralhe_me", "train", "csrc", "level_rate.cpp")],
-            include_dirs=include_paths(),
-            language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fno-math-errno", "-fopenmp"],
-            extra_link_args=["-fopenmp"],
-        )
-    )
-    # Latents plus counter-based uniform noise, the rounding's stand-in (train/quantization.py);
-    # pybind11 only; numpy computes the same numbers without it.  Threads: OpenMP.
-    ext_modules.append(
-        Extension(
-            "ralhe_me.train._uniform_noise_cpu",
-            [os.path.join("ralhe_me", "train", "csrc", "uniform_noise.cpp")],
-            include_dirs=include_paths(),
-            language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-march=x86-64-v2", "-fopenmp"],
-            extra_link_args=["-fopenmp"],
-        )
-    )
     # The native decoder for Python: the whole library plus one binding file per part.
     native_dir = os.path.dirname(NATIVE_SRC)
     ext_modules.append(

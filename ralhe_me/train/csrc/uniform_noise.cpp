@@ -18,8 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
+#include <vector>
 
 namespace py = pybind11;
 
