@@ -45,7 +45,9 @@ from ..geometry.octree import OctreeLevels
 from ..nn.arm import ArmConfig, BatchedArm
 from ..nn.grouped_decoder import GroupedSparseDecoder
 from ..nn.inverse_raht import InverseRaht
-from ..nn.neighbors import NeighborMap
+from ..nn.neighbors import NeighborMap, row_set
+from ..nn.row_subset import row_subsets
+from ..nn.skip_path import skip_add
 from ..nn.sparse_decoder import DecoderConfig
 
 TRANSFORMS = ("raht", "pyramid")
@@ -268,13 +270,23 @@ class AttributeSynthesis(nn.Module):
                 sh, opacity = (torch.from_numpy(a) for a in native)
                 return sh.permute(1, 0, 2), opacity.view(1, -1, 1)
         up = self.upsample(planes)
-        plan = self._neighbors if rows is None else self._neighbors.subset_plan(rows)
-        up_sh, up_op = up[: self.num_sh].contiguous(), up[self.num_sh:].contiguous()
-        sh = self.sh_decoder(up_sh, plan)
-        opacity = self.opacity_decoder(up_op, plan)
-        if self.arch.skip:
-            at = up_sh if rows is None else up_sh[:, rows]
-            ao = up_op if rows is None else up_op[:, rows]
+        if rows is None:
+            # the two groups as slices (views) without autograd, as copies whose gradient is one
+            # concatenation with it (a slice's backward is a zero-filled copy of the whole input)
+            up_sh, up_op = row_subsets(up, [self.num_sh]) if torch.is_grad_enabled() else \
+                (up[: self.num_sh], up[self.num_sh:])
+            sh = self.sh_decoder(up_sh, self._neighbors)
+            opacity = self.opacity_decoder(up_op, self._neighbors)
+            at, ao = up_sh, up_op
+        else:
+            plan = self._neighbors.subset_plan(rows)
+            x_sh, at, x_op, ao = row_subsets(up, [self.num_sh], plan.in_rows, plan.out_rows)
+            sh = self.sh_decoder.forward_gathered(x_sh, plan)
+            opacity = self.opacity_decoder.forward_gathered(x_op, plan)
+        if self.arch.skip and torch.is_grad_enabled():  # training: one native pass (nn/skip_path.py)
+            sh = skip_add(sh, at, self.sh_skip, self.sh_skip_bias)
+            opacity = skip_add(opacity, ao, self.opacity_skip, self.opacity_skip_bias)
+        elif self.arch.skip:  # torch's products, whose bits the native decoder reproduces
             sh = sh + torch.baddbmm(self.sh_skip_bias, at, self.sh_skip)
             opacity = opacity + torch.baddbmm(self.opacity_skip_bias, ao, self.opacity_skip)
         return sh, opacity
@@ -325,4 +337,4 @@ def sample_rows(num_points: int, fraction: float, chunk: int, generator: torch.G
         return None
     count = max(1, int(round(fraction * num_points / chunk)))
     starts = torch.randint(0, num_points - chunk + 1, (count,), generator=generator)
-    return torch.unique((starts[:, None] + torch.arange(chunk)[None, :]).reshape(-1))
+    return row_set((starts[:, None] + torch.arange(chunk)[None, :]).reshape(-1), num_points)

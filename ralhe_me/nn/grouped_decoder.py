@@ -356,7 +356,7 @@ class GroupedSparseDecoder(nn.Module):
     def forward(self, latents: Tensor, neighbors: Union[NeighborMap, SubsetPlan]) -> Tensor:
         """latents [A, N, in_channels] of all N voxels -> attributes [A, N, d], or [A, S, d]
         for the rows ``neighbors.out_rows`` when ``neighbors`` is a :class:`SubsetPlan`
-        (without autograd: a view of point-major [N, A, d] memory)."""
+        (a view of point-major [N, A, d] memory)."""
         a, cfg = self.num_decoders, self.config
         if not isinstance(latents, Tensor) or latents.ndim != 3:
             raise DecoderInputError(f"latents must be a tensor [A, N, C], got "
@@ -378,13 +378,28 @@ class GroupedSparseDecoder(nn.Module):
         else:
             raise DecoderInputError(f"neighbors must be a NeighborMap or SubsetPlan, got "
                                     f"{type(neighbors).__name__}")
+        return self._layers(x, cmap0, cmap1)
+
+    def forward_gathered(self, latents: Tensor,  # [A, N2, in_channels]: the latents on plan.in_rows
+                         plan: SubsetPlan) -> Tensor:  # [A, S, d]
+        """:meth:`forward` on ``plan.out_rows`` from latents already restricted to ``plan.in_rows``
+        (training gathers them with the skip path's in one pass: nn/row_subset.py)."""
+        if not isinstance(plan, SubsetPlan):
+            raise DecoderInputError(f"plan must be a SubsetPlan, got {type(plan).__name__}")
+        if not isinstance(latents, Tensor) or latents.ndim != 3 or latents.shape[0] != self.num_decoders \
+                or latents.shape[2] != self.config.in_channels or latents.shape[1] != len(plan.in_rows):
+            raise DecoderInputError(f"latents must have shape [{self.num_decoders}, {len(plan.in_rows)}, "
+                                    f"{self.config.in_channels}], got {tuple(getattr(latents, 'shape', ()))}")
+        return self._layers(latents, plan.conv0, plan.conv1)
+
+    def _layers(self, x: Tensor, cmap0, cmap1) -> Tensor:
         # Point-major [N, A, C] from here on: the convolutions gather whole rows.
         h = pointwise_mlp(x, self.linear0_weight, self.linear0_bias, self.linear1_weight,
                           self.linear1_bias)
         if torch.is_grad_enabled():
             h = torch.relu(grouped_conv(h, self.conv0_kernel, cmap0, self.budget) + self.conv0_bias[:, 0])
             out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget) + self.conv1_bias[:, 0]
-            return out.transpose(0, 1).contiguous()
+            return out.transpose(0, 1)  # a view, as below (training's skip path reads it point-major)
         # inference: the same elementwise operations in place, and the point-major result as an
         # [A, N, d] view (no transposing copy; consumers add to it or hand it to numpy)
         h = grouped_conv(h, self.conv0_kernel, cmap0, self.budget).add_(self.conv0_bias[:, 0]).relu_()

@@ -44,7 +44,17 @@ def _coords_tensor(coords) -> Tensor:
     return c.to(torch.int64)
 
 
-NATIVE_API_VERSION = 3  # the interface of _decode_cpu these sources call (its API_VERSION)
+NATIVE_API_VERSION = 4  # the interface of _decode_cpu these sources call (its API_VERSION)
+
+
+def row_set(rows: Tensor,  # [M] int64, each in [0, size]
+            size: int) -> Tensor:  # [S] int64
+    """The distinct values of ``rows`` below ``size``, sorted (``size``, the empty-neighbour
+    sentinel, dropped): a mask and its nonzero entries, linear in M + size where
+    ``torch.unique`` sorts (1.3 s for 13M rows on 2 cores, against 0.15 s)."""
+    mask = torch.zeros(size + 1, dtype=torch.bool)
+    mask[rows] = True
+    return mask[:size].nonzero().squeeze(1)
 
 
 def _native_module():
@@ -337,14 +347,22 @@ class NeighborMap:
 
     def dilate(self, rows: Tensor) -> Tensor:
         """Sorted ``rows`` together with all their neighbours."""
-        nb = self.table[rows].reshape(-1)
-        return torch.unique(nb[nb < self.num_points])
+        return row_set(self.table[rows].reshape(-1), self.num_points)
 
-    def subset_plan(self, out_rows) -> SubsetPlan:
-        """What a two-convolution decoder must compute to output ``out_rows`` exactly."""
-        out_rows = torch.unique(torch.as_tensor(out_rows, dtype=torch.int64))
-        if len(out_rows) and (int(out_rows[0]) < 0 or int(out_rows[-1]) >= self.num_points):
+    def subset_plan(self, out_rows, native: bool = True) -> SubsetPlan:
+        """What a two-convolution decoder must compute to output ``out_rows`` exactly (in one
+        C++ pass where built: training draws a plan per step; ``native=False``: torch, the
+        reference, with the same plan)."""
+        out_rows = torch.as_tensor(out_rows, dtype=torch.int64).reshape(-1)
+        if len(out_rows) and (int(out_rows.min()) < 0 or int(out_rows.max()) >= self.num_points):
             raise NeighborMapError(f"out_rows must lie in [0, {self.num_points})")
+        out_rows = row_set(out_rows, self.num_points)
+        module = _native_module() if native else None
+        if module is not None:
+            inn, mid, fwd0, fwd1 = (torch.from_numpy(a) for a in module.subset_plan(
+                self.table.numpy(), out_rows.numpy(), torch.get_num_threads()))
+            return SubsetPlan(inn, mid, out_rows, ConvMap(fwd0, len(inn), len(mid)),
+                              ConvMap(fwd1, len(mid), len(out_rows)))
         mid = self.dilate(out_rows)
         inn = self.dilate(mid)
         return SubsetPlan(inn, mid, out_rows, self._restrict(mid, inn), self._restrict(out_rows, mid))

@@ -1,7 +1,9 @@
 // Native kernels of the attribute synthesis (ralhe_me/decode/synthesis.py): the inverse RAHT in
 // place and its adjoint (the inverse's gradient in training), the decoders' point-wise layers, and
-// the index helpers of the 3x3x3 neighbour maps (nn/neighbors.py).  Each has a torch/numpy reference in Python with the same
-// results bit for bit, used where this module is not built; tests compare the two.
+// the index helpers of the 3x3x3 neighbour maps (nn/neighbors.py), and training's row subsets
+// (nn/row_subset.py) and skip path (nn/skip_path.py).  Each has a torch/numpy reference in Python with the same
+// results bit for bit (the skip path's: within float rounding), used where this module is not built; tests
+// compare the two.
 //
 // inverse_raht, raht_plan, raht_pairs: Python wrappers of the native decoder's inverse RAHT
 // (ralhe_me/decode/native/src/raht.{h,cpp}: operations, layout and plan are described there), the
@@ -550,6 +552,218 @@ py::tuple pointwise_mlp_backward(F32 x, F32 w0, F32 b0, F32 w1, F32 y, F32 gy, b
   return py::make_tuple(want_gx ? py::object(gx_arr) : py::object(py::none()), gw0, gb0, gw1, gb1);
 }
 
+// ---------------------------------------------------------------- row subsets (nn/row_subset.py)
+//
+// Training decodes random runs of voxels: the point-wise layers read the inverse transform's
+// output [A, N, C] on in_rows, the skip path on rows (both strictly increasing).  gather_rows
+// copies attributes [a0, a1) on both; scatter_rows writes the gradient of those attributes of
+// the whole output, gx on in_rows plus gs on rows and zero elsewhere, each element once (no
+// zero fill, no scattered read-modify-write as in index_add_).  Work is split by attribute and
+// fixed blocks of rows, with no sum across them: the same bits on any thread count, and the same
+// as the torch reference (zeros, index_copy_ of gx, index_add_ of gs).
+
+constexpr int64_t kRowBlock = 8192;
+
+void check_rows(const char* what, const I64& rows, int64_t n) {
+  if (rows.ndim() != 1) throw std::invalid_argument(std::string(what) + ": rows must be 1-D");
+  const int64_t* r = rows.data();
+  for (int64_t i = 0; i < rows.shape(0); ++i)
+    if (r[i] < 0 || r[i] >= n || (i && r[i] <= r[i - 1]))
+      throw std::invalid_argument(std::string(what) + ": rows must be strictly increasing in [0, " + std::to_string(n) +
+                                  ")");
+}
+
+// src [A, N, C] -> (src[a0:a1, in_rows], src[a0:a1, rows])
+py::tuple gather_rows(F32 src, I64 in_rows, I64 rows, int64_t a0, int64_t a1, int threads) {
+  if (src.ndim() != 3) throw std::invalid_argument("gather_rows: src must be [A, N, C]");
+  const int64_t A = src.shape(0), N = src.shape(1), C = src.shape(2);
+  if (a0 < 0 || a1 < a0 || a1 > A) throw std::invalid_argument("gather_rows: attributes out of range");
+  check_rows("gather_rows", in_rows, N);
+  check_rows("gather_rows", rows, N);
+  const int64_t G = a1 - a0, N2 = in_rows.shape(0), S = rows.shape(0);
+  py::array_t<float> x({G, N2, C}), s({G, S, C});
+  {
+    py::gil_scoped_release release;
+    const float* sd = src.data();
+    float *xd = x.mutable_data(), *ssd = s.mutable_data();
+    const int64_t *ir = in_rows.data(), *rr = rows.data();
+    const int64_t bx = (N2 + kRowBlock - 1) / kRowBlock, bs = (S + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t t = 0; t < G * (bx + bs); ++t) {
+      const int64_t a = t / (bx + bs), b = t % (bx + bs);
+      const bool second = b >= bx;
+      const int64_t* idx = second ? rr : ir;
+      const int64_t count = second ? S : N2, lo = (second ? b - bx : b) * kRowBlock;
+      const int64_t hi = std::min(count, lo + kRowBlock);
+      const float* from = sd + (a0 + a) * N * C;
+      float* to = (second ? ssd : xd) + a * count * C;
+      for (int64_t i = lo; i < hi; ++i) std::memcpy(to + i * C, from + idx[i] * C, size_t(C) * sizeof(float));
+    }
+  }
+  return py::make_tuple(x, s);
+}
+
+// grad [A, N, C] (written for attributes a0 .. a0 + G): gx [G, N2, C] on in_rows plus gs [G, S, C]
+// on rows, zero elsewhere
+void scatter_rows(py::array_t<float, py::array::c_style> grad, F32 gx, F32 gs, I64 in_rows, I64 rows, int64_t a0,
+                  int threads) {
+  if (grad.ndim() != 3 || gx.ndim() != 3 || gs.ndim() != 3)
+    throw std::invalid_argument("scatter_rows: grad, gx and gs must be 3-D");
+  const int64_t A = grad.shape(0), N = grad.shape(1), C = grad.shape(2), G = gx.shape(0);
+  check_rows("scatter_rows", in_rows, N);
+  check_rows("scatter_rows", rows, N);
+  const int64_t N2 = in_rows.shape(0), S = rows.shape(0);
+  if (a0 < 0 || a0 + G > A || gx.shape(1) != N2 || gx.shape(2) != C || gs.shape(0) != G || gs.shape(1) != S ||
+      gs.shape(2) != C)
+    throw std::invalid_argument("scatter_rows: shapes do not fit");
+  float* gd = grad.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const float *xd = gx.data(), *sd = gs.data();
+    const int64_t *ir = in_rows.data(), *rr = rows.data();
+    const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t t = 0; t < G * blocks; ++t) {
+      const int64_t a = t / blocks, lo = (t % blocks) * kRowBlock, hi = std::min(N, lo + kRowBlock);
+      int64_t i = std::lower_bound(ir, ir + N2, lo) - ir, j = std::lower_bound(rr, rr + S, lo) - rr;
+      float* out = gd + (a0 + a) * N * C;
+      const float *xa = xd + a * N2 * C, *sa = sd + a * S * C;
+      for (int64_t r = lo; r < hi; ++r) {
+        float* o = out + r * C;
+        if (i < N2 && ir[i] == r) {
+          std::memcpy(o, xa + i * C, size_t(C) * sizeof(float));
+          ++i;
+        } else {
+          std::fill(o, o + C, 0.f);
+        }
+        if (j < S && rr[j] == r) {
+          for (int64_t c = 0; c < C; ++c) o[c] += sa[j * C + c];
+          ++j;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- skip path in training (nn/skip_path.py)
+//
+// out[a, n, j] = dec[n, a, j] + (b[a, j] + sum_c x[a, n, c] w[a, c, j]): the decoder's point-major
+// output plus the skip path's per-attribute linear map, attribute-major, in one pass.  Torch
+// computes it as a batched product with 3 inputs per output (slow: about 90 ms forward and 190 ms
+// backward at 483k voxels), then a transposing copy and an add.  The backward gives the decoder's
+// gradient point-major again, the latents', and the map's, whose sums over the points run per
+// fixed block of points (a function of N alone) in double and are added in block order: the same
+// bits on any thread count.  Training only; decoding keeps torch's products (and their bits).
+
+constexpr int64_t kSkipBlock = 1024;  // points: 1024 x A x d floats of point-major rows stay in L2
+
+void check_skip_shapes(const char* what, int64_t A, int64_t N, int64_t C, int64_t D, const F32& x, const F32& w) {
+  if (x.ndim() != 3 || x.shape(0) != A || x.shape(1) != N || x.shape(2) != C || w.ndim() != 3 || w.shape(0) != A ||
+      w.shape(1) != C || w.shape(2) != D)
+    throw std::invalid_argument(std::string(what) + ": shapes do not fit");
+  if (C > kMaxWidth || D > kMaxWidth) throw std::invalid_argument(std::string(what) + ": too many channels");
+}
+
+// One block of points [lo, hi) of every attribute; CC, DD: the channel counts when known at
+// compile time (the presets' 3 -> 3 and 3 -> 1, unrolled), else 0 and the runtime C, D.
+template <int CC, int DD>
+void skip_add_block(int64_t A, int64_t N, int64_t C_, int64_t D_, const float* dd, const float* xd, const float* wd,
+                    const float* bd, float* od, int64_t lo, int64_t hi) {
+  const int64_t C = CC ? CC : C_, D = DD ? DD : D_;
+  for (int64_t a = 0; a < A; ++a) {  // the block's point-major rows stay in cache across attributes
+    const float *wa = wd + a * C * D, *ba = bd + a * D;
+    for (int64_t n = lo; n < hi; ++n) {
+      const float* xn = xd + (a * N + n) * C;
+      const float* dn = dd + (n * A + a) * D;
+      float* o = od + (a * N + n) * D;
+      for (int64_t j = 0; j < D; ++j) {
+        float acc = ba[j];
+        for (int64_t c = 0; c < C; ++c) acc += xn[c] * wa[c * D + j];
+        o[j] = dn[j] + acc;
+      }
+    }
+  }
+}
+
+// Attribute a of one block: the decoder's gradient (point-major), the latents', and the block's
+// sums for the map (part: C x D products, then D biases).
+template <int CC, int DD>
+void skip_backward_block(int64_t A, int64_t N, int64_t C_, int64_t D_, const float* gd, const float* xd,
+                         const float* wd, float* gdd, float* gxd, double* part, int64_t a, int64_t lo, int64_t hi) {
+  const int64_t C = CC ? CC : C_, D = DD ? DD : D_;
+  const float* wa = wd + a * C * D;
+  for (int64_t n = lo; n < hi; ++n) {
+    const float* gn = gd + (a * N + n) * D;
+    const float* xn = xd + (a * N + n) * C;
+    float* gxn = gxd + (a * N + n) * C;
+    float* gdn = gdd + (n * A + a) * D;
+    for (int64_t j = 0; j < D; ++j) {
+      gdn[j] = gn[j];
+      part[C * D + j] += gn[j];
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < D; ++j) {
+        acc += gn[j] * wa[c * D + j];
+        part[c * D + j] += double(xn[c]) * double(gn[j]);
+      }
+      gxn[c] = acc;
+    }
+  }
+}
+
+// dec [N, A, D], x [A, N, C], w [A, C, D], b [A, 1, D] -> out [A, N, D]
+py::array_t<float> skip_add(F32 dec, F32 x, F32 w, F32 b, int threads) {
+  if (dec.ndim() != 3 || b.ndim() != 3) throw std::invalid_argument("skip_add: dec and b must be 3-D");
+  const int64_t N = dec.shape(0), A = dec.shape(1), D = dec.shape(2), C = x.ndim() == 3 ? x.shape(2) : 0;
+  check_skip_shapes("skip_add", A, N, C, D, x, w);
+  if (b.shape(0) != A || b.shape(1) != 1 || b.shape(2) != D) throw std::invalid_argument("skip_add: shapes do not fit");
+  py::array_t<float> out({A, N, D});
+  {
+    py::gil_scoped_release release;
+    const float *dd = dec.data(), *xd = x.data(), *wd = w.data(), *bd = b.data();
+    float* od = out.mutable_data();
+    const auto run = C == 3 && D == 3 ? skip_add_block<3, 3> : C == 3 && D == 1 ? skip_add_block<3, 1>
+                                                                                : skip_add_block<0, 0>;
+    const int64_t blocks = (N + kSkipBlock - 1) / kSkipBlock;
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      run(A, N, C, D, dd, xd, wd, bd, od, blk * kSkipBlock, std::min(N, (blk + 1) * kSkipBlock));
+  }
+  return out;
+}
+
+// g [A, N, D], x [A, N, C], w [A, C, D] -> (g_dec [N, A, D], gx [A, N, C], gw [A, C, D], gb [A, 1, D])
+py::tuple skip_add_backward(F32 g, F32 x, F32 w, int threads) {
+  if (g.ndim() != 3) throw std::invalid_argument("skip_add_backward: g must be [A, N, D]");
+  const int64_t A = g.shape(0), N = g.shape(1), D = g.shape(2), C = x.ndim() == 3 ? x.shape(2) : 0;
+  check_skip_shapes("skip_add_backward", A, N, C, D, x, w);
+  const int64_t blocks = (N + kSkipBlock - 1) / kSkipBlock, P = C * D + D;  // per attribute: gw, gb
+  py::array_t<float> g_dec({N, A, D}), gx({A, N, C}), gw({A, C, D}), gb({A, int64_t(1), D});
+  std::vector<double> parts(size_t(A * blocks * P), 0.0);
+  {
+    py::gil_scoped_release release;
+    const float *gd = g.data(), *xd = x.data(), *wd = w.data();
+    float *gdd = g_dec.mutable_data(), *gxd = gx.mutable_data();
+    const auto run = C == 3 && D == 3 ? skip_backward_block<3, 3> : C == 3 && D == 1 ? skip_backward_block<3, 1>
+                                                                                     : skip_backward_block<0, 0>;
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk)  // block-major: its point-major rows stay in cache
+      for (int64_t a = 0; a < A; ++a)
+        run(A, N, C, D, gd, xd, wd, gdd, gxd, parts.data() + (blk * A + a) * P, a, blk * kSkipBlock,
+            std::min(N, (blk + 1) * kSkipBlock));
+    float *gwd = gw.mutable_data(), *gbd = gb.mutable_data();
+    for (int64_t a = 0; a < A; ++a) {
+      std::vector<double> total(size_t(P), 0.0);
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        for (int64_t i = 0; i < P; ++i) total[size_t(i)] += parts[size_t((blk * A + a) * P + i)];
+      for (int64_t i = 0; i < C * D; ++i) gwd[a * C * D + i] = float(total[size_t(i)]);
+      for (int64_t j = 0; j < D; ++j) gbd[a * D + j] = float(total[size_t(C * D + j)]);
+    }
+  }
+  return py::make_tuple(g_dec, gx, gw, gb);
+}
+
 // ---------------------------------------------------------------- neighbour maps (nn/neighbors.py)
 
 // NeighborMap.from_neighbour_rows: rows [N, 26] (-1: empty) -> table [N, 27] with column k =
@@ -597,6 +811,64 @@ py::tuple neighbour_table(I64 rows_in, I64 perm_in) {
     std::copy(out_k[k].begin(), out_k[k].end(), out_rows.mutable_data() + st[k]);
   }
   return py::make_tuple(table, in_rows, out_rows, starts);
+}
+
+// NeighborMap.subset_plan (nn/neighbors.py): table [N, 27] (N: empty), out_rows [S] (strictly
+// increasing) -> (in_rows [N2], mid_rows [N1], fwd0 [N1, 27], fwd1 [S, 27]): mid_rows are
+// out_rows and their neighbours, in_rows mid_rows and theirs (both sorted), fwd1 maps each output
+// row's neighbours to positions in mid_rows and fwd0 each mid row's to positions in in_rows
+// (N1, N2: empty).  Marks in arrays of N bytes where the torch version sorts millions of rows.
+py::tuple subset_plan(I64 table_in, I64 out_rows_in, int threads) {
+  if (table_in.ndim() != 2 || table_in.shape(1) != 27) throw std::invalid_argument("subset_plan: table must be [N, 27]");
+  const int64_t N = table_in.shape(0);
+  check_rows("subset_plan", out_rows_in, N);
+  const int64_t* table = table_in.data();
+  const int64_t* out_rows = out_rows_in.data();
+  const int64_t S = out_rows_in.shape(0);
+  std::vector<int64_t> mid, inn;
+  std::vector<int64_t> pos_mid(size_t(N) + 1), pos_in(size_t(N) + 1);
+  {
+    py::gil_scoped_release release;
+    std::vector<uint8_t> mark(size_t(N) + 1, 0);
+    auto dilate = [&](const int64_t* rows, int64_t count, std::vector<int64_t>& out, std::vector<int64_t>& pos) {
+      std::fill(mark.begin(), mark.end(), 0);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t* t = table + rows[i] * 27;
+        for (int k = 0; k < 27; ++k) {
+          if (t[k] < 0 || t[k] > N) throw std::invalid_argument("subset_plan: table entries must lie in [0, N]");
+          mark[size_t(t[k])] = 1;
+        }
+      }
+      mark[size_t(N)] = 0;
+      for (int64_t r = 0; r < N; ++r)
+        if (mark[size_t(r)]) {
+          pos[size_t(r)] = int64_t(out.size());
+          out.push_back(r);
+        }
+      pos[size_t(N)] = int64_t(out.size());  // the empty neighbour: one past the last row
+    };
+    dilate(out_rows, S, mid, pos_mid);
+    dilate(mid.data(), int64_t(mid.size()), inn, pos_in);
+  }
+  const int64_t N1 = int64_t(mid.size()), N2 = int64_t(inn.size());
+  I64 in_rows(N2), mid_rows(N1), fwd0({N1, int64_t(27)}), fwd1({S, int64_t(27)});
+  std::copy(inn.begin(), inn.end(), in_rows.mutable_data());
+  std::copy(mid.begin(), mid.end(), mid_rows.mutable_data());
+  {
+    py::gil_scoped_release release;
+    int64_t *f0 = fwd0.mutable_data(), *f1 = fwd1.mutable_data();
+    const int64_t* m = mid.data();
+#pragma omp parallel for num_threads(std::max(1, threads)) if (threads > 1) schedule(static)
+    for (int64_t i = 0; i < N1 + S; ++i) {
+      const bool second = i >= N1;
+      const int64_t row = second ? out_rows[i - N1] : m[i];
+      const std::vector<int64_t>& pos = second ? pos_mid : pos_in;
+      int64_t* f = second ? f1 + (i - N1) * 27 : f0 + i * 27;
+      const int64_t* t = table + row * 27;
+      for (int k = 0; k < 27; ++k) f[k] = pos[size_t(t[k])];
+    }
+  }
+  return py::make_tuple(in_rows, mid_rows, fwd0, fwd1);
 }
 
 // ConvMap.pair_plan's pairs: fwd [N_out, 27] (num_in: empty) -> input rows, output rows (sorted by
@@ -658,7 +930,7 @@ py::tuple bags(I64 rows_in, int64_t num_rows) {
 }  // namespace
 
 PYBIND11_MODULE(_decode_cpu, m) {
-  m.attr("API_VERSION") = 3;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
+  m.attr("API_VERSION") = 4;  // bumped whenever the Python side calls it differently (ralhe_me/native.py)
   m.doc() = "Kernels of the attribute synthesis: the inverse RAHT in place, neighbour-map and pair-plan helpers.";
   m.def("raht_plan", &raht_plan, py::arg("coords"), py::arg("depth"));
   m.def("raht_pairs", &raht_pairs, py::arg("num_points"), py::arg("stage_starts"), py::arg("stage_left"));
@@ -674,4 +946,11 @@ PYBIND11_MODULE(_decode_cpu, m) {
   m.def("neighbour_table", &neighbour_table, py::arg("rows"), py::arg("perm"));
   m.def("conv_pairs", &conv_pairs, py::arg("fwd"), py::arg("num_in"), py::arg("skip_center"));
   m.def("bags", &bags, py::arg("rows"), py::arg("num_rows"));
+  m.def("skip_add", &skip_add, py::arg("dec"), py::arg("x"), py::arg("w"), py::arg("b"), py::arg("threads") = 1);
+  m.def("skip_add_backward", &skip_add_backward, py::arg("g"), py::arg("x"), py::arg("w"), py::arg("threads") = 1);
+  m.def("subset_plan", &subset_plan, py::arg("table"), py::arg("out_rows"), py::arg("threads") = 1);
+  m.def("gather_rows", &gather_rows, py::arg("src"), py::arg("in_rows"), py::arg("rows"), py::arg("a0"), py::arg("a1"),
+        py::arg("threads") = 1);
+  m.def("scatter_rows", &scatter_rows, py::arg("grad"), py::arg("gx"), py::arg("gs"), py::arg("in_rows"),
+        py::arg("rows"), py::arg("a0"), py::arg("threads") = 1);
 }
