@@ -261,7 +261,9 @@ class AttributeSynthesis(nn.Module):
         (:meth:`native_decode`; views of point-major memory). Otherwise torch, where without
         autograd the inverse RAHT and the point-wise layers run in C++ when built, with torch's
         bits (see nn/inverse_raht.py and nn/grouped_decoder.py), and the results may be views
-        of point-major memory too."""
+        of point-major memory too. With autograd (training), the rows' plan, the decoders'
+        inputs and the skip path run in C++ when built too (nn/neighbors.py, nn/row_subset.py,
+        nn/skip_path.py), the skip path's bits within float rounding of torch's."""
         if self._neighbors is None:
             raise RuntimeError("bind() the octree levels before decoding")
         if rows is None and not torch.is_grad_enabled():
