@@ -1,5 +1,10 @@
 """Renderer speed: forward and forward+backward at 800x800 for 100k and 300k random Gaussians.
 
+Forward+backward is timed twice: with gradients for every input (projection in torch, as when
+fitting or finetuning shapes) and for SH and opacities only (fixed geometry, projected by the
+compiled renderer, as in the encoder's image-domain refinement); the projection alone is
+timed both ways too.
+
 The scene is a ball of Gaussians (uniform in a unit ball, SH degree 3, scales about half the
 mean spacing, mixed opacities) seen from a distance at which it fills most of the image, a
 load like a trained NeRF-synthetic model. Prints the best of ``--repeat`` runs per backend.
@@ -62,10 +67,13 @@ def main() -> None:
         with torch.no_grad():
             proj = project_gaussians(*params, cam)
             pairs = int(((proj.rects[:, 2] - proj.rects[:, 0]) * (proj.rects[:, 3] - proj.rects[:, 1])).sum())
-            t_proj = timed(lambda: project_gaussians(*params, cam), args.repeat)
+            t_proj = timed(lambda: project_gaussians(*params, cam, native=False), args.repeat)
+            t_native = (timed(lambda: project_gaussians(*params, cam, native=True), args.repeat)
+                        if rasterizer.cpp_extension() is not None else None)
+        native = "" if t_native is None else f", compiled {t_native[0]:.3f} s (cpu {t_native[1]:.3f} s)"
         print(f"N={n}: visible {len(proj.index)}, tile pairs {pairs}, median radius "
-              f"{proj.radii.float().median().item():.0f} px, projection+SH {t_proj[0]:.3f} s "
-              f"(cpu {t_proj[1]:.3f} s)")
+              f"{proj.radii.float().median().item():.0f} px, projection+SH: torch {t_proj[0]:.3f} s "
+              f"(cpu {t_proj[1]:.3f} s){native}")
         weights = torch.rand(res, res, 3, generator=torch.Generator().manual_seed(1))
         for backend in backends:
             with torch.no_grad():
@@ -79,9 +87,18 @@ def main() -> None:
                 (render(*leaves, cam, backend=backend) * weights).sum().backward()
 
             t_fb = timed(fwd_bwd, args.repeat)
+            colors = [p.clone().requires_grad_() for p in params[3:]]
+
+            def fwd_bwd_colors():
+                for p in colors:
+                    p.grad = None
+                (render(*params[:3], *colors, cam, backend=backend) * weights).sum().backward()
+
+            t_fbc = timed(fwd_bwd_colors, args.repeat)
             coverage = (img < 0.999).any(-1).float().mean().item()
             print(f"  {backend:5s} forward {t_fwd[0]:.3f} s (cpu {t_fwd[1]:.3f} s)   forward+backward "
-                  f"{t_fb[0]:.3f} s (cpu {t_fb[1]:.3f} s)   image covered {100 * coverage:.0f}%")
+                  f"{t_fb[0]:.3f} s (cpu {t_fb[1]:.3f} s), of SH and opacities only {t_fbc[0]:.3f} s "
+                  f"(cpu {t_fbc[1]:.3f} s)   image covered {100 * coverage:.0f}%")
 
 
 if __name__ == "__main__":

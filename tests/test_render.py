@@ -9,7 +9,7 @@ import torch
 
 from ralhe_me.gaussians import GaussianModel
 from ralhe_me.render import Camera, RenderError, available_backends, render, render_model
-from ralhe_me.render import covariance_3d, rasterizer
+from ralhe_me.render import covariance_3d, extension, rasterizer
 from ralhe_me.render.sh import SH_C0, SH_C1, SH_C2, SH_C3, sh_basis
 
 BACKENDS = [b for b in ("torch", "cpp") if b in available_backends()]
@@ -275,8 +275,8 @@ def test_cpp_matches_torch_on_bigger_scene(dtype):
         out[backend], grads[backend] = img.detach(), [p.grad for p in leaves]
     old = torch.get_num_threads()
     torch.set_num_threads(2)  # the C++ binning splits the list between threads above 4096 Gaussians
-    try:
-        img = render(*params, cam, background=(0.1, 0.2, 0.3), backend="cpp")
+    try:  # geometry with gradients, as above (the torch projection)
+        img = render(*[p.clone().requires_grad_() for p in params], cam, background=(0.1, 0.2, 0.3), backend="cpp")
     finally:
         torch.set_num_threads(old)
     assert torch.equal(img, out["cpp"])
@@ -403,8 +403,8 @@ def test_bad_inputs_raise_named_errors():
 
 
 def test_falls_back_to_torch_without_extension(monkeypatch):
-    monkeypatch.setattr(rasterizer, "_EXT", None)
-    monkeypatch.setattr(rasterizer, "_EXT_TRIED", True)
+    monkeypatch.setattr(extension, "_EXT", None)
+    monkeypatch.setattr(extension, "_EXT_TRIED", True)
     assert rasterizer.available_backends()[:1] == ["torch"] and "cpp" not in rasterizer.available_backends()
     params = random_scene(10, 0, seed=2)
     cam = small_camera()

@@ -2,6 +2,9 @@
 
 Only the compositing needs hand-written gradients; everything here is plain autograd, so the
 gradients of means, rotations, scales and SH come for free and match the forward exactly.
+Geometry that needs no gradient (the encoder's fixed voxels, every render without autograd) is
+projected and shaded by the compiled renderer instead (``project.cpp``: the same formulas, with the
+gradients of SH and opacities).
 Conventions are those of the INRIA rasterizer: near plane 0.2, the Jacobian evaluated at
 x/z and y/z clamped to 1.3 tan(fov/2), a 0.3 pixel^2 low-pass on the 2D covariance, a
 3-sigma radius from the larger eigenvalue, and 16x16 tiles.
@@ -9,12 +12,14 @@ x/z and y/z clamped to 1.3 tan(fov/2), a 0.3 pixel^2 low-pass on the 2D covarian
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from .cameras import Camera
-from .sh import sh_to_rgb
+from .extension import cpp_extension
+from .sh import SHError, sh_degree_of, sh_to_rgb
 
 TILE = 16
 NEAR_PLANE = 0.2
@@ -68,13 +73,79 @@ def _take(x: torch.Tensor, index) -> torch.Tensor:
     return x if index is None else x[index]
 
 
-def project_gaussians(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor,
-                      opacity_logits: torch.Tensor, sh: torch.Tensor, camera: Camera) -> Projected:
+class _NativeShade(torch.autograd.Function):
+    """sh.shade(basis, sh[index]) in one pass each way (bits of the gradient equal to torch's:
+    one product per entry), reading ``sh`` through its strides and writing its gradient in its
+    layout: the refinement's SH is a permuted view of the decoders' [K, N, 3] output."""
+
+    @staticmethod
+    def forward(ctx, basis, sh, index):  # basis [M, K], sh [N, K, 3], index [M] increasing or None
+        colors = cpp_extension().shade_forward(basis, sh, index)
+        ctx.save_for_backward(basis, colors, index)
+        ctx.sh_layout = torch.empty_like(sh, device="meta")  # its strides when dense, else contiguous
+        return colors
+
+    @staticmethod
+    def backward(ctx, grad):  # [M, 3]
+        if not ctx.needs_input_grad[1]:
+            return None, None, None
+        basis, colors, index = ctx.saved_tensors
+        layout = ctx.sh_layout
+        out = torch.empty_strided(layout.shape, layout.stride(), dtype=basis.dtype)
+        grad_sh = cpp_extension().shade_backward(basis, colors, grad.to(basis.dtype).contiguous(), index, out)
+        return None, grad_sh, None
+
+
+def _project_native(means, quats, log_scales, opacity_logits, sh, camera: Camera) -> Projected:
+    """project_gaussians with the geometry (culling, 2D means and conics, tiles, SH basis) from
+    the compiled renderer; SH and opacities keep their autograd."""
+    ext = cpp_extension()
+    if ext is None:
+        raise ProjectionError("the compiled projection is not built (ralhe_me.render._rasterize_cpu); "
+                              "run `python setup.py build_ext --inplace`")
+    if geometry_needs_grad(means, quats, log_scales):
+        raise ProjectionError("the compiled projection has no gradients for means, quats or log_scales; "
+                              "use the torch projection (native=False)")
+    if sh.ndim != 3 or sh.shape[2] != 3:
+        raise SHError(f"sh must have shape [N, K, 3], got {tuple(sh.shape)}")
+    rot, trans, center = camera_tensors(camera, means.dtype, means.device)
+    index, means2d, conics, depths, radii, rects = ext.project_geometry(
+        means.detach(), quats.detach(), log_scales.detach(), rot, trans, camera.fx, camera.fy, camera.cx, camera.cy,
+        FOV_CLAMP * camera.tan_half_fov_x, FOV_CLAMP * camera.tan_half_fov_y, camera.width, camera.height)
+    take = None if len(index) == len(means) else index
+    basis = ext.view_sh_basis(means.detach(), take, center, sh_degree_of(sh.shape[1]))
+    return Projected(index=index, means2d=means2d, conics=conics, colors=_NativeShade.apply(basis, sh, take),
+                     opacities=torch.sigmoid(_take(opacity_logits, take)), depths=depths, radii=radii,
+                     rects=rects)
+
+
+class ProjectionError(ValueError):
+    """A projection that cannot run as asked (the compiled one without its extension, or on
+    geometry that needs gradients); the message says why."""
+
+
+def geometry_needs_grad(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (means.requires_grad or quats.requires_grad or log_scales.requires_grad)
+
+
+def project_gaussians(means: torch.Tensor,  # [N, 3]
+                      quats: torch.Tensor,  # [N, 4] (w, x, y, z), any norm
+                      log_scales: torch.Tensor,  # [N, 3]
+                      opacity_logits: torch.Tensor,  # [N]
+                      sh: torch.Tensor,  # [N, K, 3]
+                      camera: Camera, native: Optional[bool] = None) -> Projected:
     """Cull, project and shade Gaussians for one camera (all inputs differentiable).
 
-    Written with per-entry elementwise ops (no batched 3x3 matmuls), which is several times
-    faster on the CPU for hundreds of thousands of Gaussians.
+    ``native``: the compiled projection (True), the torch one (False), or the compiled one when
+    it is built, the tensors are on the CPU and the geometry needs no gradient (None). The
+    torch one is written with per-entry elementwise ops (no batched 3x3 matmuls), which is
+    several times faster on the CPU than matmuls for hundreds of thousands of Gaussians.
     """
+    if native is None:
+        native = (cpp_extension() is not None and means.device.type == "cpu"
+                  and not geometry_needs_grad(means, quats, log_scales))
+    if native:
+        return _project_native(means, quats, log_scales, opacity_logits, sh, camera)
     dtype, device = means.dtype, means.device
     rot, trans, center = camera_tensors(camera, dtype, device)
     p = means @ rot.T + trans

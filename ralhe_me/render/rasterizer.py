@@ -9,7 +9,6 @@ the CPU path never imports it.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from typing import Optional, Sequence, Union
 
@@ -18,6 +17,7 @@ import torch
 
 from . import composite_torch
 from .cameras import Camera
+from .extension import cpp_extension
 from .projection import Projected, project_gaussians
 
 BACKENDS = ("auto", "torch", "cpp", "gsplat")
@@ -25,22 +25,6 @@ BACKENDS = ("auto", "torch", "cpp", "gsplat")
 
 class RenderError(ValueError):
     """Bad renderer input (shapes, dtypes, devices, backend name); the message says what is wrong."""
-
-
-_EXT = None
-_EXT_TRIED = False
-
-
-def cpp_extension():
-    """The compiled extension module, or None when it was not built (the torch path is used)."""
-    global _EXT, _EXT_TRIED
-    if not _EXT_TRIED:
-        _EXT_TRIED = True
-        try:
-            _EXT = importlib.import_module("ralhe_me.render._rasterize_cpu")
-        except ImportError:
-            _EXT = None
-    return _EXT
 
 
 def available_backends() -> list:
@@ -60,7 +44,7 @@ class _Composite(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opacities, depths, rects, width, height, use_cpp):
         ctx.width, ctx.height, ctx.use_cpp = width, height, use_cpp
         if use_cpp:
-            order = torch.sort(depths, stable=True).indices
+            order = cpp_extension().depth_order(depths)  # torch.sort(depths, stable=True).indices
             color, t_final, n_contrib, point_list, ranges = cpp_extension().rasterize_forward(
                 means2d.contiguous(), conics.contiguous(), colors.contiguous(), opacities.contiguous(),
                 order.contiguous(), rects.contiguous(), width, height)

@@ -51,8 +51,14 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:  # sh [N, K, 
     """Raw SH value (no offset, no clamp); ``dirs`` must be unit vectors."""
     if sh.ndim != 3 or sh.shape[2] != 3:
         raise SHError(f"sh must have shape [N, K, 3], got {tuple(sh.shape)}")
-    basis = sh_basis(dirs, sh_degree_of(sh.shape[1]))  # [N, K]
-    return torch.einsum("nk,nkc->nc", basis, sh)
+    return torch.einsum("nk,nkc->nc", sh_basis(dirs, sh_degree_of(sh.shape[1])), sh)
+
+
+def shade(basis: torch.Tensor,  # [N, K] sh_basis of the view directions
+          sh: torch.Tensor  # [N, K, 3]
+          ) -> torch.Tensor:  # [N, 3]
+    """Color from the SH basis of the view direction: SH + 0.5, clamped at 0 from below."""
+    return torch.clamp_min(torch.einsum("nk,nkc->nc", basis, sh) + 0.5, 0.0)
 
 
 def sh_to_rgb(sh: torch.Tensor, means: torch.Tensor, camera_center: torch.Tensor) -> torch.Tensor:
@@ -62,4 +68,6 @@ def sh_to_rgb(sh: torch.Tensor, means: torch.Tensor, camera_center: torch.Tensor
     """
     dirs = means - camera_center
     dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return torch.clamp_min(eval_sh(sh, dirs) + 0.5, 0.0)
+    if sh.ndim != 3 or sh.shape[2] != 3:
+        raise SHError(f"sh must have shape [N, K, 3], got {tuple(sh.shape)}")
+    return shade(sh_basis(dirs, sh_degree_of(sh.shape[1])), sh)

@@ -1,6 +1,7 @@
 // CPU tile rasterizer for RALHE-ME: binning, front-to-back compositing and its backward.
 //
-// Projection and shading happen in PyTorch; this file only turns screen-space Gaussians
+// Projection and shading happen in PyTorch (or, for geometry without gradients, in project.cpp);
+// this file only turns screen-space Gaussians
 // (means2d, conics, colors, opacities, depth order, tile rectangles) into an image, and
 // gradients of the image back into those inputs. Tiles are independent, so OpenMP runs
 // over tiles; the backward writes one gradient row per (tile, Gaussian) pair and then
@@ -385,12 +386,42 @@ std::vector<torch::Tensor> rasterize_backward(torch::Tensor means2d, torch::Tens
 
 }  // namespace
 
+namespace ralhe_render {  // project.cpp
+std::vector<torch::Tensor> project_geometry(const torch::Tensor& means, const torch::Tensor& quats,
+                                            const torch::Tensor& log_scales, const torch::Tensor& rot,
+                                            const torch::Tensor& trans, double fx, double fy, double cx, double cy,
+                                            double limx, double limy, int64_t width, int64_t height);
+torch::Tensor view_sh_basis(const torch::Tensor& means, const c10::optional<torch::Tensor>& index,
+                            const torch::Tensor& center, int64_t degree);
+torch::Tensor depth_order(const torch::Tensor& depths);
+torch::Tensor shade_forward(const torch::Tensor& basis, const torch::Tensor& sh,
+                            const c10::optional<torch::Tensor>& index);
+torch::Tensor shade_backward(const torch::Tensor& basis, const torch::Tensor& colors, const torch::Tensor& grad,
+                             const c10::optional<torch::Tensor>& index, const torch::Tensor& grad_sh);
+}  // namespace ralhe_render
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "RALHE-ME CPU tile rasterizer (forward and backward of the compositing)";
+  module.attr("API_VERSION") = 2;  // extension.py's: bump both when an interface changes
+  module.doc() = "RALHE-ME CPU renderer: tile compositing (forward and backward), fixed-geometry projection";
   module.def("rasterize_forward", &rasterize_forward,
              "(means2d, conics, colors, opacities, depth order, rects int32, width, height) -> "
              "(color [H,W,3], T_final [H,W], n_contrib [H,W], point_list [P], tile_ranges [T+1])");
   module.def("rasterize_backward", &rasterize_backward,
              "(means2d, conics, colors, opacities, point_list, tile_ranges, n_contrib, T_final, dL/dcolor, "
              "dL/dT_final, width, height) -> (d means2d, d conics, d colors, d opacities)");
+  module.def("project_geometry", &ralhe_render::project_geometry,
+             "(means, quats, log_scales, rot [3,3], trans [3], fx, fy, cx, cy, lim_x, lim_y, width, height) -> "
+             "(index [M], means2d [M,2], conics [M,3], depths [M], radii int64 [M], rects int32 [M,4]) of the "
+             "Gaussians kept, in input order (no gradients)");
+  module.def("view_sh_basis", &ralhe_render::view_sh_basis,
+             "(means [N,3], index [M] or None, camera center [3], degree) -> SH basis [M, (degree+1)^2] of the "
+             "unit directions from the center to the (indexed) means");
+  module.def("depth_order", &ralhe_render::depth_order,
+             "(depths [M]) -> int64 [M]: the stable ascending order (torch.sort(stable=True).indices)");
+  module.def("shade_forward", &ralhe_render::shade_forward,
+             "(basis [M,K], sh [N,K,3] any strides, index [M] increasing or None) -> colors [M,3] = "
+             "max(sum_k basis sh[index] + 0.5, 0)");
+  module.def("shade_backward", &ralhe_render::shade_backward,
+             "(basis, colors, dL/dcolors [M,3], index or None, out [N,K,3] any dense strides) -> out = dL/dsh "
+             "(zero on rows not indexed)");
 }
