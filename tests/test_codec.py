@@ -1,5 +1,6 @@
 """Whole-codec behaviour: encode a small scene once, then check the file from every side."""
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -212,6 +213,56 @@ def test_cheapest_shift_equals_exhaustive_search_on_convex_costs():
     assert cheapest_shift(lambda s: -s, shifts, patience=2) == 24  # still falling at the end
     with pytest.raises(EncodeError, match="no decoder weight step"):
         cheapest_shift(lambda s: 0.0, [], patience=2)
+
+
+def test_downhill_equals_exhaustive_search_on_unimodal_costs():
+    from ralhe_me.encode.encoder import EncodeError, downhill
+
+    rng = np.random.default_rng(5)
+    values = list(range(6, 14))
+    for _ in range(200):
+        # weight bytes doubling per step, latent bits falling geometrically: one minimum
+        w, d0, fall = rng.uniform(1, 100), rng.uniform(10, 1e4), rng.uniform(0.1, 0.9)
+        costs = {s: w * 2.0 ** (s - 6) + d0 * fall ** (s - 6) for s in values}
+        best = min(values, key=lambda s: costs[s])
+        for start in values:
+            calls = []
+            assert downhill(lambda s: calls.append(s) or costs[s], values, start) == best
+            assert len(calls) == len(set(calls)) <= 3 + abs(best - start)
+    assert downhill(lambda s: s, values, 3) == 6  # from the nearest value
+    # infinite costs (steps the weights overflow) are walked past or around
+    assert downhill(lambda s: math.inf if s >= 9 else -s, values, 12) == 8
+    assert downhill(lambda s: math.inf if s in (9, 10, 11) else abs(s - 7), values, 10) == 7
+    calls = []
+    downhill(lambda s: calls.append(s) or math.inf, values, 10)  # nothing finite: every value tried
+    assert sorted(calls) == values
+    with pytest.raises(EncodeError, match="no value"):
+        downhill(lambda s: 0.0, [], 10)
+
+
+def test_arm_step_is_the_exhaustive_searchs_and_codes_its_prediction(encoded):
+    from ralhe_me.encode import encoder as encoder_module
+    from ralhe_me.entropy.integer_arm import ArmQuantizationError, QuantizedArm
+    from ralhe_me.entropy.latent_coder import encode_latents, estimate_bits
+
+    _, config, result = encoded
+    training = result.training
+    latents = [l.numpy().astype(np.int64) for l in training.latents]
+    arch, tc = config.architecture, training.synthesis.arm.table_config
+    totals = {}
+    for shift in encoder_module.ARM_SHIFTS:
+        try:
+            arms = QuantizedArm.from_float(training.synthesis.arm, shift)
+        except ArmQuantizationError:
+            continue
+        totals[shift] = 8 * len(arms.to_bytes()) + estimate_bits(latents, arms, arch.segment_length, tc)
+    chosen = [r["shift"] for r in training.history if r.get("step") == "arm_shift"]
+    assert chosen == [min(totals, key=totals.get)]
+    c = unpack(result.data)
+    arms = QuantizedArm.from_bytes(c.section("arms"))
+    assert arms.to_bytes() == QuantizedArm.from_float(training.synthesis.arm, chosen[0]).to_bytes()
+    assert c.section("latents") == encode_latents(latents, arms, arch.segment_length, tc)
+    assert result.estimated_latent_bits == estimate_bits(latents, arms, arch.segment_length, tc)
 
 
 @pytest.mark.parametrize("mode", ["refined", "views", "signals"])

@@ -31,7 +31,7 @@ from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
 from ..entropy.integer_arm import ArmQuantizationError, QuantizedArm
 from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
-from ..entropy.latent_coder import encode_latents, estimate_bits
+from ..entropy.latent_coder import encode_prediction, predict_latents, prediction_bits
 from ..gaussians import GaussianModel, codable_model
 from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from ..geometry.covariance_vq import fit_codebook
@@ -61,7 +61,11 @@ PRUNE_VIEWS = 16
 #: evaluation (up to 19 of them): a 256-px view of 1M Gaussians takes 0.57 s on 2 cores, so 16
 #: views would add 173 s to a 1M encode of 2,205 s; this budget gives it 4 views (43 s)
 PRUNE_RENDER_BUDGET = 4_000_000
+#: ARM weight steps 2**-shift, and where their search starts (:func:`_choose_arm`): on the 5k default
+#: scene (fast preset, lambdas 8e-3 to 1e-5) every lambda's cheapest is 6, the ARM's bytes growing
+#: by about 490 per step while the latents' bits hardly move
 ARM_SHIFTS = tuple(range(6, 14))
+ARM_START_SHIFT = 8
 
 
 class EncodeError(ValueError):
@@ -553,21 +557,61 @@ def cheapest_shift(cost: Callable[[int], float], shifts: Sequence[int], patience
     return best_shift
 
 
-def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_length: int, table_config) -> tuple:
-    """The ARM weight step minimizing (ARM bytes + latent bits) -> (ARMs, their latent bits)."""
-    best = None
-    for shift in ARM_SHIFTS:
+def downhill(cost: Callable[[int], float], values: Sequence[int], start: int) -> int:
+    """The value of least ``cost`` reached from ``start`` (or the value nearest it) by moving to the cheaper neighbour in
+    ``values`` while one is cheaper (each value's cost computed once); where every cost seen is
+    infinite, the other values are tried in order. On a cost with one minimum (bits against a
+    weight step: a finer step costs more weights and fewer latent bits) it is the minimum after
+    3 + (distance from ``start``) evaluations instead of ``len(values)``."""
+    if not values:
+        raise EncodeError("no value to try")
+    costs: Dict[int, float] = {}
+
+    def at(i: int) -> float:
+        if i not in costs:
+            costs[i] = cost(values[i])
+        return costs[i]
+
+    i = min(range(len(values)), key=lambda j: (abs(values[j] - start), j))  # ``start`` or the nearest
+    while True:
+        best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(values)), key=lambda j: (at(j), j != i))
+        if best == i:
+            break
+        i = best
+    if math.isinf(at(i)):
+        for j in range(len(values)):
+            if at(j) < at(i):
+                i = j
+    return values[i]
+
+
+def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_length: int,
+                table_config) -> Tuple[QuantizedArm, float, bytes]:
+    """The ARM weight step minimizing (ARM bytes + latent bits), searched :func:`downhill` from
+    :data:`ARM_START_SHIFT` -> (ARMs, their latent bits, the latents coded with them). On the
+    1M default scene each step's exact bits take about 14 s (the integer ARM over every latent),
+    and the latents are coded from the chosen step's prediction instead of predicting again."""
+    tried: Dict[int, tuple] = {}
+
+    def cost(shift: int) -> float:
         try:
             arms = QuantizedArm.from_float(training.synthesis.arm, shift)
         except ArmQuantizationError:
-            continue
-        latent_bits = float(estimate_bits(latents, arms, segment_length, table_config))
+            return math.inf
+        predicted = predict_latents(latents, arms, segment_length, table_config)
+        latent_bits = float(prediction_bits(predicted, arms.num_attributes, table_config))
         bits = 8 * len(arms.to_bytes()) + latent_bits
-        if best is None or bits < best[0]:
-            best = (bits, arms, latent_bits)
-    if best is None:
+        if not tried or bits < min(t[0] for t in tried.values()):
+            tried.clear()  # only the cheapest so far keeps its prediction (hundreds of MB at 1M)
+            tried[shift] = (bits, arms, latent_bits, predicted)
+        return bits
+
+    shift = downhill(cost, ARM_SHIFTS, ARM_START_SHIFT)
+    if shift not in tried:
         raise EncodeError("the trained entropy model cannot be quantized (weights too large)")
-    return best[1], best[2]
+    _, arms, latent_bits, predicted = tried[shift]
+    training.history.append({"step": "arm_shift", "shift": shift})
+    return arms, latent_bits, encode_prediction(predicted, table_config)
 
 
 def make_render_target(vox: VoxelizedModel, geometry: GeometryCode, teacher: GaussianModel, config: CodecConfig,
@@ -646,8 +690,8 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     decoder_shift, decoder_ints = _choose_decoder_weights(training, signals, config.lmbda, n,
                                                           config.training.opacity_weight, importance, target,
                                                           render_target)
-    arms, estimated = _choose_arm(training, latents, arch.segment_length, table_config)
-    arm_bytes, latent_bytes = arms.to_bytes(), encode_latents(latents, arms, arch.segment_length, table_config)
+    arms, estimated, latent_bytes = _choose_arm(training, latents, arch.segment_length, table_config)
+    arm_bytes = arms.to_bytes()
     latent_coder = "arm"
     if config.latent_coder != "arm" and arch.transform == "raht":
         static = encode_static_latents(latents, coefficient_levels(vox.coords, vox.depth))

@@ -165,6 +165,34 @@ def _predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int,
         return _predict_all(levels, layout, arms, table_config)
 
 
+def predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int,
+                    table_config: LaplaceTableConfig = LaplaceTableConfig(),
+                    num_threads=DEFAULT_CODING_THREADS) -> Optional[tuple]:
+    """The integer ARM's coding parameters of every latent (x, mu, table index [A, G, T], valid
+    [G, T]), or None without latents: what :func:`prediction_bits` counts and
+    :func:`encode_prediction` codes, so that a caller that needs both predicts once."""
+    return _predict_latents(latents, arms, segment_length, table_config, num_threads)
+
+
+def encode_prediction(predicted: Optional[tuple], table_config: LaplaceTableConfig = LaplaceTableConfig()) -> bytes:
+    """The rANS bytes of :func:`predict_latents`' latents (b"" when there is nothing)."""
+    if predicted is None:
+        return b""
+    x, mu, idx, valid = predicted
+    return rans_encode(_stream_order(x - mu, valid), _stream_order(idx, valid), get_tables(table_config))
+
+
+def prediction_bits(predicted: Optional[tuple], num_attributes: int,
+                    table_config: LaplaceTableConfig = LaplaceTableConfig(), per_attribute: bool = False):
+    """Exact model cost (bits) of :func:`encode_prediction`'s symbols: float, or float64 [A]."""
+    if predicted is None:
+        return np.zeros(num_attributes) if per_attribute else 0.0
+    x, mu, idx, valid = predicted
+    mask = np.broadcast_to(valid[None], x.shape)
+    bits = get_tables(table_config).bits(idx[mask], (x - mu)[mask]).reshape(num_attributes, -1).sum(axis=1)
+    return bits if per_attribute else float(bits.sum())
+
+
 def encode_latents(
     latents: Sequence,
     arms: QuantizedArm,
@@ -173,13 +201,7 @@ def encode_latents(
     num_threads=DEFAULT_CODING_THREADS,
 ) -> bytes:
     """latents: per level int [A, n_l] (numpy or tensor) -> rANS bytes (b"" when there is nothing)."""
-    predicted = _predict_latents(latents, arms, segment_length, table_config, num_threads)
-    if predicted is None:
-        return b""
-    x, mu, idx, valid = predicted
-    symbols = _stream_order(x - mu, valid)
-    indexes = _stream_order(idx, valid)
-    return rans_encode(symbols, indexes, get_tables(table_config))
+    return encode_prediction(predict_latents(latents, arms, segment_length, table_config, num_threads), table_config)
 
 
 def estimate_bits(
@@ -193,15 +215,8 @@ def estimate_bits(
     """Exact model cost (bits) of encode_latents' symbols: same integer ARM, same tables, escapes
     included; the real stream adds only rANS overhead (about 64 bits) and padding of tiny streams.
     Returns a float, or float64 [A] per attribute."""
-    a = arms.num_attributes
-    predicted = _predict_latents(latents, arms, segment_length, table_config, num_threads)
-    if predicted is None:
-        return np.zeros(a) if per_attribute else 0.0
-    x, mu, idx, valid = predicted
-    tables = get_tables(table_config)
-    mask = np.broadcast_to(valid[None], x.shape)
-    bits = tables.bits(idx[mask], (x - mu)[mask]).reshape(a, -1).sum(axis=1)
-    return bits if per_attribute else float(bits.sum())
+    predicted = predict_latents(latents, arms, segment_length, table_config, num_threads)
+    return prediction_bits(predicted, arms.num_attributes, table_config, per_attribute)
 
 
 def predict_levels(
