@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from types import ModuleType
-from typing import Optional
+from typing import Callable, Optional
 
 REBUILD_HINT = "rebuild with `pip install --no-build-isolation -e .` (or `python setup.py build_ext --inplace`)"
 
@@ -45,3 +45,15 @@ def load_native(name: str, api_version: int) -> Optional[ModuleType]:
 def _warn_unloadable(name: str, error: ImportError) -> None:
     warnings.warn(f"{name} is built but cannot be loaded ({error}): using the slower Python reference instead; "
                   f"{REBUILD_HINT}", StaleExtensionWarning, stacklevel=3)
+
+
+def native_choice(native: Optional[bool], load: Callable[[], Optional[ModuleType]], what: str) -> Optional[ModuleType]:
+    """The extension to run for a ``native`` argument, or None to run the Python reference: None
+    takes the extension when ``load`` finds it, True requires it (an ImportError that says
+    ``what`` is not built), False never loads it."""
+    if native is False:
+        return None
+    module = load()
+    if native and module is None:
+        raise ImportError(f"{what} is not built")
+    return module

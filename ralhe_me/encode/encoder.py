@@ -558,11 +558,12 @@ def cheapest_shift(cost: Callable[[int], float], shifts: Sequence[int], patience
 
 
 def downhill(cost: Callable[[int], float], values: Sequence[int], start: int) -> int:
-    """The value of least ``cost`` reached from ``start`` (or the value nearest it) by moving to the cheaper neighbour in
-    ``values`` while one is cheaper (each value's cost computed once); where every cost seen is
-    infinite, the other values are tried in order. On a cost with one minimum (bits against a
-    weight step: a finer step costs more weights and fewer latent bits) it is the minimum after
-    3 + (distance from ``start``) evaluations instead of ``len(values)``."""
+    """The value of least ``cost`` reached from ``start`` (or the value nearest it) by moving to
+    the cheaper neighbour in ``values`` while one is cheaper (each value's cost computed once);
+    where every cost seen is infinite, the other values are tried in order. On a cost with one
+    minimum (bits against a weight step: a finer step costs more weights and fewer latent bits)
+    it is the minimum after at most 3 + (distance from ``start``) evaluations instead of
+    ``len(values)``."""
     if not values:
         raise EncodeError("no value to try")
     costs: Dict[int, float] = {}

@@ -31,7 +31,7 @@ from ralhe_me.entropy.categorical import RANS_READERS
 from ralhe_me.entropy.contexts import SegmentLayout
 from ralhe_me.entropy.integer_arm import MU_LIMIT, ArmPrediction, QuantizedArm, make_prediction
 from ralhe_me.entropy.laplace import LaplaceTableConfig, LaplaceTables, get_tables, load_rans, rans_encode
-from ralhe_me.native import load_native
+from ralhe_me.native import load_native, native_choice
 from ralhe_me.nn.arm import CONTEXT_CLAMP
 from ralhe_me.threads import intra_op_threads
 
@@ -310,9 +310,7 @@ def decode_latents(
     data = bytes(data)
     if len(data) < 8 or len(data) % 4:
         raise LatentStreamError(f"latent stream of {len(data)} bytes cannot hold {layout.total_size * a} symbols")
-    module = _native_module() if native is not False else None
-    if native and module is None:
-        raise ImportError("the native lockstep decoder (ralhe_me.entropy._lockstep_cpu) is not built")
+    module = native_choice(native, _native_module, "the native lockstep decoder (ralhe_me.entropy._lockstep_cpu)")
     if module is not None:
         return _decode_native(module, data, layout, arms, table_config, rans)
     with intra_op_threads(num_threads):

@@ -58,7 +58,7 @@ from ..entropy.categorical import (
                                    read_varint,
                                    write_varint,
                                    )
-from ..native import load_native
+from ..native import load_native, native_choice
 from .octree import MAX_DEPTH, morton_decode, morton_encode
 
 
@@ -340,9 +340,7 @@ def decode_positions(data: bytes, depth: int, with_neighbours: bool = False, nat
         coords = np.zeros((num_points, 3), dtype=np.int64)
         return (coords, np.full((num_points, len(_OFFSETS)), -1, dtype=np.int64)) if with_neighbours else coords
     native = DEFAULT_NATIVE if native is None else native
-    module = _native_module() if native is not False else None
-    if native and module is None:
-        raise ImportError("the native occupancy decoder (ralhe_me.geometry._occupancy_cpu) is not built")
+    module = native_choice(native, _native_module, "the native occupancy decoder (ralhe_me.geometry._occupancy_cpu)")
     decode_levels = _decode_levels_python if module is None else _decode_levels_native
     try:
         nodes, neighbour = decode_levels(payload, num_points, num_bits, depth, config, with_neighbours)

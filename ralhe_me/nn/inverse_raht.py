@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..baselines.raht import RahtError, RahtPlan, build_plan
+from ..native import native_choice
 from .neighbors import _native_module
 
 
@@ -121,11 +122,9 @@ class InverseRaht:
         q, m = planes[0].shape
         if m != self.num_points:
             raise ValueError(f"coefficient planes must be [Q, {self.num_points}], got {tuple(planes[0].shape)}")
-        module = _native_module() if native is not False else None
+        module = native_choice(native, _native_module, "the native inverse RAHT (ralhe_me.nn._decode_cpu)")
         usable = (module is not None and planes[0].dtype in (torch.float32, torch.float64)
                   and all(p.dtype == planes[0].dtype and p.device.type == "cpu" for p in planes))
-        if native and module is None:
-            raise ImportError("the native inverse RAHT (ralhe_me.nn._decode_cpu) is not built")
         if native and not usable:
             raise ValueError("the native inverse RAHT takes float32/float64 CPU planes")
         if native is None:

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..native import native_choice
 from .neighbors import _native_module
 
 
@@ -47,9 +48,7 @@ def skip_add(decoded: Tensor,  # [A, N, d], e.g. a transposed view of point-majo
     if x.ndim != 3 or x.shape[:2] != (a, n) or weight.shape != (a, x.shape[2], d) or bias.shape != (a, 1, d):
         raise ValueError(f"skip_add: decoded {tuple(decoded.shape)}, x {tuple(x.shape)}, weight "
                          f"{tuple(weight.shape)} and bias {tuple(bias.shape)} do not fit")
-    module = _native_module() if native is not False else None
-    if native and module is None:
-        raise ImportError("the native skip path (ralhe_me.nn._decode_cpu) is not built")
+    module = native_choice(native, _native_module, "the native skip path (ralhe_me.nn._decode_cpu)")
     if module is None or any(t.dtype != torch.float32 for t in (decoded, x, weight, bias)):
         return decoded + torch.baddbmm(bias, x, weight)
     return _SkipAdd.apply(decoded, x, weight, bias, module)

@@ -73,6 +73,15 @@ def _take(x: torch.Tensor, index) -> torch.Tensor:
     return x if index is None else x[index]
 
 
+class ProjectionError(ValueError):
+    """A projection that cannot run as asked (the compiled one without its extension, or on
+    geometry that needs gradients); the message says why."""
+
+
+def geometry_needs_grad(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (means.requires_grad or quats.requires_grad or log_scales.requires_grad)
+
+
 class _NativeShade(torch.autograd.Function):
     """sh.shade(basis, sh[index]) in one pass each way (bits of the gradient equal to torch's:
     one product per entry), reading ``sh`` through its strides and writing its gradient in its
@@ -119,15 +128,6 @@ def _project_native(means, quats, log_scales, opacity_logits, sh, camera: Camera
                      rects=rects)
 
 
-class ProjectionError(ValueError):
-    """A projection that cannot run as asked (the compiled one without its extension, or on
-    geometry that needs gradients); the message says why."""
-
-
-def geometry_needs_grad(means: torch.Tensor, quats: torch.Tensor, log_scales: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (means.requires_grad or quats.requires_grad or log_scales.requires_grad)
-
-
 def project_gaussians(means: torch.Tensor,  # [N, 3]
                       quats: torch.Tensor,  # [N, 4] (w, x, y, z), any norm
                       log_scales: torch.Tensor,  # [N, 3]
@@ -137,12 +137,14 @@ def project_gaussians(means: torch.Tensor,  # [N, 3]
     """Cull, project and shade Gaussians for one camera (all inputs differentiable).
 
     ``native``: the compiled projection (True), the torch one (False), or the compiled one when
-    it is built, the tensors are on the CPU and the geometry needs no gradient (None). The
+    it is built, the tensors are float32 or float64 on the CPU and the geometry needs no
+    gradient (None). The
     torch one is written with per-entry elementwise ops (no batched 3x3 matmuls), which is
     several times faster on the CPU than matmuls for hundreds of thousands of Gaussians.
     """
     if native is None:
         native = (cpp_extension() is not None and means.device.type == "cpu"
+                  and means.dtype in (torch.float32, torch.float64) and sh.dtype == means.dtype
                   and not geometry_needs_grad(means, quats, log_scales))
     if native:
         return _project_native(means, quats, log_scales, opacity_logits, sh, camera)

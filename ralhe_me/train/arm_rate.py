@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..decode.synthesis import AttributeSynthesis, sample_positions
 from ..entropy.laplace import MAX_RATE_BITS
-from ..native import load_native
+from ..native import load_native, native_choice
 from ..nn.arm import CONTEXT_CLAMP, HIDDEN_CLAMP, BatchedArm
 
 NATIVE_API_VERSION = 1  # the interface of _arm_rate_cpu this module calls (its API_VERSION)
@@ -75,9 +75,7 @@ def positions_rate_bits(synthesis: AttributeSynthesis, values: Tensor,  # [A, T]
                         native: Optional[bool] = None) -> Tensor:
     """``synthesis.positions_rate_bits(values, positions)``, natively where possible (native=None:
     when built and usable; True: required; False: the torch reference)."""
-    module = native_module() if native is not False else None
-    if native and module is None:
-        raise ImportError("the native ARM rate (ralhe_me.train._arm_rate_cpu) is not built")
+    module = native_choice(native, native_module, "the native ARM rate (ralhe_me.train._arm_rate_cpu)")
     arm = synthesis.arm
     if module is None or not _usable(values, arm):
         if native:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..decode.synthesis import AttributeSynthesis, sample_positions
 from ..entropy.laplace import MAX_RATE_BITS, laplace_rate_bits
-from ..native import load_native
+from ..native import load_native, native_choice
 from .arm_rate import rate_bits
 from .quantization import noisy
 
@@ -102,9 +102,7 @@ class LevelRate(nn.Module):
         native kernel (train/csrc/level_rate.cpp) where it is built and the tensors are float32
         (native=None), or by :meth:`bits_reference` (native=False; True: the kernel or an error)."""
         samples = self.sample(planes, subsample, generator, noise)
-        module = native_module() if native is not False else None
-        if native and module is None:
-            raise ImportError("the native level rate (ralhe_me.train._level_rate_cpu) is not built")
+        module = native_choice(native, native_module, "the native level rate (ralhe_me.train._level_rate_cpu)")
         usable = all(p.dtype == torch.float32 and p.device.type == "cpu" for p in [*planes, *self.parameters()])
         if module is None or not usable:
             if native:

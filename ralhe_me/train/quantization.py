@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..native import load_native
+from ..native import load_native, native_choice
 
 NATIVE_API_VERSION = 1  # the interface of _uniform_noise_cpu this module calls (its API_VERSION)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -66,8 +66,6 @@ def noisy(x: Tensor, generator: torch.Generator, native: Optional[bool] = None) 
         if native:
             raise ValueError("the native uniform noise takes float32 CPU tensors")
         return x + (torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5)
-    module = native_module() if native is not False else None
-    if native and module is None:
-        raise ImportError("the native uniform noise (ralhe_me.train._uniform_noise_cpu) is not built")
+    module = native_choice(native, native_module, "the native uniform noise (ralhe_me.train._uniform_noise_cpu)")
     seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
     return _Noisy.apply(x, seed, module)

@@ -104,6 +104,40 @@ inline void project_one(const View<T>& w, const T* mean, const T* quat, const T*
   out.keep = in_front && out.det > T(0) && (x1 - x0) * (y1 - y0) > T(0);
 }
 
+// The outputs of a projection for ``rows`` Gaussians, and where to write them.
+template <typename T>
+struct ProjectedRows {
+  torch::Tensor means2d, conics, depths, radii, rects;
+  T *m2, *cp, *dp;
+  int64_t* rp;
+  int32_t* rc;
+  ProjectedRows(int64_t rows, const torch::TensorOptions& f)
+      : means2d(torch::empty({rows, 2}, f)), conics(torch::empty({rows, 3}, f)), depths(torch::empty({rows}, f)),
+        radii(torch::empty({rows}, f.dtype(torch::kInt64))), rects(torch::empty({rows, 4}, f.dtype(torch::kInt32))),
+        m2(means2d.data_ptr<T>()), cp(conics.data_ptr<T>()), dp(depths.data_ptr<T>()),
+        rp(radii.data_ptr<int64_t>()), rc(rects.data_ptr<int32_t>()) {}
+  void set(int64_t i, const Projection<T>& p) {
+    m2[2 * i] = p.u;
+    m2[2 * i + 1] = p.v;
+    cp[3 * i] = p.c / p.det;
+    cp[3 * i + 1] = -p.b / p.det;
+    cp[3 * i + 2] = p.a / p.det;
+    dp[i] = p.z;
+    rp[i] = p.radius;
+    std::memcpy(rc + 4 * i, p.rect, sizeof(p.rect));
+  }
+  void copy(int64_t o, const ProjectedRows& from, int64_t i) {
+    std::memcpy(m2 + 2 * o, from.m2 + 2 * i, 2 * sizeof(T));
+    std::memcpy(cp + 3 * o, from.cp + 3 * i, 3 * sizeof(T));
+    dp[o] = from.dp[i];
+    rp[o] = from.rp[i];
+    std::memcpy(rc + 4 * o, from.rc + 4 * i, 4 * sizeof(int32_t));
+  }
+  std::vector<torch::Tensor> with_index(const torch::Tensor& index) const {
+    return {index, means2d, conics, depths, radii, rects};
+  }
+};
+
 template <typename T>
 std::vector<torch::Tensor> project_typed(const torch::Tensor& means, const torch::Tensor& quats,
                                          const torch::Tensor& log_scales, const torch::Tensor& rot,
@@ -132,28 +166,14 @@ std::vector<torch::Tensor> project_typed(const torch::Tensor& means, const torch
   std::vector<int64_t> kept(blocks + 1, 0);
   std::vector<uint8_t> keep(n);
   const auto f = means.options();
-  auto means2d = torch::empty({n, 2}, f), conics = torch::empty({n, 3}, f), depths = torch::empty({n}, f);
-  auto radii = torch::empty({n}, f.dtype(torch::kInt64));
-  auto rects = torch::empty({n, 4}, f.dtype(torch::kInt32));
-  T* m2 = means2d.data_ptr<T>();
-  T* cp = conics.data_ptr<T>();
-  T* dp = depths.data_ptr<T>();
-  int64_t* rp = radii.data_ptr<int64_t>();
-  int32_t* rc = rects.data_ptr<int32_t>();
+  ProjectedRows<T> all(n, f);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     Projection<T> p;
     for (int64_t b = b0; b < b1; ++b) {
       int64_t count = 0;
       for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
         project_one(w, mp + 3 * i, qp + 4 * i, sp + 3 * i, p);
-        m2[2 * i] = p.u;
-        m2[2 * i + 1] = p.v;
-        cp[3 * i] = p.c / p.det;
-        cp[3 * i + 1] = -p.b / p.det;
-        cp[3 * i + 2] = p.a / p.det;
-        dp[i] = p.z;
-        rp[i] = p.radius;
-        std::memcpy(rc + 4 * i, p.rect, sizeof(p.rect));
+        all.set(i, p);
         keep[i] = p.keep;
         count += p.keep;
       }
@@ -168,32 +188,20 @@ std::vector<torch::Tensor> project_typed(const torch::Tensor& means, const torch
     at::parallel_for(0, n, 65536, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) ip[i] = i;
     });
-    return {index, means2d, conics, depths, radii, rects};
+    return all.with_index(index);
   }
-  auto means2d_k = torch::empty({m, 2}, f), conics_k = torch::empty({m, 3}, f), depths_k = torch::empty({m}, f);
-  auto radii_k = torch::empty({m}, f.dtype(torch::kInt64));
-  auto rects_k = torch::empty({m, 4}, f.dtype(torch::kInt32));
-  T* m2k = means2d_k.data_ptr<T>();
-  T* cpk = conics_k.data_ptr<T>();
-  T* dpk = depths_k.data_ptr<T>();
-  int64_t* rpk = radii_k.data_ptr<int64_t>();
-  int32_t* rck = rects_k.data_ptr<int32_t>();
+  ProjectedRows<T> kept_rows(m, f);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t o = kept[b];
       for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) {
         if (!keep[i]) continue;
         ip[o] = i;
-        std::memcpy(m2k + 2 * o, m2 + 2 * i, 2 * sizeof(T));
-        std::memcpy(cpk + 3 * o, cp + 3 * i, 3 * sizeof(T));
-        dpk[o] = dp[i];
-        rpk[o] = rp[i];
-        std::memcpy(rck + 4 * o, rc + 4 * i, 4 * sizeof(int32_t));
-        ++o;
+        kept_rows.copy(o++, all, i);
       }
     }
   });
-  return {index, means2d_k, conics_k, depths_k, radii_k, rects_k};
+  return kept_rows.with_index(index);
 }
 
 // sh.py's sh_basis of the unit direction from the camera center to each mean.
