@@ -107,3 +107,24 @@ def test_stale_occupancy_build_falls_back_to_the_reference(monkeypatch):
     with pytest.warns(StaleExtensionWarning):
         out = occupancy.decode_positions(data, 5)
     assert np.array_equal(np.sort(occupancy.morton_encode(out)), np.sort(occupancy.morton_encode(coords)))
+
+
+def test_native_choice_follows_the_argument():
+    from ralhe_me.native import native_choice
+
+    module, calls = types.ModuleType("ralhe_fake_ext_choice"), []
+
+    def found():
+        calls.append("found")
+        return module
+
+    def missing():
+        calls.append("missing")
+        return None
+
+    assert native_choice(None, found, "x") is module and native_choice(True, found, "x") is module
+    assert native_choice(None, missing, "the native thing") is None  # the Python reference runs
+    with pytest.raises(ImportError, match="^the native thing is not built$"):
+        native_choice(True, missing, "the native thing")
+    calls.clear()
+    assert native_choice(False, found, "x") is None and calls == []  # never loaded
