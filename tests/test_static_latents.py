@@ -147,6 +147,8 @@ def test_both_coders_code_the_same_latents_and_decode_to_the_reconstruction(code
     arm, static = out["arm"], out["static"]
     assert "latent_coder" not in arm.header and static.header["latent_coder"] == "static"
     assert len(unpack(static.data).section("arms")) == 0 and len(unpack(arm.data).section("arms")) > 0
+    searched = lambda r: [h["shift"] for h in r.training.history if h.get("step") == "arm_shift"]
+    assert len(searched(arm)) == 1 and searched(static) == []  # a forced static coder searches no ARM step
     assert all(np.array_equal(a, b) for a, b in zip(arm.training.latents, static.training.latents))
     # a small scene: the ARM's own weights cost more than it saves
     arm_bytes = len(unpack(arm.data).section("arms")) + len(unpack(arm.data).section("latents"))

@@ -691,14 +691,17 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
     decoder_shift, decoder_ints = _choose_decoder_weights(training, signals, config.lmbda, n,
                                                           config.training.opacity_weight, importance, target,
                                                           render_target)
-    arms, estimated, latent_bytes = _choose_arm(training, latents, arch.segment_length, table_config)
-    arm_bytes = arms.to_bytes()
-    latent_coder = "arm"
+    static = None
     if config.latent_coder != "arm" and arch.transform == "raht":
         static = encode_static_latents(latents, coefficient_levels(vox.coords, vox.depth))
         if static is None and config.latent_coder == "static":
             raise EncodeError("latent_coder 'static' codes int32 latents only, and a latent exceeds that range")
-        if static is not None and (config.latent_coder == "static" or len(static) < len(arm_bytes) + len(latent_bytes)):
+    if config.latent_coder == "static":  # no ARM to search (about 4 exact counts over the latents)
+        latent_coder, arm_bytes, latent_bytes, estimated = "static", b"", static, 8.0 * len(static)
+    else:
+        arms, estimated, latent_bytes = _choose_arm(training, latents, arch.segment_length, table_config)
+        latent_coder, arm_bytes = "arm", arms.to_bytes()
+        if static is not None and len(static) < len(arm_bytes) + len(latent_bytes):
             latent_coder, arm_bytes, latent_bytes, estimated = "static", b"", static, 8.0 * len(static)
     with intra_op_threads(DEFAULT_DECODE_THREADS):  # the decoder's float arithmetic, exactly
         sh, opacity_logits = reconstruct_attributes(training.synthesis, latents, signals.mean, signals.std, gains)
