@@ -592,7 +592,7 @@ def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_len
     :data:`ARM_START_SHIFT` -> (ARMs, their latent bits, the latents coded with them). On the
     1M default scene each step's exact bits take about 14 s (the integer ARM over every latent),
     and the latents are coded from the chosen step's prediction instead of predicting again."""
-    tried: Dict[int, tuple] = {}
+    cheapest: list = []  # bits, shift, ARMs, latent bits, prediction of the cheapest step so far
 
     def cost(shift: int) -> float:
         try:
@@ -602,15 +602,14 @@ def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_len
         predicted = predict_latents(latents, arms, segment_length, table_config)
         latent_bits = float(prediction_bits(predicted, arms.num_attributes, table_config))
         bits = 8 * len(arms.to_bytes()) + latent_bits
-        if not tried or bits < min(t[0] for t in tried.values()):
-            tried.clear()  # only the cheapest so far keeps its prediction (hundreds of MB at 1M)
-            tried[shift] = (bits, arms, latent_bits, predicted)
+        if not cheapest or bits < cheapest[0]:  # only it keeps its prediction (hundreds of MB at 1M)
+            cheapest[:] = [bits, shift, arms, latent_bits, predicted]
         return bits
 
-    shift = downhill(cost, ARM_SHIFTS, ARM_START_SHIFT)
-    if shift not in tried:
+    downhill(cost, ARM_SHIFTS, ARM_START_SHIFT)  # it ends on the cheapest step it evaluated
+    if not cheapest:
         raise EncodeError("the trained entropy model cannot be quantized (weights too large)")
-    _, arms, latent_bits, predicted = tried[shift]
+    _, shift, arms, latent_bits, predicted = cheapest
     training.history.append({"step": "arm_shift", "shift": shift})
     return arms, latent_bits, encode_prediction(predicted, table_config)
 

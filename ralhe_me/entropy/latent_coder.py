@@ -154,24 +154,19 @@ def _stream_order(arr: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return arr.transpose(2, 0, 1)[np.broadcast_to(valid.T[:, None, :], (t, arr.shape[0], arr.shape[1]))]
 
 
-def _predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int, table_config, num_threads):
-    """What the encoder and the rate estimate share: the integer ARM over every latent ->
-    (x, mu, table index, valid) as :func:`_predict_all` gives them, or None without latents."""
+def predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int,
+                    table_config: LaplaceTableConfig = LaplaceTableConfig(),
+                    num_threads=DEFAULT_CODING_THREADS) -> Optional[tuple]:
+    """The integer ARM's coding parameters of every latent (x, mu, table index [A, G, T], valid
+    [G, T], as :func:`_predict_all` gives them), or None without latents: what
+    :func:`prediction_bits` counts and :func:`encode_prediction` codes, so that a caller that
+    needs both predicts once."""
     levels = _as_levels(latents, arms.num_attributes)
     layout = SegmentLayout(tuple(x.shape[1] for x in levels), segment_length)
     if layout.total_size == 0:
         return None
     with intra_op_threads(num_threads):
         return _predict_all(levels, layout, arms, table_config)
-
-
-def predict_latents(latents: Sequence, arms: QuantizedArm, segment_length: int,
-                    table_config: LaplaceTableConfig = LaplaceTableConfig(),
-                    num_threads=DEFAULT_CODING_THREADS) -> Optional[tuple]:
-    """The integer ARM's coding parameters of every latent (x, mu, table index [A, G, T], valid
-    [G, T]), or None without latents: what :func:`prediction_bits` counts and
-    :func:`encode_prediction` codes, so that a caller that needs both predicts once."""
-    return _predict_latents(latents, arms, segment_length, table_config, num_threads)
 
 
 def encode_prediction(predicted: Optional[tuple], table_config: LaplaceTableConfig = LaplaceTableConfig()) -> bytes:
