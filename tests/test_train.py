@@ -154,3 +154,64 @@ def test_arm_refit_sample_is_capped_for_large_scenes(scene, monkeypatch):
         refit = dataclasses.replace(training, arm_refit_steps=3, arm_refit_subsample=0.05, arm_refit_max_samples=cap)
         refit_arm(trained.synthesis, trained.latents, refit, torch.Generator().manual_seed(0), [])
         assert seen[:3] == [expected] * 3, (cap, seen)  # then one full evaluation for the history
+
+
+def test_training_adam_is_fused_where_torch_has_it_and_falls_back_otherwise(monkeypatch):
+    """train/optimizer.adam: the fused CPU update for float CPU parameters, equal to the default
+    update to float rounding; the default update where this torch refuses ``fused``."""
+    import torch
+
+    from ralhe_me.train import optimizer
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(5, 300, generator=g)
+    grads = [torch.randn(5, 300, generator=g) for _ in range(4)]
+    finals = {}
+    for fused in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = optimizer.adam([{"params": [p], "lr": 0.05}]) if fused else torch.optim.Adam([p], lr=0.05)
+        assert bool(opt.defaults.get("fused")) == fused
+        for grad in grads:
+            p.grad = grad.clone()
+            opt.step()
+        finals[fused] = p.detach()
+    assert not torch.equal(finals[True], start)
+    torch.testing.assert_close(finals[True], finals[False], rtol=1e-6, atol=1e-6)
+
+    real = torch.optim.Adam
+
+    def no_fused(params, **options):
+        if options.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **options)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = optimizer.adam([torch.nn.Parameter(start.clone())], lr=0.1)
+    assert not opt.defaults.get("fused") and opt.defaults["lr"] == 0.1
+
+
+def test_initial_raht_latents_are_row_major_and_training_keeps_them_so(scene):
+    """The RAHT coefficients leave the transform column-major; the latent planes [A, N] must be
+    row-major (each kernel would otherwise copy them at every step), with the same values."""
+    import torch
+
+    from ralhe_me.baselines.raht import build_plan, raht_forward_plan
+    from ralhe_me.decode.synthesis import AttributeSynthesis
+    from ralhe_me.train.schedule import initial_state
+
+    config, vox, levels = scene
+    arch = dataclasses.replace(config.architecture, transform="raht")
+    signals = extract_signals(vox.model, 0.25)
+    syn = AttributeSynthesis(signals.sh.shape[0], arch)
+    syn.bind(levels)
+    planes = initial_state(syn, signals, levels, 3e-3)
+    assert len(planes) == arch.latent_channels
+    assert all(p.is_contiguous() and p.dtype == torch.float32 and p.shape == (17, levels.sizes[0]) for p in planes)
+    # opacity (the last attribute) is channel 0 of plane 0, unrotated: its coefficients over its step
+    coeffs = raht_forward_plan(build_plan(levels.coords[0], levels.depth), signals.opacity[0, :, 0:1].astype(np.float64))
+    ratio = planes[0][-1].double().numpy() / coeffs[:, 0]
+    finite = np.abs(coeffs[:, 0]) > 1e-6
+    assert np.allclose(ratio[finite], ratio[finite][0], rtol=1e-5)
+    training = dataclasses.replace(config.training, steps=2, render_steps=0)
+    result = train_attributes(signals, levels, arch, training, 3e-3)
+    assert all(l.is_contiguous() for l in result.latents)

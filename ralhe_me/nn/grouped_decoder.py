@@ -10,10 +10,13 @@ weights carry a leading attribute axis ([A, ...]) and:
   training too; the backward runs in C++ where built (:func:`mlp_backward`), torch otherwise;
 * the two 3x3x3 convolutions work on point-major features (one row of A * C values per
   voxel) over a precomputed :class:`~ralhe_me.nn.neighbors.NeighborMap`, visiting only the
-  occupied neighbours: per kernel offset, gather the rows of its pairs, multiply by the
-  block-diagonal [A * C_in, A * C_out] kernel (all attributes in one GEMM), and sum the pair
-  results into their output rows with ``embedding_bag``; the backward pass mirrors this
-  into the input rows, so nothing scatter-adds.
+  occupied neighbours. In C++ where built (``grouped_conv``: each output row sums its
+  neighbours' small products in registers; the backward walks the map's reverse), 2.2x
+  (first convolution) and 1.7-2.4x (second) faster forward and backward at 483k voxels than
+  the torch reference, which per kernel offset gathers the rows of its pairs, multiplies them
+  by the block-diagonal [A * C_in, A * C_out] kernel (all attributes in one GEMM), and sums the
+  pair results into their output rows with ``embedding_bag``, its backward mirroring this into
+  the input rows, so nothing scatter-adds. The two agree to float rounding, not bit for bit.
 
 The block-diagonal products spend A times the arithmetic of separate products, which is
 cheap at A <= 16 and tiny channel counts, where memory traffic is what costs.
@@ -61,6 +64,35 @@ def _per_attribute_gram(x: Tensor, g: Tensor, a: int) -> Tensor:
     plain GEMM, several times faster than a batched product over strided rows."""
     full = (x.t() @ g).view(a, x.shape[1] // a, a, g.shape[1] // a)
     return torch.diagonal(full, dim1=0, dim2=2).permute(2, 0, 1)
+
+
+class _NativeGroupedConv(torch.autograd.Function):
+    """:class:`_GroupedConv` in C++ (nn/csrc/decode.cpp ``grouped_conv``): each output row sums its
+    occupied neighbours' products in registers, with no per-pair buffers, no block-diagonal
+    products and no bags; the backward walks the map's reverse (pairs by input row) for the
+    input's gradient and fixed blocks of output rows for the kernel's. The same bits on any
+    thread count; torch's within float rounding (its order of sums differs)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, cmap: ConvMap, module) -> Tensor:
+        # x [N_in, A, C_in], kernel [A, 27, C_in, C_out] -> [N_out, A, C_out]
+        xc, kc = x.detach().contiguous(), kernel.detach().contiguous()
+        ctx.save_for_backward(xc, kc)
+        ctx.cmap, ctx.module = cmap, module
+        return torch.from_numpy(module.grouped_conv(xc.numpy(), kc.numpy(), cmap.fwd.numpy(), cmap.num_in,
+                                                    threads=torch.get_num_threads()))
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, kernel = ctx.saved_tensors
+        cmap, module = ctx.cmap, ctx.module
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        offsets, pairs = cmap.reverse(module)
+        gx, gw = module.grouped_conv_backward(x.numpy(), kernel.numpy(), cmap.fwd.numpy(), cmap.num_in,
+                                              grad_out.detach().contiguous().numpy(), offsets, pairs,
+                                              bool(need_x), bool(need_w), threads=torch.get_num_threads())
+        return (None if gx is None else torch.from_numpy(gx)), (None if gw is None else torch.from_numpy(gw)), \
+            None, None
 
 
 class _GroupedConv(torch.autograd.Function):
@@ -297,14 +329,31 @@ def _mlp_forward(x: Tensor, w0: Tensor, b0: Tensor, w1: Tensor, b1: Tensor, chun
     _mlp_chunks(x, w0, b0, w1, b1, chunk, y, start)
 
 
-def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT_BUDGET) -> Tensor:
+def _native_conv_module(native: Optional[bool]):
+    """The extension when its convolution is to run (``native``: None where built, True required,
+    False never). Imported on first use, as neighbors.py does, so importing the decoder loads nothing more."""
+    from ..native import native_choice
+
+    return native_choice(native, _native_module, "the native grouped convolution (ralhe_me.nn._decode_cpu)")
+
+
+def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT_BUDGET,
+                 native: Optional[bool] = None) -> Tensor:
     """Batched 3x3x3 sparse convolution without bias on point-major features: x [N_in, A, C_in],
     kernel [A, 27, C_in, C_out] (MinkowskiEngine layout and order) -> [N_out, A, C_out].
-    ``budget`` bounds the per-pair buffers, in floats."""
+    In C++ where built and the tensors are float32 on the CPU (``native``: None, as available;
+    True: required; False: torch, the reference, whose per-pair buffers ``budget`` bounds, in
+    floats)."""
     if x.ndim != 3 or kernel.ndim != 4 or kernel.shape[:3] != (x.shape[1], KERNEL_VOLUME, x.shape[2]):
         raise DecoderInputError(f"grouped_conv: x {tuple(x.shape)} does not fit kernel {tuple(kernel.shape)}")
     if x.shape[0] != cmap.num_in:
         raise DecoderInputError(f"grouped_conv: x has {x.shape[0]} rows, the map {cmap.num_in}")
+    fits = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, kernel))
+    if native and not fits:
+        raise DecoderInputError("the native grouped convolution takes float32 CPU tensors")
+    module = _native_conv_module(native) if fits else None
+    if module is not None:
+        return _NativeGroupedConv.apply(x, kernel, cmap, module)
     return _GroupedConv.apply(x, kernel, cmap, int(budget))
 
 

@@ -44,7 +44,7 @@ def _coords_tensor(coords) -> Tensor:
     return c.to(torch.int64)
 
 
-NATIVE_API_VERSION = 4  # the interface of _decode_cpu these sources call (its API_VERSION)
+NATIVE_API_VERSION = 5  # the interface of _decode_cpu these sources call (its API_VERSION)
 
 
 def row_set(rows: Tensor,  # [M] int64, each in [0, size]
@@ -137,6 +137,16 @@ class ConvMap:
     num_out: int
     _plans: dict = field(default_factory=dict, repr=False, compare=False)
     _pairs: Optional[tuple] = field(default=None, repr=False, compare=False)
+    _reverse: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    def reverse(self, module) -> tuple:
+        """(offsets [N_in + 1], pairs [P] = n * 27 + k): the pairs reading each input row, by output
+        row then offset, from the native ``module`` (the native convolution's backward walks them);
+        computed once per map."""
+        if self._reverse is None:
+            self._reverse = module.conv_reverse(self.fwd.contiguous().numpy(), self.num_in,
+                                                threads=torch.get_num_threads())
+        return self._reverse
 
     def _all_pairs(self, native: bool = True) -> tuple:
         """(in rows m [P], out rows n [P], starts [28], dense_center), pairs sorted by kernel

@@ -40,6 +40,7 @@ from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
 from .level_rate import LevelRate, rate_parameters, training_rate
+from .optimizer import adam
 from .quantization import ste_round
 
 CALIBRATION_VIEWS = 16
@@ -221,7 +222,7 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     groups = [{"params": params, "lr": lr, "base": lr},
               {"params": rate_parameters(synthesis, level_rate), "lr": lr, "base": lr},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": net_lr, "base": net_lr}]
-    opt = torch.optim.Adam(groups)
+    opt = adam(groups)
     gen = torch.Generator().manual_seed(training.seed + 1)
     order = torch.randperm(len(target.cameras), generator=gen).tolist()
     steps = int(training.render_steps)

@@ -27,6 +27,7 @@ from ..entropy.static_latents import coefficient_levels
 from ..geometry.octree import OctreeLevels
 from .arm_rate import positions_rate_bits, rate_bits
 from .level_rate import LevelRate, rate_parameters, training_rate
+from .optimizer import adam
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -102,7 +103,9 @@ def initial_state(synthesis: AttributeSynthesis, signals: AttributeSignals, leve
         level_step = step[:, None]  # [A, 1]
         for c in range(c_lat):
             coeffs = raht_forward_plan(plan, values[:, c].T).T  # [A, N]
-            planes.append(torch.as_tensor(coeffs / step[:, None], dtype=torch.float32))
+            # row-major [A, N], as every kernel reads the planes (a transposed view would be copied
+            # by each of them at every step, and Adam would update strided memory)
+            planes.append(torch.as_tensor(np.ascontiguousarray(coeffs / step[:, None], dtype=np.float32)))
     else:
         for c in range(c_lat):
             pyramid = pyramid_latents(values[:, c], levels, signals.point_weight)
@@ -139,7 +142,7 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
     if steps <= 0:
         return
     lr = float(training.arm_refit_learning_rate)
-    opt = torch.optim.Adam(synthesis.arm.parameters(), lr=lr)
+    opt = adam(synthesis.arm.parameters(), lr=lr)
     n_points = latents[0].shape[1] if latents else 1
     values = torch.cat(latents, dim=1)  # [A, T], fixed: concatenated once
     total = values.shape[1]
@@ -208,7 +211,7 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
                "base": training.learning_rate},
               {"params": [p for _, p in synthesis.decoder_parameters()], "lr": training.network_learning_rate,
                "base": training.network_learning_rate}]
-    opt = torch.optim.Adam(params)
+    opt = adam(params)
     steps = training.steps
     hard_from = int(round(steps * (1.0 - training.hard_rounding_fraction)))
     history = []
