@@ -216,7 +216,8 @@ def test_cheapest_shift_equals_exhaustive_search_on_convex_costs():
 
 
 def test_downhill_equals_exhaustive_search_on_unimodal_costs():
-    from ralhe_me.encode.encoder import EncodeError, downhill
+    from ralhe_me.encode.arm_step import downhill
+    from ralhe_me.encode.encoder import EncodeError
 
     rng = np.random.default_rng(5)
     values = list(range(6, 14))
@@ -241,7 +242,7 @@ def test_downhill_equals_exhaustive_search_on_unimodal_costs():
 
 
 def test_arm_step_is_the_exhaustive_searchs_and_codes_its_prediction(encoded):
-    from ralhe_me.encode import encoder as encoder_module
+    from ralhe_me.encode import arm_step
     from ralhe_me.entropy.integer_arm import ArmQuantizationError, QuantizedArm
     from ralhe_me.entropy.latent_coder import encode_latents, estimate_bits
 
@@ -250,7 +251,7 @@ def test_arm_step_is_the_exhaustive_searchs_and_codes_its_prediction(encoded):
     latents = [l.numpy().astype(np.int64) for l in training.latents]
     arch, tc = config.architecture, training.synthesis.arm.table_config
     totals = {}
-    for shift in encoder_module.ARM_SHIFTS:
+    for shift in arm_step.ARM_SHIFTS:
         try:
             arms = QuantizedArm.from_float(training.synthesis.arm, shift)
         except ArmQuantizationError:
@@ -263,6 +264,35 @@ def test_arm_step_is_the_exhaustive_searchs_and_codes_its_prediction(encoded):
     assert arms.to_bytes() == QuantizedArm.from_float(training.synthesis.arm, chosen[0]).to_bytes()
     assert c.section("latents") == encode_latents(latents, arms, arch.segment_length, tc)
     assert result.estimated_latent_bits == estimate_bits(latents, arms, arch.segment_length, tc)
+
+
+def test_sampled_segments_cost_exactly_their_share(encoded):
+    """A segment's contexts stay inside it, so any split of the planes into sets of whole
+    segments (placed side by side) and the partial tails costs the same bits as the planes:
+    what lets arm_step price the ARM on a sample of segments."""
+    from ralhe_me.encode.arm_step import gather_segments, sample_segments
+    from ralhe_me.entropy.integer_arm import QuantizedArm
+    from ralhe_me.entropy.latent_coder import estimate_bits
+
+    _, config, result = encoded
+    training = result.training
+    latents = [l.numpy().astype(np.int64) for l in training.latents]
+    arms = QuantizedArm.from_float(training.synthesis.arm, 8)
+    tc = training.synthesis.arm.table_config
+    length = 16  # segments of the test's own (the identity holds for any length)
+    sizes = [x.shape[1] for x in latents]
+    chosen = sample_segments(sizes, length, 0.3, seed=3)
+    assert all(0 < len(c) < n // length for c, n in zip(chosen, sizes))
+    assert all(np.all(np.diff(c) > 0) for c in chosen)
+    rest = [np.setdiff1d(np.arange(n // length), c) for c, n in zip(chosen, sizes)]
+    tails = [x[:, (n // length) * length:] for x, n in zip(latents, sizes)]
+    assert any(t.shape[1] for t in tails)
+    parts = [gather_segments(latents, chosen, length), gather_segments(latents, rest, length), tails]
+    total = estimate_bits(latents, arms, length, tc)
+    assert sum(estimate_bits(p, arms, length, tc) for p in parts) == pytest.approx(total, rel=1e-9)
+    assert 0 < estimate_bits(parts[0], arms, length, tc) < 0.6 * total
+    assert sample_segments([3 * length - 1, 0], length, 0.01)[0].tolist() in ([0], [1])  # at least one
+    assert len(sample_segments([3 * length - 1, 0], length, 0.01)[1]) == 0
 
 
 @pytest.mark.parametrize("mode", ["refined", "views", "signals"])

@@ -121,7 +121,7 @@ def test_the_decoder_trains_through_the_native_conv(monkeypatch):
     real = grouped_module._NativeGroupedConv.apply
 
     def counting(*args):
-        calls.append(args[2].num_out)
+        calls.append(args[3].num_out)
         return real(*args)
 
     results = {}
@@ -139,6 +139,27 @@ def test_the_decoder_trains_through_the_native_conv(monkeypatch):
     assert calls == [len(coords), len(coords)]
     for u, v in zip(results["native"], results["torch"]):  # sums in other orders: rounding, relative to the scale
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5 * float(v.abs().max()))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_bias_is_added_after_the_sum(native):
+    """With a bias, each output row is its sum plus the bias (bit for bit, both paths); the bias'
+    gradient is the output gradient summed over the rows."""
+    cmap = maps()[1]
+    x, kernel, grad = case(cmap, 16, 4, 2, seed=8)
+    bias = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
+    xl, kl, bl = x.clone().requires_grad_(), kernel.clone().requires_grad_(), bias.clone().requires_grad_()
+    out = grouped_conv(xl, kl, cmap, native=native, bias=bl)
+    plain = grouped_conv(x, kernel, cmap, native=native)
+    assert torch.equal(out.detach(), plain + bias)
+    gx, gk, gb = torch.autograd.grad(out, (xl, kl, bl), grad)
+    ref = run(x, kernel, grad, cmap, native=native)
+    assert torch.equal(gx, ref[1]) and torch.equal(gk, ref[2])
+    torch.testing.assert_close(gb, grad.sum(0))
+    with torch.no_grad():
+        assert torch.equal(grouped_conv(x, kernel, cmap, native=native, bias=bias), plain + bias)
+    with pytest.raises(DecoderInputError, match="bias"):
+        grouped_conv(x, kernel, cmap, native=native, bias=torch.zeros(16, 3))
 
 
 def test_bad_maps_and_inputs_are_named_errors():
@@ -164,6 +185,8 @@ def test_bad_maps_and_inputs_are_named_errors():
                                   offsets[:-1], pairs, True, False)
     with pytest.raises(ValueError, match="does not fit"):
         EXT.grouped_conv(x.numpy(), np.zeros((2, 27, 3, 2), np.float32), cmap.fwd.numpy(), cmap.num_in)
+    with pytest.raises(ValueError, match="bias must hold"):
+        EXT.grouped_conv(x.numpy(), kernel.numpy(), cmap.fwd.numpy(), cmap.num_in, bias=np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="input rows"):
         EXT.grouped_conv(x.numpy()[1:], kernel.numpy(), cmap.fwd.numpy(), cmap.num_in)
     with pytest.raises(DecoderInputError, match="float32 CPU"):

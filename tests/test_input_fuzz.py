@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
+import ralhe_me.encode.arm_step as arm_step
 import ralhe_me.encode.encoder as encoder_module
 from conftest import small_codec_config
 from ralhe_me.cli import main
@@ -32,7 +33,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 def quick(monkeypatch):
     """The codec config of these tests (and the weight steps tried cut to one or two)."""
     monkeypatch.setattr(encoder_module, "DECODER_SHIFTS", (8,))
-    monkeypatch.setattr(encoder_module, "ARM_SHIFTS", (8, 10))
+    monkeypatch.setattr(arm_step, "ARM_SHIFTS", (8, 10))
     config = small_codec_config()
     config.training.steps = 2
     config.training.arm_refit_steps = 0

@@ -162,6 +162,10 @@ def test_both_coders_code_the_same_latents_and_decode_to_the_reconstruction(code
     np.testing.assert_array_equal(static.reconstruction.sh, arm.reconstruction.sh)
 
 
+def steps(result, name):
+    return [h for h in result.training.history if h.get("step") == name]
+
+
 def test_auto_keeps_the_shorter_coding(coded):
     model, out = coded
     config = small_codec_config()
@@ -169,6 +173,30 @@ def test_auto_keeps_the_shorter_coding(coded):
     auto = encode_model(model, config)
     sizes = {k: len(v.data) for k, v in out.items()}
     assert len(auto.data) == min(sizes.values()) and auto.header.get("latent_coder") == "static"
+    # too few segments to price the ARM on a sample: the exact search ran
+    assert steps(auto, "arm_estimate") == [] and len(steps(auto, "arm_shift")) == 1
+
+
+def test_auto_skips_the_arm_search_when_a_sample_prices_it_clearly_dearer(coded, monkeypatch):
+    """With the sample's minimum lowered to this small scene, the ARM priced on an eighth of its
+    segments loses to the static coder by more than the margin: no exact search, the static
+    file; with an infinite margin the exact search runs and gives the same file."""
+    import math
+
+    from ralhe_me.encode import arm_step
+
+    model, out = coded
+    monkeypatch.setattr(arm_step, "ARM_SAMPLE_MIN_SEGMENTS", 1)
+    skipped = encode_model(model, small_codec_config())
+    (estimate,) = steps(skipped, "arm_estimate")
+    assert estimate["skipped_search"] and steps(skipped, "arm_shift") == []
+    assert estimate["bits"] > estimate["static_bits"] * (1 + arm_step.ARM_SAMPLE_MARGIN)
+    assert skipped.data == out["static"].data
+    monkeypatch.setattr(arm_step, "ARM_SAMPLE_MARGIN", math.inf)
+    searched = encode_model(model, small_codec_config())
+    (estimate,) = steps(searched, "arm_estimate")
+    assert not estimate["skipped_search"] and len(steps(searched, "arm_shift")) == 1
+    assert searched.data == out["static"].data
 
 
 def test_bad_coder_settings_are_refused(coded):

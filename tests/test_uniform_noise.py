@@ -69,3 +69,17 @@ def test_other_dtypes_take_torchs_generator():
     assert y.dtype == torch.float64 and float(y.min()) >= -0.5 and float(y.max()) < 0.5
     with pytest.raises(ValueError, match="float32"):
         noisy(x, torch.Generator().manual_seed(0), native=True)
+
+
+def test_straight_through_rounding_rounds_forward_and_passes_the_gradient():
+    """ste_round: torch.round's values (halves to even, signed zeros kept) and the incoming
+    gradient unchanged, as the former x + (round(x) - x).detach() gave (values equal numerically)."""
+    from ralhe_me.train.quantization import ste_round
+
+    x = torch.tensor([-2.5, -1.5, -0.5, -0.2, 0.0, 0.49, 0.5, 1.5, 2.5, 1e7 + 0.5, -3.7], requires_grad=True)
+    y = ste_round(x)
+    assert torch.equal(y.detach(), torch.round(x.detach()))
+    assert torch.equal(y.detach(), (x + (torch.round(x) - x).detach()).detach())  # numerically, -0 == 0
+    g = torch.linspace(-1, 1, len(x))
+    (y * g).sum().backward()
+    assert torch.equal(x.grad, g)

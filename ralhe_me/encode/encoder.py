@@ -29,9 +29,7 @@ from ..decode.reconstruction import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_D
                                      load_decoders, make_header, quantize_decoders, reconstruct_attributes)
 from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
-from ..entropy.integer_arm import ArmQuantizationError, QuantizedArm
 from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
-from ..entropy.latent_coder import encode_prediction, predict_latents, prediction_bits
 from ..gaussians import GaussianModel, codable_model
 from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from ..geometry.covariance_vq import fit_codebook
@@ -41,7 +39,9 @@ from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLev
 from ..threads import intra_op_threads
 from ..train.render_refine import RenderableAttributes, RenderTarget, calibrate, state_copy
 from ..train.schedule import TrainingResult, check_rate_model, train_attributes
+from .arm_step import arm_loses_clearly, choose_arm
 from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
+from .errors import EncodeError
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
 
 #: decoder weight steps 2**-shift, tried from the coarsest: at small lambdas the latents' step,
@@ -61,17 +61,6 @@ PRUNE_VIEWS = 16
 #: evaluation (up to 19 of them): a 256-px view of 1M Gaussians takes 0.57 s on 2 cores, so 16
 #: views would add 173 s to a 1M encode of 2,205 s; this budget gives it 4 views (43 s)
 PRUNE_RENDER_BUDGET = 4_000_000
-#: ARM weight steps 2**-shift, and where their search starts (:func:`_choose_arm`): on the 5k default
-#: scene (fast preset, lambdas 8e-3 to 1e-5) every lambda's cheapest is 6, the ARM's bytes growing
-#: by about 490 per step while the latents' bits hardly move
-ARM_SHIFTS = tuple(range(6, 14))
-ARM_START_SHIFT = 8
-
-
-class EncodeError(ValueError):
-    """The model cannot be encoded with these settings; the message says why."""
-
-
 class DepthWarning(UserWarning):
     """The automatic depth merges more Gaussians than ``max_merge_fraction`` even at its deepest
     (e.g. one far-out Gaussian sets the bounding cube); the message names the Gaussians that
@@ -557,63 +546,6 @@ def cheapest_shift(cost: Callable[[int], float], shifts: Sequence[int], patience
     return best_shift
 
 
-def downhill(cost: Callable[[int], float], values: Sequence[int], start: int) -> int:
-    """The value of least ``cost`` reached from ``start`` (or the value nearest it) by moving to
-    the cheaper neighbour in ``values`` while one is cheaper (each value's cost computed once);
-    where every cost seen is infinite, the other values are tried in order. On a cost with one
-    minimum (bits against a weight step: a finer step costs more weights and fewer latent bits)
-    it is the minimum after at most 3 + (distance from ``start``) evaluations instead of
-    ``len(values)``."""
-    if not values:
-        raise EncodeError("no value to try")
-    costs: Dict[int, float] = {}
-
-    def at(i: int) -> float:
-        if i not in costs:
-            costs[i] = cost(values[i])
-        return costs[i]
-
-    i = min(range(len(values)), key=lambda j: (abs(values[j] - start), j))  # ``start`` or the nearest
-    while True:
-        best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(values)), key=lambda j: (at(j), j != i))
-        if best == i:
-            break
-        i = best
-    if math.isinf(at(i)):
-        for j in range(len(values)):
-            if at(j) < at(i):
-                i = j
-    return values[i]
-
-
-def _choose_arm(training: TrainingResult, latents: List[np.ndarray], segment_length: int,
-                table_config) -> Tuple[QuantizedArm, float, bytes]:
-    """The ARM weight step minimizing (ARM bytes + latent bits), searched :func:`downhill` from
-    :data:`ARM_START_SHIFT` -> (ARMs, their latent bits, the latents coded with them). On the
-    1M default scene each step's exact bits take about 14 s (the integer ARM over every latent),
-    and the latents are coded from the chosen step's prediction instead of predicting again."""
-    cheapest: list = []  # bits, shift, ARMs, latent bits, prediction of the cheapest step so far
-
-    def cost(shift: int) -> float:
-        try:
-            arms = QuantizedArm.from_float(training.synthesis.arm, shift)
-        except ArmQuantizationError:
-            return math.inf
-        predicted = predict_latents(latents, arms, segment_length, table_config)
-        latent_bits = float(prediction_bits(predicted, arms.num_attributes, table_config))
-        bits = 8 * len(arms.to_bytes()) + latent_bits
-        if not cheapest or bits < cheapest[0]:  # only it keeps its prediction (hundreds of MB at 1M)
-            cheapest[:] = [bits, shift, arms, latent_bits, predicted]
-        return bits
-
-    downhill(cost, ARM_SHIFTS, ARM_START_SHIFT)  # it ends on the cheapest step it evaluated
-    if not cheapest:
-        raise EncodeError("the trained entropy model cannot be quantized (weights too large)")
-    _, shift, arms, latent_bits, predicted = cheapest
-    training.history.append({"step": "arm_shift", "shift": shift})
-    return arms, latent_bits, encode_prediction(predicted, table_config)
-
-
 def make_render_target(vox: VoxelizedModel, geometry: GeometryCode, teacher: GaussianModel, config: CodecConfig,
                        dataset: Optional[str] = None, views: Optional[int] = None) -> RenderTarget:
     """The views the image-domain refinement matches: renders of ``teacher`` (the uncoded input)
@@ -695,10 +627,12 @@ def encode_model(model: GaussianModel, config: CodecConfig, *, voxelized: Option
         static = encode_static_latents(latents, coefficient_levels(vox.coords, vox.depth))
         if static is None and config.latent_coder == "static":
             raise EncodeError("latent_coder 'static' codes int32 latents only, and a latent exceeds that range")
-    if config.latent_coder == "static":  # no ARM to search (about 4 exact counts over the latents)
+    if config.latent_coder == "static" or (  # no ARM to search (about 4 exact counts over the latents)
+            config.latent_coder == "auto" and static is not None and
+            arm_loses_clearly(training, latents, arch.segment_length, table_config, 8.0 * len(static))):
         latent_coder, arm_bytes, latent_bytes, estimated = "static", b"", static, 8.0 * len(static)
     else:
-        arms, estimated, latent_bytes = _choose_arm(training, latents, arch.segment_length, table_config)
+        arms, estimated, latent_bytes = choose_arm(training, latents, arch.segment_length, table_config)
         latent_coder, arm_bytes = "arm", arms.to_bytes()
         if static is not None and len(static) < len(arm_bytes) + len(latent_bytes):
             latent_coder, arm_bytes, latent_bytes, estimated = "static", b"", static, 8.0 * len(static)

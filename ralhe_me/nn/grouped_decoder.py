@@ -74,12 +74,13 @@ class _NativeGroupedConv(torch.autograd.Function):
     thread count; torch's within float rounding (its order of sums differs)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernel: Tensor, cmap: ConvMap, module) -> Tensor:
-        # x [N_in, A, C_in], kernel [A, 27, C_in, C_out] -> [N_out, A, C_out]
+    def forward(ctx, x: Tensor, kernel: Tensor, bias: Optional[Tensor], cmap: ConvMap, module) -> Tensor:
+        # x [N_in, A, C_in], kernel [A, 27, C_in, C_out], bias [A, C_out] or None -> [N_out, A, C_out]
         xc, kc = x.detach().contiguous(), kernel.detach().contiguous()
         ctx.save_for_backward(xc, kc)
-        ctx.cmap, ctx.module = cmap, module
-        return torch.from_numpy(module.grouped_conv(xc.numpy(), kc.numpy(), cmap.fwd.numpy(), cmap.num_in,
+        ctx.cmap, ctx.module, ctx.has_bias = cmap, module, bias is not None
+        b = None if bias is None else bias.detach().contiguous().numpy()
+        return torch.from_numpy(module.grouped_conv(xc.numpy(), kc.numpy(), cmap.fwd.numpy(), cmap.num_in, bias=b,
                                                     threads=torch.get_num_threads()))
 
     @staticmethod
@@ -91,8 +92,9 @@ class _NativeGroupedConv(torch.autograd.Function):
         gx, gw = module.grouped_conv_backward(x.numpy(), kernel.numpy(), cmap.fwd.numpy(), cmap.num_in,
                                               grad_out.detach().contiguous().numpy(), offsets, pairs,
                                               bool(need_x), bool(need_w), threads=torch.get_num_threads())
+        gb = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return (None if gx is None else torch.from_numpy(gx)), (None if gw is None else torch.from_numpy(gw)), \
-            None, None
+            gb, None, None
 
 
 class _GroupedConv(torch.autograd.Function):
@@ -338,9 +340,10 @@ def _native_conv_module(native: Optional[bool]):
 
 
 def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT_BUDGET,
-                 native: Optional[bool] = None) -> Tensor:
-    """Batched 3x3x3 sparse convolution without bias on point-major features: x [N_in, A, C_in],
-    kernel [A, 27, C_in, C_out] (MinkowskiEngine layout and order) -> [N_out, A, C_out].
+                 native: Optional[bool] = None, bias: Optional[Tensor] = None) -> Tensor:
+    """Batched 3x3x3 sparse convolution on point-major features: x [N_in, A, C_in], kernel
+    [A, 27, C_in, C_out] (MinkowskiEngine layout and order), ``bias`` [A, C_out] or None ->
+    [N_out, A, C_out] (the bias added to each row's sum: the native kernel adds it in its pass).
     In C++ where built and the tensors are float32 on the CPU (``native``: None, as available;
     True: required; False: torch, the reference, whose per-pair buffers ``budget`` bounds, in
     floats)."""
@@ -351,10 +354,15 @@ def grouped_conv(x: Tensor, kernel: Tensor, cmap: ConvMap, budget: int = DEFAULT
     fits = all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (x, kernel))
     if native and not fits:
         raise DecoderInputError("the native grouped convolution takes float32 CPU tensors")
-    module = _native_conv_module(native) if fits else None
+    if bias is not None and tuple(bias.shape) != (kernel.shape[0], kernel.shape[3]):
+        raise DecoderInputError(f"grouped_conv: bias {tuple(bias.shape)} does not fit kernel {tuple(kernel.shape)}")
+    module = _native_conv_module(native) if fits and (bias is None or bias.dtype == torch.float32) else None
     if module is not None:
-        return _NativeGroupedConv.apply(x, kernel, cmap, module)
-    return _GroupedConv.apply(x, kernel, cmap, int(budget))
+        return _NativeGroupedConv.apply(x, kernel, bias, cmap, module)
+    out = _GroupedConv.apply(x, kernel, cmap, int(budget))
+    if bias is None:
+        return out
+    return out + bias if torch.is_grad_enabled() else out.add_(bias)
 
 
 _NAMES = ("linear0_weight", "linear0_bias", "linear1_weight", "linear1_bias",
@@ -445,14 +453,11 @@ class GroupedSparseDecoder(nn.Module):
         # Point-major [N, A, C] from here on: the convolutions gather whole rows.
         h = pointwise_mlp(x, self.linear0_weight, self.linear0_bias, self.linear1_weight,
                           self.linear1_bias)
-        if torch.is_grad_enabled():
-            h = torch.relu(grouped_conv(h, self.conv0_kernel, cmap0, self.budget) + self.conv0_bias[:, 0])
-            out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget) + self.conv1_bias[:, 0]
-            return out.transpose(0, 1)  # a view, as below (training's skip path reads it point-major)
-        # inference: the same elementwise operations in place, and the point-major result as an
-        # [A, N, d] view (no transposing copy; consumers add to it or hand it to numpy)
-        h = grouped_conv(h, self.conv0_kernel, cmap0, self.budget).add_(self.conv0_bias[:, 0]).relu_()
-        out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget).add_(self.conv1_bias[:, 0])
+        h = grouped_conv(h, self.conv0_kernel, cmap0, self.budget, bias=self.conv0_bias[:, 0])
+        h = torch.relu(h) if torch.is_grad_enabled() else h.relu_()
+        out = grouped_conv(h, self.conv1_kernel, cmap1, self.budget, bias=self.conv1_bias[:, 0])
+        # the point-major result as an [A, N, d] view (no transposing copy; training's skip path reads
+        # it point-major, inference's consumers add to it or hand it to numpy)
         return out.transpose(0, 1)
 
     # ------------------------------------------------------------ weights

@@ -1085,8 +1085,17 @@ PairFns choose_pair_fns(int64_t ci, int64_t co) {
   return pair_fns<0, 0>();
 }
 
-py::array_t<float> grouped_conv(F32 x, F32 kernel, I64 fwd, int64_t num_in, int threads) {
+// bias: [A, C_out] added to each row after its sum (the same bits as adding it afterwards), or None
+py::array_t<float> grouped_conv(F32 x, F32 kernel, I64 fwd, int64_t num_in, py::object bias_obj, int threads) {
   const ConvShape c = check_conv("grouped_conv", x, kernel, fwd, num_in);
+  std::vector<float> bias;
+  if (!bias_obj.is_none()) {
+    const F32 b = bias_obj.cast<F32>();
+    if (b.size() != c.A * c.C_out)
+      throw std::invalid_argument("grouped_conv: the bias must hold A x C_out = " + std::to_string(c.A * c.C_out) +
+                                  " values, got " + std::to_string(b.size()));
+    bias.assign(b.data(), b.data() + b.size());
+  }
   py::array_t<float> out({c.n_out, c.A, c.C_out});
   bool bad = false;
   {
@@ -1110,6 +1119,8 @@ py::array_t<float> grouped_conv(F32 x, F32 kernel, I64 fwd, int64_t num_in, int 
         }
         fns.forward(xd + m * width_in, wk.data() + k * per_offset, acc, c.A, c.C_in, c.C_out);
       }
+      if (!bias.empty())
+        for (int64_t j = 0; j < width_out; ++j) acc[j] += bias[size_t(j)];
     }
   }
   refuse_bad_map(bad, "grouped_conv");
@@ -1230,7 +1241,7 @@ PYBIND11_MODULE(_decode_cpu, m) {
         py::arg("rows"), py::arg("a0"), py::arg("threads") = 1);
   m.def("conv_reverse", &conv_reverse, py::arg("fwd"), py::arg("num_in"), py::arg("threads") = 1);
   m.def("grouped_conv", &grouped_conv, py::arg("x"), py::arg("kernel"), py::arg("fwd"), py::arg("num_in"),
-        py::arg("threads") = 1);
+        py::arg("bias") = py::none(), py::arg("threads") = 1);
   m.def("grouped_conv_backward", &grouped_conv_backward, py::arg("x"), py::arg("kernel"), py::arg("fwd"),
         py::arg("num_in"), py::arg("g"), py::arg("rev_offsets"), py::arg("rev_pairs"), py::arg("want_x"),
         py::arg("want_kernel"), py::arg("threads") = 1);
