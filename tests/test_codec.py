@@ -270,7 +270,7 @@ def test_sampled_segments_cost_exactly_their_share(encoded):
     """A segment's contexts stay inside it, so any split of the planes into sets of whole
     segments (placed side by side) and the partial tails costs the same bits as the planes:
     what lets arm_step price the ARM on a sample of segments."""
-    from ralhe_me.encode.arm_step import gather_segments, sample_segments
+    from ralhe_me.encode.arm_step import gather_segments, partial_segments, sample_segments
     from ralhe_me.entropy.integer_arm import QuantizedArm
     from ralhe_me.entropy.latent_coder import estimate_bits
 
@@ -281,18 +281,26 @@ def test_sampled_segments_cost_exactly_their_share(encoded):
     tc = training.synthesis.arm.table_config
     length = 16  # segments of the test's own (the identity holds for any length)
     sizes = [x.shape[1] for x in latents]
-    chosen = sample_segments(sizes, length, 0.3, seed=3)
-    assert all(0 < len(c) < n // length for c, n in zip(chosen, sizes))
-    assert all(np.all(np.diff(c) > 0) for c in chosen)
-    rest = [np.setdiff1d(np.arange(n // length), c) for c, n in zip(chosen, sizes)]
-    tails = [x[:, (n // length) * length:] for x, n in zip(latents, sizes)]
-    assert any(t.shape[1] for t in tails)
-    parts = [gather_segments(latents, chosen, length), gather_segments(latents, rest, length), tails]
+    plan = sample_segments(sizes, length, 0.25, 0.3, seed=3)
+    rest = []
+    for head, sampled, n in zip(plan.head, plan.sampled, sizes):
+        whole = n // length
+        assert np.array_equal(head, np.arange(int(np.ceil(whole * 0.25))))
+        assert len(sampled) == max(1, round((whole - len(head)) * 0.3)) and np.all(np.diff(sampled) > 0)
+        assert np.all(sampled >= len(head)) and np.all(sampled < whole)
+        rest.append(np.setdiff1d(np.arange(len(head), whole), sampled))
+    others = sum(n // length - len(h) for h, n in zip(plan.head, sizes))
+    assert plan.scale == pytest.approx(others / sum(len(s) for s in plan.sampled))
+    tails = partial_segments(latents, length)
+    assert any(t.shape[1] for t in tails) and all(t.shape[1] == n % length for t, n in zip(tails, sizes))
+    parts = [gather_segments(latents, plan.head, length), gather_segments(latents, plan.sampled, length),
+             gather_segments(latents, rest, length), tails]
     total = estimate_bits(latents, arms, length, tc)
     assert sum(estimate_bits(p, arms, length, tc) for p in parts) == pytest.approx(total, rel=1e-9)
-    assert 0 < estimate_bits(parts[0], arms, length, tc) < 0.6 * total
-    assert sample_segments([3 * length - 1, 0], length, 0.01)[0].tolist() in ([0], [1])  # at least one
-    assert len(sample_segments([3 * length - 1, 0], length, 0.01)[1]) == 0
+    assert 0 < estimate_bits(parts[1], arms, length, tc) < 0.6 * total
+    small = sample_segments([3 * length - 1, 0], length, 0.0, 0.01)
+    assert small.sampled[0].tolist() in ([0], [1]) and len(small.sampled[1]) == 0  # at least one
+    assert len(small.head[0]) == 0 and small.scale == 2.0
 
 
 @pytest.mark.parametrize("mode", ["refined", "views", "signals"])

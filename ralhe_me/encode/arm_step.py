@@ -2,14 +2,15 @@
 and whether the ARM is worth that search at all beside the static latent coder.
 
 Why a module: each step's exact bits run the integer ARM over every latent (about 16 s at 1M
-voxels), so the encoder spends about a minute of a 1M encode here. Under ``latent_coder auto``
-the ARM is first priced on a random eighth of its segments (a segment's contexts stay inside it,
-so the sample's bits are exactly what those segments cost in the file): where even its cheapest
-step is clearly dearer than the static coder's bytes, the exact search is skipped.
+voxels), so the encoder spent about a minute of a 1M encode here. Under ``latent_coder auto``
+the ARM is first priced on about a quarter of its segments (a segment's contexts stay inside it,
+so their bits are exactly what those segments cost in the file): where even its cheapest step
+is clearly dearer than the static coder's bytes, the exact search is skipped.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -23,13 +24,19 @@ from .errors import EncodeError
 #: by about 490 per step while the latents' bits hardly move
 ARM_SHIFTS = tuple(range(6, 14))
 ARM_START_SHIFT = 8
-#: the share of each plane's whole segments the ARM is priced on first (:func:`arm_loses_clearly`) ...
+#: The ARM is priced first (:func:`arm_loses_clearly`) on the first share of each plane's whole
+#: segments, exactly (the coarse coefficients: on a 100k default scene a plane's first segment cost
+#: 36 times its median one, and a plain random eighth of the segments missed the exact bits by up
+#: to 73%, by 3.3% on average (standard deviation) with this head) ...
+ARM_HEAD_FRACTION = 0.125
+#: ... plus this share of the other whole segments at random (and the partial ones exactly) ...
 ARM_SAMPLE_FRACTION = 0.125
-#: ... when the sample holds at least this many segments (smaller scenes go to the exact search) ...
+#: ... when the random share holds at least this many segments (about 400k voxels; smaller scenes
+#: go to the exact search) ...
 ARM_SAMPLE_MIN_SEGMENTS = 256
 #: ... and the static coder is kept without the exact search when the ARM's estimate exceeds its
-#: bits by this share (on the 1M default scene the two differed by 23%; an estimate from 712 of
-#: 5,700 segments varies by about 1%)
+#: bits by this share (at 1M voxels the random share is 630 of 5,757 segments: the estimate's
+#: deviation, 3.3% with 63 at 100k, scales to about 1%)
 ARM_SAMPLE_MARGIN = 0.05
 
 
@@ -90,17 +97,32 @@ def choose_arm(training, latents: List[np.ndarray], segment_length: int,
     return arms, latent_bits, encode_prediction(predicted, table_config)
 
 
-def sample_segments(num_latents: Sequence[int], segment_length: int, fraction: float,
-                    seed: int = 0) -> List[np.ndarray]:
-    """Per plane of ``num_latents[p]`` latents, a sorted random ``fraction`` of its whole segments
-    (indices; at least one where the plane has one)."""
+@dataclass
+class SegmentSample:
+    """Which whole segments of each plane price the ARM: ``head`` exactly, ``sampled`` (a random
+    share of the others) times ``scale``, the ratio of all the others' latents to theirs."""
+
+    head: List[np.ndarray]  # per plane, sorted segment indices
+    sampled: List[np.ndarray]  # per plane, sorted, none in head
+    scale: float
+
+
+def sample_segments(num_latents: Sequence[int], segment_length: int, head_fraction: float, fraction: float,
+                    seed: int = 0) -> SegmentSample:
+    """Per plane of ``num_latents[p]`` latents: its first ``head_fraction`` of whole segments, and
+    a sorted random ``fraction`` of the other whole segments (at least one where there is one)."""
     rng = np.random.default_rng(seed)
-    out = []
+    head, sampled, others, drawn = [], [], 0, 0
     for n in num_latents:
         whole = int(n) // segment_length
-        k = min(whole, max(1, int(round(whole * fraction)))) if whole else 0
-        out.append(np.sort(rng.choice(whole, size=k, replace=False)) if k else np.zeros(0, np.int64))
-    return out
+        h = min(whole, int(math.ceil(whole * head_fraction)))
+        rest = whole - h
+        k = min(rest, max(1, int(round(rest * fraction)))) if rest else 0
+        head.append(np.arange(h, dtype=np.int64))
+        sampled.append(h + np.sort(rng.choice(rest, size=k, replace=False)) if k else np.zeros(0, np.int64))
+        others += rest
+        drawn += k
+    return SegmentSample(head, sampled, others / drawn if drawn else 0.0)
 
 
 def gather_segments(latents: Sequence[np.ndarray], segments: Sequence[np.ndarray],
@@ -114,19 +136,26 @@ def gather_segments(latents: Sequence[np.ndarray], segments: Sequence[np.ndarray
     return out
 
 
+def partial_segments(latents: Sequence[np.ndarray], segment_length: int) -> List[np.ndarray]:
+    """Each plane's last, partial segment (empty where the plane ends on a whole one)."""
+    return [np.ascontiguousarray(np.asarray(x)[:, (x.shape[1] // segment_length) * segment_length:])
+            for x in latents]
+
+
 def arm_loses_clearly(training, latents: List[np.ndarray], segment_length: int, table_config,
                       static_bits: float, seed: int = 0) -> bool:
-    """Whether the ARM's cheapest step, priced on a :data:`ARM_SAMPLE_FRACTION` sample of the
-    segments (its ARM bytes in full, the sample's latent bits scaled to all latents), costs over
-    :data:`ARM_SAMPLE_MARGIN` more than ``static_bits``. False (search exactly) when the sample
-    would hold fewer than :data:`ARM_SAMPLE_MIN_SEGMENTS` segments. The history records the
-    estimate."""
-    segments = sample_segments([x.shape[1] for x in latents], segment_length, ARM_SAMPLE_FRACTION, seed)
-    sampled = sum(len(s) for s in segments)
-    if sampled < ARM_SAMPLE_MIN_SEGMENTS:
+    """Whether the ARM's cheapest step, priced on a :func:`sample_segments` sample (its ARM bytes in
+    full; the head and partial segments' bits exactly, the random share's scaled to the other
+    segments), costs over :data:`ARM_SAMPLE_MARGIN` more than ``static_bits``. False (search
+    exactly) when the random share would hold fewer than :data:`ARM_SAMPLE_MIN_SEGMENTS`
+    segments. The history records the estimate."""
+    plan = sample_segments([x.shape[1] for x in latents], segment_length, ARM_HEAD_FRACTION, ARM_SAMPLE_FRACTION,
+                           seed)
+    drawn = sum(len(s) for s in plan.sampled)
+    if drawn < ARM_SAMPLE_MIN_SEGMENTS:
         return False
-    sample = gather_segments(latents, segments, segment_length)
-    scale = sum(x.shape[1] for x in latents) / (sampled * segment_length)
+    exact = gather_segments(latents, plan.head, segment_length) + partial_segments(latents, segment_length)
+    sample = gather_segments(latents, plan.sampled, segment_length)
     costs: Dict[int, float] = {}
 
     def cost(shift: int) -> float:
@@ -134,14 +163,14 @@ def arm_loses_clearly(training, latents: List[np.ndarray], segment_length: int, 
             arms = QuantizedArm.from_float(training.synthesis.arm, shift)
         except ArmQuantizationError:
             return math.inf
-        predicted = predict_latents(sample, arms, segment_length, table_config)
-        costs[shift] = 8 * len(arms.to_bytes()) + scale * float(
-            prediction_bits(predicted, arms.num_attributes, table_config))
+        bits = [float(prediction_bits(predict_latents(part, arms, segment_length, table_config),
+                                      arms.num_attributes, table_config)) for part in (exact, sample)]
+        costs[shift] = 8 * len(arms.to_bytes()) + bits[0] + plan.scale * bits[1]
         return costs[shift]
 
     shift = downhill(cost, ARM_SHIFTS, ARM_START_SHIFT)
     estimate = costs.get(shift, math.inf)
     loses = estimate > static_bits * (1.0 + ARM_SAMPLE_MARGIN)
     training.history.append({"step": "arm_estimate", "shift": shift, "bits": estimate, "static_bits": static_bits,
-                             "segments": sampled, "skipped_search": loses})
+                             "segments": drawn + sum(len(h) for h in plan.head), "skipped_search": loses})
     return loses

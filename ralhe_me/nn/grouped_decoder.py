@@ -11,7 +11,7 @@ weights carry a leading attribute axis ([A, ...]) and:
 * the two 3x3x3 convolutions work on point-major features (one row of A * C values per
   voxel) over a precomputed :class:`~ralhe_me.nn.neighbors.NeighborMap`, visiting only the
   occupied neighbours. In C++ where built (``grouped_conv``: each output row sums its
-  neighbours' small products in registers; the backward walks the map's reverse), 2.2x
+  neighbours' small products in registers; the backward walks the map's reverse), 2.2-2.4x
   (first convolution) and 1.7-2.4x (second) faster forward and backward at 483k voxels than
   the torch reference, which per kernel offset gathers the rows of its pairs, multiplies them
   by the block-diagonal [A * C_in, A * C_out] kernel (all attributes in one GEMM), and sums the

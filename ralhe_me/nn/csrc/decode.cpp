@@ -1023,6 +1023,21 @@ py::tuple conv_reverse(I64 fwd_in, int64_t num_in, int threads) {
   return py::make_tuple(offsets, pairs);
 }
 
+// visit(k, m) for output row n's occupied neighbours m, in kernel order; an entry outside
+// [0, num_in] sets bad (refuse_bad_map throws after the parallel region)
+template <typename Visit>
+inline void for_each_neighbour(const int64_t* f, int64_t n, int64_t num_in, bool& bad, Visit&& visit) {
+  for (int k = 0; k < 27; ++k) {
+    const int64_t m = f[n * 27 + k];
+    if (m == num_in) continue;
+    if (m < 0 || m > num_in) {
+      bad = true;
+      continue;
+    }
+    visit(k, m);
+  }
+}
+
 // The kernel as [27, A, C_in, C_out]: one offset's A small matrices in a row.
 std::vector<float> offset_major(const float* w, const ConvShape& c) {
   const int64_t block = c.C_in * c.C_out;
@@ -1110,15 +1125,9 @@ py::array_t<float> grouped_conv(F32 x, F32 kernel, I64 fwd, int64_t num_in, py::
     for (int64_t n = 0; n < c.n_out; ++n) {
       float* acc = od + n * width_out;
       std::fill(acc, acc + width_out, 0.f);
-      for (int k = 0; k < 27; ++k) {
-        const int64_t m = f[n * 27 + k];
-        if (m == num_in) continue;
-        if (m < 0 || m > num_in) {
-          bad = true;
-          continue;
-        }
+      for_each_neighbour(f, n, num_in, bad, [&](int k, int64_t m) {
         fns.forward(xd + m * width_in, wk.data() + k * per_offset, acc, c.A, c.C_in, c.C_out);
-      }
+      });
       if (!bias.empty())
         for (int64_t j = 0; j < width_out; ++j) acc[j] += bias[size_t(j)];
     }
@@ -1189,15 +1198,9 @@ py::tuple grouped_conv_backward(F32 x, F32 kernel, I64 fwd, int64_t num_in, F32 
         float* pw = partial.data() + b * kernel_size;
         const int64_t hi = std::min(c.n_out, (b + 1) * kConvBlock);
         for (int64_t n = b * kConvBlock; n < hi; ++n)
-          for (int k = 0; k < 27; ++k) {
-            const int64_t m = f[n * 27 + k];
-            if (m == num_in) continue;
-            if (m < 0 || m > num_in) {
-              bad = true;
-              continue;
-            }
+          for_each_neighbour(f, n, num_in, bad, [&](int k, int64_t m) {
             fns.kernel_grad(xd + m * width_in, gd + n * width_out, pw + k * per_offset, c.A, c.C_in, c.C_out);
-          }
+          });
       }
       std::vector<double> total(size_t(kernel_size), 0.0);
       for (int64_t b = 0; b < blocks; ++b)
