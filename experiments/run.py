@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--importance-views", type=int, default=None,
                    help="views weighting each voxel's color errors by how much it shows, with a gain map "
                         "(default 0: off)")
+    p.add_argument("--keep-undrawn", action="store_true",
+                   help="code the Gaussians whose opacity is below 1/255 too (no rasterizer draws them: left "
+                        "out by default, which changes no render)")
     p.add_argument("--target-kb", type=float, default=None,
                    help="size at which the Table-2 line compares PSNRs (default: the middle of the RALHE curve)")
     p.add_argument("--threads", type=int, default=2,
@@ -109,7 +112,8 @@ def build_sweep(args):
         out=args.out or str(ROOT / "outputs" / "default"), num_gaussians=args.num_gaussians, views=args.views,
         resolution=args.resolution, depth=args.depth, steps=args.steps, render_steps=args.render_steps,
         finetune_iters=args.finetune_iters, codebook=args.codebook, covariance_step=args.covariance_step,
-        importance_views=args.importance_views, target_kb=args.target_kb, threads=args.threads,
+        importance_views=args.importance_views, keep_undrawn=args.keep_undrawn, target_kb=args.target_kb,
+        threads=args.threads,
         peers=[v.strip() for v in args.peers.split(",") if v.strip()], sog_iterations=args.sog_iterations)
     return single_scene(settings)
 

@@ -36,19 +36,25 @@ def _parse_resolution(text: str):
 
 def cmd_voxelize(args) -> int:
     from .config import CodecConfig
-    from .encode.encoder import choose_grid
-    from .gaussians import codable_model, read_ply, write_ply
-    from .geometry.octree import voxelize
+    from .encode.encoder import prepare
+    from .gaussians import read_ply, write_ply
 
-    model = codable_model(read_ply(args.input))
-    config = CodecConfig(depth=args.depth, max_merge_fraction=args.max_merge, far_field=args.far_field)
-    grid, _ = choose_grid(model, config)  # the grid `ralhe encode` would code on
-    vox = voxelize(model, grid.depth, grid)
+    model = read_ply(args.input)
+    config = CodecConfig(depth=args.depth, max_merge_fraction=args.max_merge, far_field=args.far_field,
+                         keep_undrawn=args.keep_undrawn)
+    vox = prepare(model, config)  # the voxels `ralhe encode` would code
     write_ply(vox.model, args.output)
+    grid = vox.grid
     far = " (far field contracted)" if grid.contraction is not None else ""
-    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {grid.depth}{far} "
+    print(f"{len(model)} Gaussians{_left_out(vox)} -> {len(vox.model)} voxels at depth {grid.depth}{far} "
           f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}")
     return 0
+
+
+def _left_out(vox) -> str:
+    """The report of the Gaussians the encoder left out, or nothing."""
+    n = vox.left_out
+    return f" ({n} left out: opacity below 1/255, which no rasterizer draws)" if n else ""
 
 
 def cmd_eval(args) -> int:
@@ -81,6 +87,8 @@ def _codec_config(args):
         config.geometry_tier = int(tier)
     if getattr(args, "far_field", None) is not None:
         config.far_field = args.far_field
+    if getattr(args, "keep_undrawn", False):
+        config.keep_undrawn = True
     if getattr(args, "latent_coder", None) is not None:
         config.latent_coder = args.latent_coder
     if args.steps is not None:
@@ -159,7 +167,7 @@ def cmd_encode(args) -> int:
         if bar is not None:
             bar.close()
         n = outcome.chosen.result.header["num_points"]
-        print(f"wrote {args.output}: {outcome.summary()}; {n} voxels, "
+        print(f"wrote {args.output}: {outcome.summary()}; {n} voxels{_left_out(outcome.chosen.result.voxelized)}, "
               f"{8 * outcome.chosen.size_bytes / n:.2f} bits/voxel, {time.perf_counter() - start:.1f} s in all")
         return 0 if outcome.met else 1
     result = encode_file(args.input, args.output, config, progress=progress, finetune_iters=args.finetune_iters,
@@ -169,7 +177,7 @@ def cmd_encode(args) -> int:
     from .encode.operating_point import geometry_tier
 
     n = result.header["num_points"]
-    print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels "
+    print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels{_left_out(result.voxelized)} "
           f"({8 * len(result.data) / n:.2f} bits/voxel), depth {result.header['depth']}, "
           f"lambda {config.lmbda:g}, {geometry_tier(config).describe()}, "
           f"encoded in {time.perf_counter() - start:.1f} s")
@@ -267,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "voxelized renders are within 50 dB of the input's")
     p.add_argument("--far-field", choices=("auto", "off"), default="auto",
                    help="auto (default): contract the far field as ralhe encode does; off: one plain cube")
+    p.add_argument("--keep-undrawn", action="store_true",
+                   help="keep the Gaussians whose opacity is below 1/255 (no rasterizer draws them; left out by "
+                        "default, as ralhe encode does)")
     p.add_argument("--max-merge", type=float, default=0.05,
                    help="fraction of Gaussians the automatic depth may merge away (default 0.05)")
     p.set_defaults(func=cmd_voxelize)
@@ -319,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "more, code the space outside the foreground cube (95%% of the Gaussians) on a "
                         "logarithmic grid, at the angular precision of the foreground's edge; off: one plain "
                         "cube around every Gaussian")
+    p.add_argument("--keep-undrawn", action="store_true",
+                   help="code the Gaussians whose opacity is below 1/255 too: the rasterizers (INRIA's, gsplat, "
+                        "web viewers) skip a Gaussian wherever its alpha, at most its opacity, is below 1/255, so "
+                        "they change no render and are left out by default (the count is reported)")
     p.add_argument("--latent-coder", choices=("auto", "arm", "static"), default=None,
                    help="entropy coding of the latents: auto (default) codes them both ways and keeps the "
                         "shorter; arm: the trained autoregressive model, sent in the file; static: per-level "

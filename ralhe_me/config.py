@@ -72,6 +72,9 @@ class CodecConfig:
     # "auto": contract the far field (octree.Contraction) when far Gaussians would set a bounding
     # cube 4x the foreground's or more; "off": one plain cube around every Gaussian
     far_field: str = "auto"
+    # code the Gaussians whose opacity is below 1/255 too (no rasterizer draws them: by default
+    # they are left out, which changes no render)
+    keep_undrawn: bool = False
     # the automatic depth stops before the merge rule's at the first depth whose voxelized renders
     # are this close to the input's (PSNR, dB): deeper octrees cost ~3 bits per sparse Gaussian per
     # level for precision no coded file keeps (None: the merge rule alone)

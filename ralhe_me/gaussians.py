@@ -178,6 +178,18 @@ def _refuse_beyond(name: str, arr: np.ndarray, limit: float, why: str) -> None:
                              f"({len(rows)} such Gaussians): {why}")
 
 
+#: the rasterizers (INRIA's, gsplat, this package's) skip a Gaussian at a pixel where its alpha,
+#: at most its opacity, is below 1/255; the margin keeps float32 rounding of the sigmoid clear of it
+NEVER_DRAWN_OPACITY = (1.0 / 255.0) * (1.0 - 1e-4)
+
+
+def drawn_mask(model: GaussianModel) -> np.ndarray:  # -> [N] bool
+    """Which Gaussians some pixel of some view can draw: those whose opacity reaches 1/255. The
+    others leave every render exactly as it is, so coding them buys nothing (the donut holds 1,473
+    of 45,624, 3.2%), and merged into a voxel they would lower its averaged opacity."""
+    return model.opacities >= NEVER_DRAWN_OPACITY
+
+
 def codable_model(model: GaussianModel) -> GaussianModel:
     """The one gate between a user's model and the encoder: the model to code, or a
     :class:`GaussianModelError` naming the property, the Gaussian and why.

@@ -30,7 +30,7 @@ from ..decode.reconstruction import (SECTION_ARMS, SECTION_COVARIANCE, SECTION_D
 from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
 from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
-from ..gaussians import GaussianModel, codable_model
+from ..gaussians import GaussianModel, codable_model, drawn_mask
 from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from ..geometry.covariance_vq import fit_codebook
 from ..geometry.occupancy import encode_positions
@@ -260,16 +260,29 @@ def choose_grid(model: GaussianModel,  # already through codable_model
 
 def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
-    :func:`choose_grid`'s grid; a :class:`DepthWarning` when the merge rule's deepest depth still
-    merges more than ``config.max_merge_fraction`` of the Gaussians."""
+    :func:`choose_grid`'s grid, leaving out the Gaussians no rasterizer draws (opacity below 1/255;
+    their ``source_index`` is -1) unless ``config.keep_undrawn``; a :class:`DepthWarning` when the
+    merge rule's deepest depth still merges more than ``config.max_merge_fraction`` of the
+    Gaussians."""
     if len(model) == 0:
         raise EncodeError("the model has no Gaussians")
     model = codable_model(model)
+    drawn = np.ones(len(model), bool) if config.keep_undrawn else drawn_mask(model)
+    if not drawn.any():
+        raise EncodeError(f"all {len(model)} Gaussians have an opacity below 1/255, which no rasterizer draws: "
+                          "the model renders empty (keep_undrawn / --keep-undrawn codes them anyway)")
+    full = len(model)
+    if not drawn.all():
+        model = model.subset(drawn)
     grid, merge_rule = choose_grid(model, config)
     depth = grid.depth
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
     vox = voxelize(model, depth, grid)
+    if len(model) < full:  # the left-out Gaussians have no voxel
+        source_index = np.full(full, -1, np.int64)
+        source_index[drawn] = vox.source_index
+        vox = dataclasses.replace(vox, source_index=source_index)
     merged = len(model) - len(vox.model)
     if merge_rule and grid.contraction is None and merged > config.max_merge_fraction * len(model):
         lo, hi = model.means.min(axis=0), model.means.max(axis=0)

@@ -196,7 +196,12 @@ class VoxelizedModel:
     model: GaussianModel  # means are voxel centers
     coords: np.ndarray  # [M, 3] int64 voxel coordinates, Morton-sorted, unique
     grid: VoxelGrid
-    source_index: np.ndarray  # [N] for each input Gaussian, the row of its voxel in ``model``
+    source_index: np.ndarray  # [N] for each input Gaussian, the row of its voxel in ``model`` (-1: left out)
+
+    @property
+    def left_out(self) -> int:
+        """How many input Gaussians have no voxel (the encoder leaves out those no rasterizer draws)."""
+        return int(np.count_nonzero(self.source_index < 0))
 
     @property
     def depth(self) -> int:

@@ -50,6 +50,7 @@ def scene_config(settings: SceneSettings, tier: int = 0) -> CodecConfig:
     config.depth = settings.depth
     config.covariance_codebook = settings.codebook
     config.covariance_step = settings.covariance_step
+    config.keep_undrawn = settings.keep_undrawn
     if settings.importance_views is not None:
         config.importance_views = settings.importance_views
     if settings.steps:
@@ -90,7 +91,8 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
 
     vox = prepare(original, config)
     vox_psnr = score_views(vox.model, views).psnr
-    log(f"{settings.name}: voxelized at depth {vox.depth}: {len(vox.model)} voxels, PSNR {vox_psnr:.2f} dB")
+    left_out = f" ({vox.left_out} Gaussians left out: opacity below 1/255, never drawn)" if vox.left_out else ""
+    log(f"{settings.name}: voxelized at depth {vox.depth}: {len(vox.model)} voxels{left_out}, PSNR {vox_psnr:.2f} dB")
     coded_psnr = None
 
     def on_coded(coded, covariance):

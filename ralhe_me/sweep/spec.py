@@ -59,6 +59,7 @@ class SceneSettings:
     codebook: Optional[int] = None
     covariance_step: Optional[float] = None
     importance_views: Optional[int] = None
+    keep_undrawn: bool = False  # code the Gaussians of opacity below 1/255 too (no rasterizer draws them)
     target_kb: Optional[float] = None  # size of the Table-2 comparison (None: middle of RALHE's curve)
     threads: int = 2  # torch intra-op threads of the preparation and of every job
 
@@ -85,6 +86,8 @@ class SceneSettings:
                                                 or isinstance(self.sog_iterations, bool) or self.sog_iterations < 1):
             raise SweepSpecError(f"scene {self.name}: sog_iterations must be a whole number >= 1, "
                                  f"got {self.sog_iterations!r}")
+        if not isinstance(self.keep_undrawn, bool):
+            raise SweepSpecError(f"scene {self.name}: keep_undrawn must be true or false, got {self.keep_undrawn!r}")
         if self.render_steps is not None and self.render_steps < 0:
             raise SweepSpecError(f"scene {self.name}: render_steps must be >= 0, got {self.render_steps}")
 
@@ -119,7 +122,8 @@ class SceneSettings:
         tier ``tier`` depends on."""
         fields = {k: getattr(self, k) for k in ("scene", "dataset", "preset", "num_gaussians", "seed", "views",
                                                 "resolution", "depth", "finetune_iters", "codebook",
-                                                "covariance_step", "importance_views", "threads")}
+                                                "covariance_step", "importance_views", "threads",
+                                                "keep_undrawn")}
         fields["scene_file"] = _file_identity(self.scene)
         fields["dataset_dir"] = _file_identity(self.dataset)
         fields["preset_file"] = _file_identity(_preset_path(self.preset))
