@@ -46,15 +46,15 @@ def cmd_voxelize(args) -> int:
     write_ply(vox.model, args.output)
     grid = vox.grid
     far = " (far field contracted)" if grid.contraction is not None else ""
-    print(f"{len(model)} Gaussians{_left_out(vox)} -> {len(vox.model)} voxels at depth {grid.depth}{far} "
-          f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}")
+    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {grid.depth}{far} "
+          f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}{_left_out(vox)}")
     return 0
 
 
 def _left_out(vox) -> str:
-    """The report of the Gaussians the encoder left out, or nothing."""
+    """The report of the Gaussians the encoder left out (the end of a line), or nothing."""
     n = vox.left_out
-    return f" ({n} left out: opacity below 1/255, which no rasterizer draws)" if n else ""
+    return f"; {n} Gaussians left out (opacity below 1/255: no rasterizer draws them)" if n else ""
 
 
 def cmd_eval(args) -> int:
@@ -167,8 +167,9 @@ def cmd_encode(args) -> int:
         if bar is not None:
             bar.close()
         n = outcome.chosen.result.header["num_points"]
-        print(f"wrote {args.output}: {outcome.summary()}; {n} voxels{_left_out(outcome.chosen.result.voxelized)}, "
-              f"{8 * outcome.chosen.size_bytes / n:.2f} bits/voxel, {time.perf_counter() - start:.1f} s in all")
+        print(f"wrote {args.output}: {outcome.summary()}; {n} voxels, "
+              f"{8 * outcome.chosen.size_bytes / n:.2f} bits/voxel, {time.perf_counter() - start:.1f} s in all"
+              f"{_left_out(outcome.chosen.result.voxelized)}")
         return 0 if outcome.met else 1
     result = encode_file(args.input, args.output, config, progress=progress, finetune_iters=args.finetune_iters,
                          dataset=args.dataset, finetune_progress=not args.quiet)
@@ -177,10 +178,10 @@ def cmd_encode(args) -> int:
     from .encode.operating_point import geometry_tier
 
     n = result.header["num_points"]
-    print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels{_left_out(result.voxelized)} "
+    print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels "
           f"({8 * len(result.data) / n:.2f} bits/voxel), depth {result.header['depth']}, "
           f"lambda {config.lmbda:g}, {geometry_tier(config).describe()}, "
-          f"encoded in {time.perf_counter() - start:.1f} s")
+          f"encoded in {time.perf_counter() - start:.1f} s{_left_out(result.voxelized)}")
     return 0
 
 
