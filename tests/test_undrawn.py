@@ -103,3 +103,6 @@ def test_the_command_line_reports_what_it_left_out(tmp_path, capsys):
     assert main(["voxelize", str(tmp_path / "in.ply"), str(tmp_path / "all.ply"), "--keep-undrawn"]) == 0
     assert "left out" not in capsys.readouterr().out
     assert len(read_ply(tmp_path / "all.ply")) > lean
+    # a depth too shallow for the encoder's octree levels still voxelizes (a tool of its own)
+    assert main(["voxelize", str(tmp_path / "in.ply"), str(tmp_path / "d4.ply"), "--depth", "4"]) == 0
+    assert "at depth 4" in capsys.readouterr().out

@@ -258,12 +258,10 @@ def choose_grid(model: GaussianModel,  # already through codable_model
     return VoxelGrid.bounding(model.means, depth, contraction), merge_rule
 
 
-def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
-    """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
-    :func:`choose_grid`'s grid, leaving out the Gaussians no rasterizer draws (opacity below 1/255;
-    their ``source_index`` is -1) unless ``config.keep_undrawn``; a :class:`DepthWarning` when the
-    merge rule's deepest depth still merges more than ``config.max_merge_fraction`` of the
-    Gaussians."""
+def drawn_part(model: GaussianModel, config: CodecConfig) -> Tuple[GaussianModel, np.ndarray]:
+    """``model`` through :func:`~ralhe_me.gaussians.codable_model` (the input gate), less the
+    Gaussians no rasterizer draws unless ``config.keep_undrawn``, and which rows it kept
+    (``drawn`` [N] bool); an :class:`EncodeError` when nothing is left."""
     if len(model) == 0:
         raise EncodeError("the model has no Gaussians")
     model = codable_model(model)
@@ -271,18 +269,31 @@ def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     if not drawn.any():
         raise EncodeError(f"all {len(model)} Gaussians have an opacity below 1/255, which no rasterizer draws: "
                           "the model renders empty (keep_undrawn / --keep-undrawn codes them anyway)")
-    full = len(model)
-    if not drawn.all():
-        model = model.subset(drawn)
+    return (model if drawn.all() else model.subset(drawn)), drawn
+
+
+def with_left_out(vox: VoxelizedModel, drawn: np.ndarray) -> VoxelizedModel:
+    """``vox`` of the rows ``drawn`` [N] of a model, with ``source_index`` over all N rows (-1
+    for those left out)."""
+    if drawn.all():
+        return vox
+    source_index = np.full(len(drawn), -1, np.int64)
+    source_index[drawn] = vox.source_index
+    return dataclasses.replace(vox, source_index=source_index)
+
+
+def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
+    """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
+    :func:`choose_grid`'s grid, leaving out the Gaussians no rasterizer draws (opacity below 1/255;
+    their ``source_index`` is -1) unless ``config.keep_undrawn``; a :class:`DepthWarning` when the
+    merge rule's deepest depth still merges more than ``config.max_merge_fraction`` of the
+    Gaussians."""
+    model, drawn = drawn_part(model, config)
     grid, merge_rule = choose_grid(model, config)
     depth = grid.depth
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
-    vox = voxelize(model, depth, grid)
-    if len(model) < full:  # the left-out Gaussians have no voxel
-        source_index = np.full(full, -1, np.int64)
-        source_index[drawn] = vox.source_index
-        vox = dataclasses.replace(vox, source_index=source_index)
+    vox = with_left_out(voxelize(model, depth, grid), drawn)
     merged = len(model) - len(vox.model)
     if merge_rule and grid.contraction is None and merged > config.max_merge_fraction * len(model):
         lo, hi = model.means.min(axis=0), model.means.max(axis=0)
