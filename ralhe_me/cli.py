@@ -36,7 +36,7 @@ def _parse_resolution(text: str):
 
 def cmd_voxelize(args) -> int:
     from .config import CodecConfig
-    from .encode.encoder import choose_grid, drawn_part, with_left_out
+    from .encode.encoder import choose_grid, drawn_part, left_out_note, with_left_out
     from .gaussians import read_ply, write_ply
     from .geometry.octree import voxelize
 
@@ -49,14 +49,8 @@ def cmd_voxelize(args) -> int:
     write_ply(vox.model, args.output)
     far = " (far field contracted)" if grid.contraction is not None else ""
     print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {grid.depth}{far} "
-          f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}{_left_out(vox)}")
+          f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}{left_out_note(vox)}")
     return 0
-
-
-def _left_out(vox) -> str:
-    """The report of the Gaussians the encoder left out (the end of a line), or nothing."""
-    n = vox.left_out
-    return f"; {n} Gaussians left out (opacity below 1/255: no rasterizer draws them)" if n else ""
 
 
 def cmd_eval(args) -> int:
@@ -128,7 +122,7 @@ def _rate_target(args):
 
 
 def cmd_encode(args) -> int:
-    from .encode.encoder import encode_file
+    from .encode.encoder import encode_file, left_out_note
 
     config = _codec_config(args)
     target = _rate_target(args)
@@ -171,7 +165,7 @@ def cmd_encode(args) -> int:
         n = outcome.chosen.result.header["num_points"]
         print(f"wrote {args.output}: {outcome.summary()}; {n} voxels, "
               f"{8 * outcome.chosen.size_bytes / n:.2f} bits/voxel, {time.perf_counter() - start:.1f} s in all"
-              f"{_left_out(outcome.chosen.result.voxelized)}")
+              f"{left_out_note(outcome.chosen.result.voxelized)}")
         return 0 if outcome.met else 1
     result = encode_file(args.input, args.output, config, progress=progress, finetune_iters=args.finetune_iters,
                          dataset=args.dataset, finetune_progress=not args.quiet)
@@ -183,7 +177,7 @@ def cmd_encode(args) -> int:
     print(f"wrote {args.output}: {len(result.data)} bytes for {n} voxels "
           f"({8 * len(result.data) / n:.2f} bits/voxel), depth {result.header['depth']}, "
           f"lambda {config.lmbda:g}, {geometry_tier(config).describe()}, "
-          f"encoded in {time.perf_counter() - start:.1f} s{_left_out(result.voxelized)}")
+          f"encoded in {time.perf_counter() - start:.1f} s{left_out_note(result.voxelized)}")
     return 0
 
 

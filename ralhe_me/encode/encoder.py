@@ -282,6 +282,12 @@ def with_left_out(vox: VoxelizedModel, drawn: np.ndarray) -> VoxelizedModel:
     return dataclasses.replace(vox, source_index=source_index)
 
 
+def left_out_note(vox: VoxelizedModel) -> str:
+    """The end of a report line naming the Gaussians :func:`drawn_part` left out, or nothing."""
+    n = vox.left_out
+    return f"; {n} Gaussians left out (opacity below 1/255: no rasterizer draws them)" if n else ""
+
+
 def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
     :func:`choose_grid`'s grid, leaving out the Gaussians no rasterizer draws (opacity below 1/255;

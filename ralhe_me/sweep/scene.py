@@ -16,7 +16,7 @@ import numpy as np
 
 
 from ..config import CodecConfig, load_preset
-from ..encode.encoder import GeometryCode, attribute_views, finetune_geometry, prepare
+from ..encode.encoder import GeometryCode, attribute_views, finetune_geometry, left_out_note, prepare
 from ..encode.operating_point import geometry_tier
 from ..eval.evaluation import ViewSet, dataset_views, orbit_views, score_views
 from ..gaussians import GaussianModel, read_ply
@@ -91,8 +91,8 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
 
     vox = prepare(original, config)
     vox_psnr = score_views(vox.model, views).psnr
-    left_out = f" ({vox.left_out} Gaussians left out: opacity below 1/255, never drawn)" if vox.left_out else ""
-    log(f"{settings.name}: voxelized at depth {vox.depth}: {len(vox.model)} voxels{left_out}, PSNR {vox_psnr:.2f} dB")
+    log(f"{settings.name}: voxelized at depth {vox.depth}: {len(vox.model)} voxels, PSNR {vox_psnr:.2f} dB"
+        f"{left_out_note(vox)}")
     coded_psnr = None
 
     def on_coded(coded, covariance):
