@@ -4,12 +4,14 @@ a headless-Chromium screenshot of the web viewer (web/) showing a decoded file.
 Per file: the native command's whole process (start, read, decode, write the .ply, exit), the
 same through Node.js (``node wasm/test_node.mjs IN OUT.ply``: start, compile and instantiate the
 module, decode, write: "cold"), and the decode alone in a warm Node.js process (file bytes to
-.ply bytes in memory, after one warm-up decode: "warm"); medians of ``--repeat`` runs, and the
+.ply bytes in memory, after one warm-up decode: "warm"), and the first decode of a process whose
+decoder was made with ``createDecoder({ warmUp: true })`` and then left idle ``--warm-up-idle`` ms,
+as a viewer's is while its scene downloads ("warmed"); medians of ``--repeat`` runs, and the
 ratios to native (the goal: WebAssembly within 2x of native).  Checks the .ply bytes are equal.
 
     .venv/bin/python benchmarks/bench_wasm.py FILE.ralhe [FILE.ralhe ...] [--repeat 5] \\
         [--screenshot outputs/web_view.png] [--screenshot-file FILE.ralhe] [--no-screenshot] \\
-        [--node-flags=--v8-pool-size=1]
+        [--node-flags=--v8-pool-size=1] [--warm-up-idle 300]
 
 The screenshot serves web/ (web/serve.mjs), opens ``?src=`` the first file (or
 ``--screenshot-file``) in headless Chromium with software WebGL (web/screenshot.mjs,
@@ -92,7 +94,8 @@ def find_native(explicit: Optional[str]) -> Optional[str]:
     return shutil.which("ralhe-decode")
 
 
-def bench_file(path: Path, node: Sequence[str], native: Optional[str], repeat: int, tmp: Path) -> dict:
+def bench_file(path: Path, node: Sequence[str], native: Optional[str], repeat: int, tmp: Path,
+               warm_up_idle_ms: float = 300.0) -> dict:
     row = {"file": path.name, "bytes": path.stat().st_size}
     wasm_ply, native_ply = tmp / "wasm.ply", tmp / "native.ply"
     # native and cold runs alternate: this machine's speed drifts by 20% over minutes, and the
@@ -103,6 +106,7 @@ def bench_file(path: Path, node: Sequence[str], native: Optional[str], repeat: i
     cold_s: List[float] = []
     first_s: List[float] = []
     start_s: List[float] = []
+    warmed_s: List[float] = []
     for _ in range(repeat):
         if native:
             seconds, proc = run_timed([native, "--timing", str(path), str(native_ply)])
@@ -112,11 +116,14 @@ def bench_file(path: Path, node: Sequence[str], native: Optional[str], repeat: i
         cold_s.append(seconds)
         first_s.append(first_decode_seconds(proc.stdout))
         start_s.append(wall([*node, "-e", ""]))
+        _, proc = run_timed([*node, str(DRIVER), "--warm-up", "--idle", f"{warm_up_idle_ms:g}", str(path), "-"])
+        warmed_s.append(first_decode_seconds(proc.stdout))
     if native:
         row["native"] = statistics.median(native_s)
         row["native_decode"] = statistics.median(native_decode_s)
     row["cold"] = statistics.median(cold_s)
     row["first"] = statistics.median(first_s)
+    row["warmed"] = statistics.median(warmed_s)
     row["node_start"] = statistics.median(start_s)
     # the cold process less an empty Node.js process started right after it: what the module,
     # the driver and the decode add to Node.js's own start
@@ -192,10 +199,14 @@ def main(argv=None) -> int:
     p.add_argument("--screenshot-file", help="the file the viewer shows (default: the first)")
     p.add_argument("--no-screenshot", action="store_true")
     p.add_argument("--timeout", type=float, default=120, help="seconds the page may take to show the scene")
+    p.add_argument("--warm-up-idle", type=float, default=300.0,
+                   help="ms the warmed decoder waits before its first file (default 300: a download)")
     p.add_argument("--node-flags", default="",
                    help="flags for every Node.js process timed, e.g. '--v8-pool-size=1' (one V8 worker "
                         "thread: on 2 cores the default 4 compile optimized code beside the decode)")
     args = p.parse_args(argv)
+    if args.repeat < 1 or not args.warm_up_idle >= 0:
+        p.error(f"--repeat must be >= 1 and --warm-up-idle >= 0, got {args.repeat} and {args.warm_up_idle:g}")
 
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
@@ -215,16 +226,18 @@ def main(argv=None) -> int:
           "alone); cold = a whole `node test_node.mjs IN OUT.ply` process; first = its decode alone (the "
           "module's first, file bytes to .ply bytes; x: to native decode); node = an empty `node -e ''` "
           "process; cold-node = cold less node, run by run (what the module adds to Node.js's start; x: to "
-          "native); warm = one decode to .ply bytes in a warm process")
+          "native); warm = one decode to .ply bytes in a warm process; warmed = the first decode after "
+          f"createDecoder({{ warmUp: true }}) and {args.warm_up_idle:g} ms idle (x: to native decode)")
     print(f"{'file':<28} {'points':>9} {'native s':>9} {'decode s':>9} {'cold s':>7} {'x':>5} {'first s':>8} "
-          f"{'x':>5} {'node s':>7} {'cold-node s':>11} {'x':>5} {'warm s':>7} {'x':>5}  same .ply")
-    worst = {"cold": 0.0, "first": 0.0, "module": 0.0, "warm": 0.0}
+          f"{'x':>5} {'node s':>7} {'cold-node s':>11} {'x':>5} {'warm s':>7} {'x':>5} {'warmed s':>8} {'x':>5}  same .ply")
+    worst = {"cold": 0.0, "first": 0.0, "module": 0.0, "warm": 0.0, "warmed": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
-            row = bench_file(path, [node, *shlex.split(args.node_flags)], native, args.repeat, Path(tmp))
+            row = bench_file(path, [node, *shlex.split(args.node_flags)], native, args.repeat, Path(tmp),
+                             args.warm_up_idle)
             # first against the native decode alone (its .ply bytes made in its write stage, not
             # counted: the comparison leans against WebAssembly), the others against the process
-            ratio = {k: row[k] / row["native_decode" if k == "first" else "native"] if "native" in row else None
+            ratio = {k: row[k] / row["native_decode" if k in ("first", "warmed") else "native"] if "native" in row else None
                      for k in worst}
             for k, r in ratio.items():
                 if r is not None:
@@ -233,7 +246,7 @@ def main(argv=None) -> int:
             print(f"{row['file']:<28} {row['points'] or '?':>9} {row.get('native', float('nan')):9.3f} "
                   f"{row.get('native_decode', float('nan')):9.3f} {row['cold']:7.3f} {fmt(ratio['cold'])} {row['first']:8.3f} {fmt(ratio['first'])} "
                   f"{row['node_start']:7.3f} {row['module']:11.3f} {fmt(ratio['module'])} {row['warm']:7.3f} "
-                  f"{fmt(ratio['warm'])}  "
+                  f"{fmt(ratio['warm'])} {row['warmed']:8.3f} {fmt(ratio['warmed'])}  "
                   f"{ {True: 'yes', False: 'NO', None: '-'}[row.get('identical')] }")
     if native:
         print("worst ratio to native (goal <= 2x): " + ", ".join(

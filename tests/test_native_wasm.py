@@ -156,3 +156,41 @@ def test_damaged_files_give_the_native_error_names(node, files, tmp_path):
         record = records[str(path)]
         assert record["status"] == expected, f"{name}: WebAssembly {record['status']} ({record['message']}), native {expected}"
         assert record["message"], f"{name}: no error message"
+
+
+WARMUP_FILE = NATIVE / "wasm" / "warmup.ralhe"
+
+
+def test_warm_up_file_is_a_current_file_every_decoder_reads(tmp_path):
+    """createDecoder({ warmUp: true }) decodes the committed warmup.ralhe: it must stay a file
+    this package's decoders read (scripts/make_wasm_warmup.py writes it again after a format
+    change), with the stages it is there to warm up."""
+    from ralhe_me.decode.decoder import decode_bytes, native_decoder
+
+    data = WARMUP_FILE.read_bytes()
+    python = decode_bytes(data, engine="python").model
+    assert len(python) > 500 and python.sh.shape[1] == 16  # SH degree 3
+    assert _native(WARMUP_FILE, tmp_path / "native.ply") is None
+    if native_decoder() is not None:
+        native = decode_bytes(data, engine="native").model
+        for field in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+            assert np.array_equal(getattr(native, field), getattr(python, field)), field
+
+
+def test_warmed_decoder_gives_the_same_bytes(node, files, tmp_path):
+    """A decoder made with createDecoder({ warmUp: true }) (it decodes warmup.ralhe first)
+    decodes every file to the native decoder's bytes: the warm-up leaves no state behind."""
+    if not (WASM / "warmup.mjs").exists():
+        pytest.fail(f"the WebAssembly build has no warmup.mjs: {REBUILD}")
+    args = [node, str(DRIVER), "--warm-up"]
+    pairs = [(src, tmp_path / f"{name}.wasm.ply") for name, src in files.items()]
+    for src, dst in pairs:
+        args += [str(src), str(dst)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"test_node.mjs --warm-up failed:\n{proc.stderr[-3000:]}"
+    records = {r["input"]: r for r in map(json.loads, proc.stdout.splitlines()) if "input" in r}
+    for src, wasm_ply in pairs:
+        assert records[str(src)]["status"] == "OK", records[str(src)]
+        native_ply = tmp_path / f"{src.stem}.native.ply"
+        assert _native(src, native_ply) is None
+        assert wasm_ply.read_bytes() == native_ply.read_bytes(), src.name

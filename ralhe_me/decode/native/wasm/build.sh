@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the native decoder to WebAssembly: every src/*.cpp plus wasm/exports.cpp into
-# build/wasm/ralhe_decode.mjs + ralhe_decode.wasm (an ES module exporting the factory
+# build/wasm/ralhe_decode.mjs + ralhe_decode.wasm + warmup.mjs (an ES module exporting the factory
 # `createRalheDecodeModule`; it runs in Node.js >= 16 and in browsers).  wasm/ralhe_decode.js is
 # the JavaScript API over it.
 #
@@ -113,6 +113,9 @@ if ! smoke; then
     exit 1
   fi
 fi
+# The warm-up file (scripts/make_wasm_warmup.py) as an ES module of base64 text, which Node.js and
+# browsers both import (createDecoder({ warmUp: true }) decodes it once).
+{ printf 'export default "'; base64 -w0 "$HERE/warmup.ralhe"; printf '";\n'; } >"$OUT/warmup.mjs"
 echo "$EH_MODE" >"$OUT/exceptions"  # which exceptions the module uses (bench_wasm.py reports it)
 wasm_bytes=$(wc -c <"$OUT/ralhe_decode.wasm")
 js_bytes=$(wc -c <"$OUT/ralhe_decode.mjs")

@@ -127,10 +127,20 @@ class Decoder {
 
 // Instantiate the WebAssembly module (once per decoder; reuse the decoder).  options:
 //   moduleUrl: where ralhe_decode.mjs is (default ../build/wasm/ralhe_decode.mjs beside this file)
+//   warmUp: decode a small built-in file (warmup.mjs beside the module, 11 kB) before resolving.
+//     Why: engines compile a function when it first runs and optimize it later, in the
+//     background, so a fresh module's first decode runs unoptimized code and shares the CPU with
+//     the compiler.  A viewer that creates its decoder while its scene downloads gets that over
+//     with first (README: kacytran's first decode 106 -> 49 ms in Node.js on 2 cores).
 //   any other key is passed to the Emscripten factory (e.g. wasmBinary, locateFile).
 export async function createDecoder(options = {}) {
-  const { moduleUrl, ...moduleOptions } = options;
+  const { moduleUrl, warmUp = false, ...moduleOptions } = options;
   const url = moduleUrl ? new URL(moduleUrl, import.meta.url).href : new URL("../build/wasm/ralhe_decode.mjs", import.meta.url).href;
   const { default: factory } = await import(url);
-  return new Decoder(await factory(moduleOptions));
+  const decoder = new Decoder(await factory(moduleOptions));
+  if (warmUp) {
+    const { default: base64 } = await import(new URL("warmup.mjs", url).href);
+    decoder.decodeToPly(Uint8Array.from(atob(base64), (c) => c.charCodeAt(0)));
+  }
+  return decoder;
 }

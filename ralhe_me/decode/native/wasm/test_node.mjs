@@ -2,11 +2,13 @@
 // against the native decoder in tests/test_native_wasm.py, and the timing in
 // benchmarks/bench_wasm.py).
 //
-//   node test_node.mjs [--repeat N] [--check-arrays] IN.ralhe OUT.ply [IN2.ralhe OUT2.ply ...]
+//   node test_node.mjs [--repeat N] [--check-arrays] [--warm-up] [--idle MS] IN.ralhe OUT.ply [IN2 OUT2 ...]
 //
+// --warm-up creates the decoder with createDecoder({ warmUp: true }); --idle waits MS milliseconds
+// after that (a viewer's download) before the first file, with the event loop free.
 // OUT "-" writes nothing.  One JSON line per file on stdout: {input, status ("OK" or the error
 // name, e.g. "CorruptDataError"), message, numPoints, shDegree, plyBytes, ms: [per repeat]}; a
-// first line {instantiateMs}.  --check-arrays also decodes to arrays and rebuilds the .ply from
+// first line {instantiateMs} (the warm-up included).  --check-arrays also decodes to arrays and rebuilds the .ply from
 // them (decode() + plyOf()), failing the file if the bytes differ.  Exit 0 unless an argument
 // or the module is wrong (a file that fails to decode is a result, not an exit status).
 import { readFileSync, writeFileSync } from "node:fs";
@@ -16,14 +18,18 @@ import { createDecoder } from "./ralhe_decode.js";
 const args = process.argv.slice(2);
 let repeat = 1;
 let checkArrays = false;
+let warmUp = false;
+let idleMs = 0;
 const files = [];
 for (let i = 0; i < args.length; ++i) {
   if (args[i] === "--repeat") repeat = Math.max(1, parseInt(args[++i], 10));
   else if (args[i] === "--check-arrays") checkArrays = true;
+  else if (args[i] === "--warm-up") warmUp = true;
+  else if (args[i] === "--idle") idleMs = Math.max(0, Number(args[++i]));
   else files.push(args[i]);
 }
 if (files.length === 0 || files.length % 2) {
-  console.error("usage: node test_node.mjs [--repeat N] [--check-arrays] IN.ralhe OUT.ply [IN OUT ...]");
+  console.error("usage: node test_node.mjs [--repeat N] [--check-arrays] [--warm-up] [--idle MS] IN.ralhe OUT.ply [IN OUT ...]");
   process.exit(2);
 }
 
@@ -35,8 +41,9 @@ function equalBytes(a, b) {
 
 async function main() {
   const t0 = performance.now();
-  const decoder = await createDecoder();
+  const decoder = await createDecoder({ warmUp });
   console.log(JSON.stringify({ instantiateMs: performance.now() - t0 }));
+  if (idleMs > 0) await new Promise((resolve) => setTimeout(resolve, idleMs));
 
   for (let f = 0; f < files.length; f += 2) {
     const [input, output] = [files[f], files[f + 1]];
