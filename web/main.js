@@ -66,7 +66,7 @@ function cameraFor(means, up) {
 }
 
 // warmUp: the decoder decodes a small built-in file while the scene downloads, so that the
-// engine has compiled it by the time the scene arrives (README: first decode 1.9x native, not 4x)
+// engine has compiled it by the time the scene arrives (README: first decode 1.4x native, not 4x)
 const decoderPromise = createDecoder({ warmUp: true });
 decoderPromise.catch(() => {});  // reported where it is awaited
 
