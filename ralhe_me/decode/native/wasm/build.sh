@@ -114,7 +114,7 @@ if ! smoke; then
   fi
 fi
 # The warm-up file (scripts/make_wasm_warmup.py) as an ES module of base64 text, which Node.js and
-# browsers both import (createDecoder({ warmUp: true }) decodes it once).
+# browsers both import (createDecoder({ warmUp: true }) decodes it three times).
 { printf 'export default "'; base64 -w0 "$HERE/warmup.ralhe"; printf '";\n'; } >"$OUT/warmup.mjs"
 echo "$EH_MODE" >"$OUT/exceptions"  # which exceptions the module uses (bench_wasm.py reports it)
 wasm_bytes=$(wc -c <"$OUT/ralhe_decode.wasm")

@@ -145,9 +145,15 @@ export async function createDecoder(options = {}) {
   const { default: factory } = await import(url);
   const decoder = new Decoder(await factory(moduleOptions));
   if (warmUp) {
-    const { default: base64 } = await import(new URL("warmup.mjs", url).href);
-    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-    for (let i = 0; i < WARM_UP_DECODES; ++i) {
+    // only a speed-up: a build without warmup.mjs (older than the option) still decodes, with a warning
+    let bytes = null;
+    try {
+      const { default: base64 } = await import(new URL("warmup.mjs", url).href);
+      bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    } catch (e) {
+      console.warn(`RALHE decoder: warm-up skipped (no warmup.mjs beside ${url}: rebuild with wasm/build.sh): ${e}`);
+    }
+    for (let i = 0; bytes && i < WARM_UP_DECODES; ++i) {
       decoder.decodeToPly(bytes);
       await new Promise((resolve) => setTimeout(resolve, 0));  // the page stays responsive
     }

@@ -25,7 +25,13 @@ for (let i = 0; i < args.length; ++i) {
   if (args[i] === "--repeat") repeat = Math.max(1, parseInt(args[++i], 10));
   else if (args[i] === "--check-arrays") checkArrays = true;
   else if (args[i] === "--warm-up") warmUp = true;
-  else if (args[i] === "--idle") idleMs = Math.max(0, Number(args[++i]));
+  else if (args[i] === "--idle") {
+    idleMs = Number(args[++i]);
+    if (!(idleMs >= 0)) {
+      console.error(`--idle needs a number of milliseconds >= 0, got ${args[i]}`);
+      process.exit(2);
+    }
+  }
   else files.push(args[i]);
 }
 if (files.length === 0 || files.length % 2) {
