@@ -36,19 +36,16 @@ def _parse_resolution(text: str):
 
 def cmd_voxelize(args) -> int:
     from .config import CodecConfig
-    from .encode.encoder import choose_grid, drawn_part, left_out_note, with_left_out
+    from .encode.encoder import left_out_note, voxelize_drawn
     from .gaussians import read_ply, write_ply
-    from .geometry.octree import voxelize
 
     model = read_ply(args.input)
     config = CodecConfig(depth=args.depth, max_merge_fraction=args.max_merge, far_field=args.far_field,
                          keep_undrawn=args.keep_undrawn)
-    drawn_model, drawn = drawn_part(model, config)  # the Gaussians `ralhe encode` would code
-    grid, _ = choose_grid(drawn_model, config)  # on its grid
-    vox = with_left_out(voxelize(drawn_model, grid.depth, grid), drawn)
+    vox, _, _ = voxelize_drawn(model, config)  # what `ralhe encode` would code, on its grid
     write_ply(vox.model, args.output)
-    far = " (far field contracted)" if grid.contraction is not None else ""
-    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {grid.depth}{far} "
+    far = " (far field contracted)" if vox.grid.contraction is not None else ""
+    print(f"{len(model)} Gaussians -> {len(vox.model)} voxels at depth {vox.depth}{far} "
           f"(voxel size {vox.grid.voxel_size:.6g}); wrote {args.output}{left_out_note(vox)}")
     return 0
 

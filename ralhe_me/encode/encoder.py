@@ -288,18 +288,25 @@ def left_out_note(vox: VoxelizedModel) -> str:
     return f"; {n} Gaussians left out (opacity below 1/255: no rasterizer draws them)" if n else ""
 
 
+def voxelize_drawn(model: GaussianModel, config: CodecConfig) -> Tuple[VoxelizedModel, GaussianModel, bool]:
+    """The voxels the encoder codes (:func:`drawn_part` of ``model`` on :func:`choose_grid`'s grid,
+    ``source_index`` over every input row), the drawn model they were made from, and whether the
+    merge rule chose the depth; ``ralhe voxelize`` shows them without :func:`prepare`'s checks."""
+    drawn_model, drawn = drawn_part(model, config)
+    grid, merge_rule = choose_grid(drawn_model, config)
+    return with_left_out(voxelize(drawn_model, grid.depth, grid), drawn), drawn_model, merge_rule
+
+
 def prepare(model: GaussianModel, config: CodecConfig) -> VoxelizedModel:
     """Voxelize ``model`` (through :func:`~ralhe_me.gaussians.codable_model`, the input gate) on
     :func:`choose_grid`'s grid, leaving out the Gaussians no rasterizer draws (opacity below 1/255;
     their ``source_index`` is -1) unless ``config.keep_undrawn``; a :class:`DepthWarning` when the
     merge rule's deepest depth still merges more than ``config.max_merge_fraction`` of the
     Gaussians."""
-    model, drawn = drawn_part(model, config)
-    grid, merge_rule = choose_grid(model, config)
-    depth = grid.depth
+    vox, model, merge_rule = voxelize_drawn(model, config)
+    depth, grid = vox.depth, vox.grid
     if depth < config.architecture.num_levels - 1:
         raise EncodeError(f"depth {depth} is too small for {config.architecture.num_levels} octree levels")
-    vox = with_left_out(voxelize(model, depth, grid), drawn)
     merged = len(model) - len(vox.model)
     if merge_rule and grid.contraction is None and merged > config.max_merge_fraction * len(model):
         lo, hi = model.means.min(axis=0), model.means.max(axis=0)
