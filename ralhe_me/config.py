@@ -98,6 +98,13 @@ class CodecConfig:
     importance_resolution: int = 256  # their size in pixels
     gain_level: Optional[int] = 4  # octree level of the transmitted gain map (None: no map; needs importance)
     covariance_gain: bool = False  # scale the covariance residual steps by the gain map too (see README)
+    # random orbit views measuring each shape's rendering sensitivity, which sets its own covariance
+    # steps (encode/shape_sensitivity.py; 0: uniform steps), from geometry tier shape_sensitivity_min_tier
+    # up (measured in the README: smaller files at equal PSNR at tiers 4-5, larger on the donut at tier 1);
+    # excludes covariance_gain
+    shape_sensitivity_views: int = 0
+    shape_sensitivity_resolution: int = 400
+    shape_sensitivity_min_tier: int = 0
     # how the latents are entropy coded: "arm" (the trained autoregressive model, sent in the file),
     # "static" (per-level histograms, entropy/static_latents.py; "raht" transform only) or "auto":
     # both, the shorter kept

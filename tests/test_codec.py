@@ -131,6 +131,8 @@ def test_cli_round_trip_and_errors(encoded, tmp_path):
     assert r.returncode == 2 and "--covariance-step must be in [0, 2.5]" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--importance-views", "-1")
     assert r.returncode == 2 and "--importance-views must be >= 0" in r.stderr
+    r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--shape-sensitivity-views", "-3")
+    assert r.returncode == 2 and "--shape-sensitivity-views must be >= 0" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--render-steps", "-2")
     assert r.returncode == 2 and "--render-steps must be >= 0" in r.stderr
     r = run("encode", str(src), str(tmp_path / "w.ralhe"), "--preset", "fast", "--finetune-iters", "-1")

@@ -6,6 +6,7 @@ import pytest
 
 from ralhe_me.geometry.covariance_code import (CovarianceCode, ResidualSteps, decode_shapes, decode_shapes_code,
                                                encode_shapes, quantize_shapes)
+from ralhe_me.entropy.categorical import encode_categorical, read_varint, write_varint
 from ralhe_me.geometry.covariance_vq import (CovarianceStreamError, CovarianceVQError, canonical_quats,
                                              fit_codebook)
 
@@ -148,6 +149,48 @@ def test_per_point_scaled_steps():
     assert np.array_equal(decode_shapes(plain, scale)[0], decode_shapes(plain)[0])
     with pytest.raises(CovarianceVQError, match="point_scale"):
         quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), point_scale=-scale)
+
+
+def test_own_step_exponents_are_stored_and_scale_each_point():
+    s, q = shapes(1000)
+    book = fit_codebook(s, q, 16)
+    e = np.where(np.arange(1000) < 500, -4, 3)  # steps x 1/4 and x 2^1.5
+    code = quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), step_exponents=e)
+    data = encode_shapes(code)
+    assert data[1] == 2
+    back = decode_shapes_code(data, point_scale=np.full(1000, 8.0))  # a file's gain map does not apply
+    assert np.array_equal(back.step_exponents, e)
+    ls, qs = back.shapes()
+    assert np.array_equal(ls, code.shapes()[0]) and np.array_equal(qs, code.shapes()[1])
+    err = np.abs(ls - s).max(axis=1)
+    assert err[:500].max() <= 0.05 / 4 + 1e-5 and err[500:].max() <= 0.05 * 2 ** 1.5 + 1e-5
+    assert err[500:].max() > 0.05  # the coarse half really is coarser than the base step
+    # the exponents cost bytes: a section with none is shorter than one whose exponents are all 0
+    uniform = encode_shapes(quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02)))
+    zeros = encode_shapes(quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), step_exponents=np.zeros(1000, int)))
+    assert len(uniform) < len(zeros) and np.array_equal(decode_shapes(uniform)[0], decode_shapes(zeros)[0])
+    for bad, match in [(np.full(1000, 9), "lie in"), (np.zeros(999, int), r"\[1000\]"), (np.zeros(1000), "integers")]:
+        with pytest.raises(CovarianceVQError, match=match):
+            quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), step_exponents=bad)
+    with pytest.raises(CovarianceVQError, match="not both"):
+        quantize_shapes(s, q, book, ResidualSteps(0.1, 0.02), point_scale=np.ones(1000), step_exponents=e)
+    # a section whose exponents name another count of shapes, or are cut short
+    def exponent_stream(section):  # (start, end) of the exponents' varint length + stream
+        n, pos = read_varint(section, 10)
+        start = pos + n
+        size, pos = read_varint(section, start)
+        return start, pos + size
+
+    a, b = exponent_stream(data)
+    ex999 = encode_categorical(e[:999] + 8, 17)
+    spliced = data[:a] + write_varint(len(ex999)) + ex999 + data[b:]
+    with pytest.raises(CovarianceStreamError, match="step exponents: 999 for 1000 shapes"):
+        decode_shapes(spliced)
+    for cut in [a + 1, b - 1]:
+        with pytest.raises(CovarianceStreamError, match="step exponents"):
+            decode_shapes(data[:cut])
+    with pytest.raises(CovarianceStreamError, match="flags 3"):
+        decode_shapes(data[:1] + b"\x03" + data[2:])
 
 
 def test_step_rule_picks_the_coarsest_step_that_keeps_the_renders():

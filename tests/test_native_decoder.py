@@ -100,6 +100,9 @@ def files():
 
     gain = dataclasses.replace(residual, importance_views=3, importance_resolution=48, covariance_gain=True)
     out["gain"] = _encode(base.with_sh_degree(1), gain)
+    # per-Gaussian covariance steps from rendering sensitivity (the section's own step exponents)
+    shape_steps = dataclasses.replace(residual, shape_sensitivity_views=3, shape_sensitivity_resolution=48)
+    out["shape_steps"] = _encode(base.with_sh_degree(1), shape_steps)
 
     # a version-1 covariance section (quaternion residual q - c, as older files hold), gain-scaled
     import functools
@@ -118,6 +121,7 @@ def files():
     assert headers["pyramid"]["architecture"]["transform"] == "pyramid"
     assert "contraction" in headers["far"]
     assert headers["gain"]["gain_level"] is not None
+    assert unpack(out["shape_steps"]).section("covariance")[1] == 2  # flags: own step exponents
     versions = {k: unpack(v).section("covariance")[0] for k, v in out.items()}
     assert versions["cartesian"] == 1 and versions["gain"] == versions["sh0_residual"] == 2
     return out
@@ -139,7 +143,7 @@ def written(files, tmp_path_factory):
     return out
 
 
-NAMES = ("sh3_vq", "sh0_residual", "pyramid", "far", "gain", "cartesian")
+NAMES = ("sh3_vq", "sh0_residual", "pyramid", "far", "gain", "cartesian", "shape_steps")
 
 
 # ---------------------------------------------------------------- agreement

@@ -146,6 +146,20 @@ def shapes():
 
 
 @pytest.mark.parametrize("steps", [(0.0, 0.0), (0.1, 0.0), (0.0, 0.02), (0.1, 0.02), (0.013, 0.004)])
+def test_shapes_with_own_step_exponents_equal_reference(shapes, steps):
+    m, book, gains = shapes
+    e = np.random.default_rng(5).integers(-8, 9, len(m))
+    data = encode_shapes(quantize_shapes(m.log_scales, m.quats, book, ResidualSteps(*steps), step_exponents=e))
+    assert data[1] == 2
+    ref = decode_shapes(data)
+    for given in (None, gains):  # a file's gain map does not apply to this section
+        got = N.decode_shapes(data, given, len(m))
+        assert _same_bits(got[0], ref[0]) and _same_bits(got[1], ref[1])
+    with pytest.raises(CorruptDataError, match="step exponents: 3000 for 2999 shapes|entries"):
+        N.decode_shapes(data, None, len(m) - 1)
+
+
+@pytest.mark.parametrize("steps", [(0.0, 0.0), (0.1, 0.0), (0.0, 0.02), (0.1, 0.02), (0.013, 0.004)])
 @pytest.mark.parametrize("with_gain", [False, True])
 def test_shapes_equal_reference(shapes, steps, with_gain):
     m, book, gains = shapes
@@ -375,4 +389,11 @@ def test_fuzz_never_crashes_and_fails_where_python_fails(shapes):
         data = _mutate(sec, rng)
         failures += _agree(lambda: N.decode_shapes(data, gains, n), lambda: python_shapes(data))
         cases += 1
-    assert cases == 400 and failures > 200  # most mutations are caught; the rest decode alike
+    # covariance sections with their own step exponents
+    own = encode_shapes(quantize_shapes(m.log_scales, m.quats, book, ResidualSteps(0.05, 0.01),
+                                        step_exponents=rng.integers(-8, 2, n)))
+    for _ in range(60):
+        data = _mutate(own, rng)
+        failures += _agree(lambda: N.decode_shapes(data, gains, n), lambda: python_shapes(data))
+        cases += 1
+    assert cases == 460 and failures > 230  # most mutations are caught; the rest decode alike

@@ -80,7 +80,8 @@ def _native(src: Path, dst: Path):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Small .ralhe files: the fast preset (RAHT, SH degree 3), and the paper preset (pyramid)
-    on an SH degree 1 scene with a far field (a few points 10^4 times further out)."""
+    on an SH degree 1 scene with a far field (a few points 10^4 times further out) and covariance
+    steps per Gaussian (the section's own step exponents)."""
     from ralhe_me.config import load_preset
     from ralhe_me.default_scene import make_default_scene
     from ralhe_me.encode.encoder import encode_model
@@ -100,8 +101,12 @@ def files(tmp_path_factory):
     paper.training.steps = 5
     paper.covariance_codebook = fast.covariance_codebook
     paper.lmbda = fast.lmbda
+    paper.covariance_step, paper.shape_sensitivity_views, paper.shape_sensitivity_resolution = 0.2, 2, 32
     paths["pyramid_far_sh1"] = out / "pyramid_far_sh1.ralhe"
     paths["pyramid_far_sh1"].write_bytes(encode_model(far_sh1, paper).data)
+    from ralhe_me.decode.bitstream import unpack
+
+    assert unpack(paths["pyramid_far_sh1"].read_bytes()).section("covariance")[1] == 2
     return paths
 
 

@@ -152,6 +152,7 @@ def test_sweep_file_is_read_and_checked(tmp_path):
     assert y.job_key(sog) != dataclasses.replace(y, sog_iterations=3).job_key(sog)
     first = x.jobs()[0]  # keeping the undrawn Gaussians prepares other voxels: every job is redone
     assert x.job_key(first) != dataclasses.replace(x, keep_undrawn=True).job_key(first)
+    assert x.job_key(first) != dataclasses.replace(x, shape_sensitivity_views=8).job_key(first)
     assert [j.codec for j in sweep.without_peers().jobs()] == ["ralhe", "ralhe", "raht"] * 3
     assert small.out == str(tmp_path / "results" / "small")
     for text, message in [
@@ -164,6 +165,7 @@ def test_sweep_file_is_read_and_checked(tmp_path):
         ("scenes:\n  - {name: a, peers: [zip]}\n", "unknown peer format.*'zip'"),
         ("scenes:\n  - {name: a, sog_iterations: 0}\n", "sog_iterations must be a whole number"),
         ("scenes:\n  - {name: a, keep_undrawn: 'yes'}\n", "keep_undrawn must be true or false"),
+        ("scenes:\n  - {name: a, shape_sensitivity_views: -4}\n", "shape_sensitivity_views must be a whole number"),
         ("speed: 3\nscenes:\n  - {name: a}\n", "unknown key.*speed"),
         ("scenes: [\n", "not valid YAML"),
     ]:

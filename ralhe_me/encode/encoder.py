@@ -31,7 +31,8 @@ from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
 from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
 from ..gaussians import GaussianModel, codable_model, drawn_mask
-from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
+from ..geometry.covariance_code import (CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, exponent_gains,
+                                       quantize_shapes)
 from ..geometry.covariance_vq import fit_codebook
 from ..geometry.occupancy import encode_positions
 from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel,
@@ -43,6 +44,7 @@ from .arm_step import arm_loses_clearly, choose_arm
 from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
 from .errors import EncodeError
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
+from .shape_sensitivity import optional_step_exponents
 
 #: decoder weight steps 2**-shift, tried from the coarsest: at small lambdas the latents' step,
 #: which the first layer and the skip path carry in their weights, is small, and a search that
@@ -127,17 +129,31 @@ def covariance_gains(gain_map: Optional[GainMap], config: CodecConfig) -> Option
     return gain_map.gains
 
 
-def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[np.ndarray] = None) -> CovarianceCode:
+def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[np.ndarray] = None,
+                    progress: bool = False) -> CovarianceCode:
     """Quantize the shapes of ``target``: residual step by rendering quality (unless
     ``config.covariance_step`` fixes it), then the codebook size that minimizes the bytes at
     that step (unless ``config.covariance_codebook`` fixes it); ``gains`` [N] scale each
-    point's steps (the gain map)."""
+    point's steps (the gain map), or ``config.shape_sensitivity_views`` set them from each shape's
+    rendering sensitivity (stored in the section)."""
     seed = config.training.seed
+    exponents = None
+    if config.shape_sensitivity_views > 0 and geometry_tier(config).index >= config.shape_sensitivity_min_tier:
+        if gains is not None:
+            raise EncodeError("covariance_gain and shape_sensitivity_views both set the covariance steps per "
+                              "point: choose one")
+        # the exponents do not depend on the base step (only on the two steps' ratio), so the step
+        # rule below already quantizes with them
+        exponents = optional_step_exponents(target, ResidualSteps.from_ratio(1.0), config.shape_sensitivity_views,
+                                            config.shape_sensitivity_resolution, progress)
     step = config.covariance_step
     min_psnr = geometry_tier(config).covariance_psnr
     if step is None:
-        step = choose_covariance_step(target, min_psnr, seed=seed, gains=gains)
+        step = choose_covariance_step(target, min_psnr, seed=seed,
+                                      gains=gains if exponents is None else exponent_gains(exponents))
     steps = ResidualSteps.from_ratio(step)
+    if step == 0:
+        exponents = None  # plain VQ: no residual to scale
     if config.covariance_codebook:
         sizes = [min(config.covariance_codebook, len(target))]
     elif step == 0:
@@ -147,7 +163,8 @@ def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[
     best = None
     for size in sizes:
         book = fit_codebook(target.log_scales, target.quats, size, seed=seed)
-        code = quantize_shapes(target.log_scales, target.quats, book, steps, point_scale=gains)
+        code = quantize_shapes(target.log_scales, target.quats, book, steps, point_scale=gains,
+                               step_exponents=exponents)
         nbytes = len(encode_shapes(code))
         if best is None or nbytes < best[0]:
             best = (nbytes, code)
@@ -170,9 +187,12 @@ def encode_geometry(vox: VoxelizedModel, config: CodecConfig, covariance: Option
     code = covariance if covariance is not None else code_covariance(vox.model, config, gains)
     if len(code.indices) != len(vox.model):
         raise EncodeError(f"the covariance code holds {len(code.indices)} shapes, the model {len(vox.model)}")
-    same = (code.point_scale is None and gains is None) or (
-        code.point_scale is not None and gains is not None
-        and np.array_equal(np.asarray(code.point_scale, np.float32), gains.astype(np.float32)))
+    if code.step_exponents is not None:  # the section carries its own per-point steps
+        same = gains is None
+    else:
+        same = (code.point_scale is None and gains is None) or (
+            code.point_scale is not None and gains is not None
+            and np.array_equal(np.asarray(code.point_scale, np.float32), gains.astype(np.float32)))
     if not same:
         raise EncodeError("the covariance code's per-point scale is not this geometry's gain map")
     data = encode_shapes(code)
@@ -192,7 +212,7 @@ def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: Code
     original = codable_model(original)
     importance = attribute_importance(vox.model, config)
     gains = covariance_gains(make_gain_map(vox, importance, config), config)
-    covariance = code_covariance(vox.model, config, gains)
+    covariance = code_covariance(vox.model, config, gains, progress)
     log_scales, quats = covariance.shapes()
     coded = with_model(vox, dataclasses.replace(vox.model, log_scales=log_scales, quats=quats))
     if on_coded is not None:

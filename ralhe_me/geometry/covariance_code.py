@@ -10,7 +10,11 @@ set by the steps alone (step^2 / 12 per component) and the codebook only lowers 
 residual's entropy, so its size is chosen by bytes once the steps are chosen by quality.
 A step of 0 sends no residual (plain VQ, the paper's scheme). With a gain map, each point's
 steps are multiplied by its gain ``g_i`` (the decoder has the map before the covariances):
-coarse where the shape does not show in the renders.
+coarse where the shape does not show in the renders. Or the section carries its own per-point
+step exponents ``e_i`` (``g_i = 2^(e_i / 2)``), set from each shape's own rendering sensitivity
+(``encode/shape_sensitivity.py``): a shape error is not an attribute error, and the two
+sensitivities differ (the gain map's attribute weights made the donut's shapes worse, see
+``encode.encoder.covariance_gains``).
 
 Reconstruction, identical in encoder and decoder (float32 arithmetic):
 ``log_scales = codeword_log_scales[i] + (r_s * step_s) * g``, and (version 2) ``quats = c * (1, t)``,
@@ -29,9 +33,12 @@ rotation is over 151 degrees from its codeword takes the codeword nearest in rot
 falls back to version 1.
 
 Stream: version byte (1: quaternion residual ``q - c``, 4 columns; 2: Rodrigues, 3 columns); flags
-byte (bit 0: steps scaled per point by the gain map); float32 steps (log-scale, quaternion); varint
-length + the VQ stream of ``covariance_vq``; if a step is nonzero: per component its zigzag offset (varint) and the
-residual symbols, coded by the static categorical coder with one context per component.
+byte (0: uniform steps; 1: steps scaled per point by the gain map; 2: by the section's own step
+exponents); float32 steps (log-scale, quaternion); varint length + the VQ stream of
+``covariance_vq``; with flags 2, varint length + the exponents plus 8 (one per shape, static
+categorical coder, one context, alphabet 17: the gain map's coding); if a step is nonzero: per
+component its zigzag offset (varint) and the residual symbols, coded by the static categorical
+coder with one context per component.
 """
 from __future__ import annotations
 
@@ -51,6 +58,24 @@ CARTESIAN_VERSION = 1  # still read, and written when the Rodrigues residual can
 #: a rotation this far from its codeword (cos of half the angle, 151 degrees) takes another codeword
 MIN_HALF_ANGLE_COSINE = 0.25
 MAX_RESIDUAL_ALPHABET = MAX_CODEBOOK_SIZE  # categorical coder limit on one component's symbol range
+FLAG_UNIFORM, FLAG_GAIN_MAP, FLAG_OWN_EXPONENTS = 0, 1, 2
+STEP_EXPONENT_LIMIT = 8  # |e| <= 8: per-point steps from 1/16 to 16 times the section's
+
+
+def exponent_gains(exponents: np.ndarray) -> np.ndarray:  # [M] int -> [M] float64
+    """``2^(e / 2)``: exact in float64 and float32 alike (the native decoder's gain_of_exponent)."""
+    return np.power(2.0, np.asarray(exponents, dtype=np.int64) / 2.0)
+
+
+def check_step_exponents(exponents, count: int) -> np.ndarray:  # -> [count] int64
+    e = np.asarray(exponents)
+    if e.shape != (count,) or not np.issubdtype(e.dtype, np.integer):
+        raise CovarianceVQError(f"step exponents must be [{count}] integers, got {e.dtype} {e.shape}")
+    e = e.astype(np.int64)
+    if count and (e.min() < -STEP_EXPONENT_LIMIT or e.max() > STEP_EXPONENT_LIMIT):
+        raise CovarianceVQError(f"step exponents must lie in [-{STEP_EXPONENT_LIMIT}, {STEP_EXPONENT_LIMIT}], "
+                                f"got [{e.min()}, {e.max()}]")
+    return e
 
 
 @dataclass(frozen=True)
@@ -88,8 +113,9 @@ class CovarianceCode:
     residual_log_scales: np.ndarray  # [M, 3] int64 (zeros when the step is 0)
     residual_quats: np.ndarray  # [M, 3] int64 Rodrigues (rodrigues) or [M, 4] q - c
     steps: ResidualSteps
-    point_scale: Optional[np.ndarray] = None  # [M] per-point step factor (the gain map's gains), not stored
+    point_scale: Optional[np.ndarray] = None  # [M] per-point step factor (gain map or own exponents)
     rodrigues: bool = True  # version 2: residual_quats is the Rodrigues vector from the codeword
+    step_exponents: Optional[np.ndarray] = None  # [M] int, stored (flags 2); point_scale is their gains
 
     def offsets(self) -> Tuple[np.ndarray, np.ndarray]:  # [M, 3], [M, 3 or 4] float32
         """The residuals in parameter units: added to the log-scale codewords; composed with the
@@ -157,12 +183,19 @@ def _nearest_rotations(q: np.ndarray, quats: np.ndarray) -> np.ndarray:
 def quantize_shapes(log_scales: np.ndarray, quats: np.ndarray, codebook: CovarianceCodebook,
                     steps: ResidualSteps = ResidualSteps(),
                     indices: Optional[np.ndarray] = None,
-                    point_scale: Optional[np.ndarray] = None, rodrigues: bool = True) -> CovarianceCode:
+                    point_scale: Optional[np.ndarray] = None, rodrigues: bool = True,
+                    step_exponents: Optional[np.ndarray] = None) -> CovarianceCode:
     """Code shapes ``log_scales`` [M, 3], ``quats`` [M, 4] against ``codebook`` (nearest codewords
     unless ``indices`` [M] are given) with residual ``steps``, times ``point_scale`` [M] > 0 per
-    point if given; the rotation residual as a Rodrigues vector (version 2) unless ``rodrigues``
-    is False or a rotation is too far from every codeword for it (version 1, ``q - c``)."""
+    point (the gain map's gains, not stored) or ``2^(e / 2)`` of ``step_exponents`` [M] (stored in
+    the section) if given; the rotation residual as a Rodrigues vector (version 2) unless
+    ``rodrigues`` is False or a rotation is too far from every codeword for it (version 1, ``q - c``)."""
     s = np.asarray(log_scales, dtype=np.float32)
+    if step_exponents is not None:
+        if point_scale is not None:
+            raise CovarianceVQError("give per-point steps as point_scale or as step_exponents, not both")
+        step_exponents = check_step_exponents(step_exponents, len(s))
+        point_scale = exponent_gains(step_exponents)
     q = canonical_quats(quats) if len(quats) else np.asarray(quats, np.float32)
     idx = codebook.assign(s, q) if indices is None else np.asarray(indices, dtype=np.int64).ravel()
     if idx.shape != (len(s),):
@@ -194,7 +227,7 @@ def quantize_shapes(log_scales: np.ndarray, quats: np.ndarray, codebook: Covaria
         qq = q.astype(np.float64)
         qq = np.where((qq * c).sum(axis=1, keepdims=True) < 0, -qq, qq)
         rq = np.rint((qq - c) / (steps.quat * g)).astype(np.int64)
-    return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues)
+    return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues, step_exponents)
 
 
 def _zigzag(v: int) -> int:
@@ -209,9 +242,17 @@ def encode_shapes(code: CovarianceCode) -> bytes:
     """The covariance section's bytes."""
     vq = encode_covariance_indices(code.codebook, code.indices)
     version = FORMAT_VERSION if code.rodrigues else CARTESIAN_VERSION
-    out = bytearray([version, 1 if code.point_scale is not None else 0])
+    if code.step_exponents is not None:
+        flags = FLAG_OWN_EXPONENTS
+    else:
+        flags = FLAG_GAIN_MAP if code.point_scale is not None else FLAG_UNIFORM
+    out = bytearray([version, flags])
     out += struct.pack("<ff", code.steps.log_scale, code.steps.quat)
     out += write_varint(len(vq)) + vq
+    if flags == FLAG_OWN_EXPONENTS:
+        e = check_step_exponents(code.step_exponents, len(code.indices))
+        ex = encode_categorical(e + STEP_EXPONENT_LIMIT, 2 * STEP_EXPONENT_LIMIT + 1)
+        out += write_varint(len(ex)) + ex
     parts = [(code.steps.log_scale, code.residual_log_scales), (code.steps.quat, code.residual_quats)]
     columns = [r[:, j] for step, r in parts if step > 0 for j in range(r.shape[1])]
     if not columns or len(code.indices) == 0:
@@ -232,17 +273,18 @@ def encode_shapes(code: CovarianceCode) -> bytes:
 
 def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) -> CovarianceCode:
     """Inverse of :func:`encode_shapes`; ``point_scale`` [M]: the file's gain-map gains if it has
-    a map (used only when the section says its steps are scaled); a
+    a map (used only when the section says its steps are scaled by it); a
     :class:`CovarianceStreamError` on a bad stream."""
     data = bytes(data)
     if len(data) < 10 or data[0] not in (CARTESIAN_VERSION, FORMAT_VERSION):
         raise CovarianceStreamError("not a covariance section (bad version byte or too short)")
     rodrigues = data[0] == FORMAT_VERSION
-    if data[1] not in (0, 1):
-        raise CovarianceStreamError(f"unknown covariance flags {data[1]}")
-    if data[1] == 1 and point_scale is None:
+    flags = data[1]
+    if flags not in (FLAG_UNIFORM, FLAG_GAIN_MAP, FLAG_OWN_EXPONENTS):
+        raise CovarianceStreamError(f"unknown covariance flags {flags}")
+    if flags == FLAG_GAIN_MAP and point_scale is None:
         raise CovarianceStreamError("the covariance steps are scaled by a gain map, but none was given")
-    if data[1] == 0:
+    if flags != FLAG_GAIN_MAP:
         point_scale = None  # the file's gain map (if any) does not apply to the covariances
     step_s, step_q = struct.unpack_from("<ff", data, 2)
     try:
@@ -255,6 +297,20 @@ def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) ->
     codebook, idx = decode_covariance_indices(data[pos:pos + n])
     pos += n
     m = len(idx)
+    exponents = None
+    if flags == FLAG_OWN_EXPONENTS:
+        try:
+            size, pos = read_varint(data, pos)
+            if len(data) < pos + size:
+                raise CovarianceStreamError("the step exponents are truncated")
+            exponents = decode_categorical(data[pos:pos + size], 2 * STEP_EXPONENT_LIMIT + 1) - STEP_EXPONENT_LIMIT
+        except (CategoricalError, CorruptStreamError) as err:
+            raise CovarianceStreamError(f"covariance step exponents: {err}") from None
+        if exponents.size != m:
+            raise CovarianceStreamError(f"covariance step exponents: {exponents.size} for {m} shapes")
+        pos += size
+        exponents = exponents.astype(np.int64)
+        point_scale = exponent_gains(exponents)
     if point_scale is not None:
         point_scale = np.asarray(point_scale, dtype=np.float32)
         if point_scale.shape != (m,):
@@ -269,7 +325,7 @@ def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) ->
             raise CovarianceStreamError("covariance section has trailing data")
         if codebook is None:
             codebook = CovarianceCodebook(np.zeros((1, 3)), np.array([[1.0, 0.0, 0.0, 0.0]]))
-        return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues)
+        return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues, exponents)
     try:
         lows = []
         for _ in range(ncol):
@@ -286,7 +342,7 @@ def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) ->
         rs = np.ascontiguousarray(cols[:3].T)
     if counts[1]:
         rq = np.ascontiguousarray(cols[counts[0]:].T)
-    return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues)
+    return CovarianceCode(codebook, idx, rs, rq, steps, point_scale, rodrigues, exponents)
 
 
 def decode_shapes(data: bytes, point_scale: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,9 @@ def scene_config(settings: SceneSettings, tier: int = 0) -> CodecConfig:
     config.keep_undrawn = settings.keep_undrawn
     if settings.importance_views is not None:
         config.importance_views = settings.importance_views
+    if settings.shape_sensitivity_views is not None:  # asked for: at every tier
+        config.shape_sensitivity_views = settings.shape_sensitivity_views
+        config.shape_sensitivity_min_tier = 0
     if settings.steps:
         config.training.steps = settings.steps
     if settings.render_steps is not None:

@@ -59,6 +59,7 @@ class SceneSettings:
     codebook: Optional[int] = None
     covariance_step: Optional[float] = None
     importance_views: Optional[int] = None
+    shape_sensitivity_views: Optional[int] = None  # None: the preset's (per-Gaussian covariance steps)
     keep_undrawn: bool = False  # code the Gaussians of opacity below 1/255 too (no rasterizer draws them)
     target_kb: Optional[float] = None  # size of the Table-2 comparison (None: middle of RALHE's curve)
     threads: int = 2  # torch intra-op threads of the preparation and of every job
@@ -82,6 +83,10 @@ class SceneSettings:
                 raise SweepSpecError(f"scene {self.name}: {key} must be >= 1, got {getattr(self, key)}")
         if self.finetune_iters < 0:
             raise SweepSpecError(f"scene {self.name}: finetune_iters must be >= 0, got {self.finetune_iters}")
+        for key in ("importance_views", "shape_sensitivity_views"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise SweepSpecError(f"scene {self.name}: {key} must be a whole number >= 0, got {v!r}")
         if self.sog_iterations is not None and (not isinstance(self.sog_iterations, int)
                                                 or isinstance(self.sog_iterations, bool) or self.sog_iterations < 1):
             raise SweepSpecError(f"scene {self.name}: sog_iterations must be a whole number >= 1, "
@@ -123,7 +128,7 @@ class SceneSettings:
         fields = {k: getattr(self, k) for k in ("scene", "dataset", "preset", "num_gaussians", "seed", "views",
                                                 "resolution", "depth", "finetune_iters", "codebook",
                                                 "covariance_step", "importance_views", "threads",
-                                                "keep_undrawn")}
+                                                "keep_undrawn", "shape_sensitivity_views")}
         fields["scene_file"] = _file_identity(self.scene)
         fields["dataset_dir"] = _file_identity(self.dataset)
         fields["preset_file"] = _file_identity(_preset_path(self.preset))

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "categorical.h"
+#include "gain_map.h"
 
 namespace ralhe {
 
@@ -14,6 +15,9 @@ namespace {
 constexpr int kVersion = 1;            // covariance_vq.FORMAT_VERSION
 constexpr int kCartesianVersion = 1;   // covariance_code.CARTESIAN_VERSION: quaternion residual q - c
 constexpr int kRodriguesVersion = 2;   // covariance_code.FORMAT_VERSION: Rodrigues vector from c
+constexpr int kFlagGainMap = 1;        // covariance_code.FLAG_GAIN_MAP
+constexpr int kFlagOwnExponents = 2;   // covariance_code.FLAG_OWN_EXPONENTS
+static_assert(kGainLimit == 8, "covariance_code.STEP_EXPONENT_LIMIT is the gain map's limit");
 
 // Runs f, prefixing a CorruptDataError's message with `where` (the Python decoder's wording).
 template <typename F>
@@ -117,10 +121,10 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
     corrupt("not a covariance section (bad version byte or too short)");
   const bool rodrigues = section[0] == kRodriguesVersion;
   const int flags = section[1];
-  if (flags > 1) corrupt("unknown covariance flags " + std::to_string(flags));
-  if (flags == 1 && point_gain == nullptr)
+  if (flags > kFlagOwnExponents) corrupt("unknown covariance flags " + std::to_string(flags));
+  if (flags == kFlagGainMap && point_gain == nullptr)
     corrupt("the covariance steps are scaled by a gain map, but none was given");
-  if (flags == 0) point_gain = nullptr;  // the file's gain map (if any) does not apply here
+  if (flags != kFlagGainMap) point_gain = nullptr;  // the file's gain map (if any) does not apply here
   const float step_s = load_f32le(section.data + 2), step_q = load_f32le(section.data + 6);
   // ResidualSteps: finite, >= 0 (NaN fails too), the quaternion one <= 0.5
   if (!(std::isfinite(step_s) && step_s >= 0) || !(std::isfinite(step_q) && step_q >= 0))
@@ -133,6 +137,24 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
   std::vector<int32_t> index;
   decode_covariance_indices(Bytes(section.data + pos, size_t(vq_size)), n, book, index);
   pos += size_t(vq_size);
+  std::vector<double> own_gain;  // [n] with flags 2: 2^(e / 2) of the section's step exponents
+  if (flags == kFlagOwnExponents) {
+    const uint64_t size = read_varint(section, pos, "covariance step exponents");
+    if (size > section.size - pos) corrupt("covariance step exponents: the step exponents are truncated");
+    std::vector<int32_t> e;
+    with_prefix("covariance step exponents: ", [&] {
+      StaticCategoricalDecoder dec(Bytes(section.data + pos, size_t(size)), 2 * kGainLimit + 1);
+      if (dec.num_symbols() != n)
+        corrupt(std::to_string(dec.num_symbols()) + " for " + std::to_string(n) + " shapes");
+      e.resize(size_t(n));
+      dec.decode_same(0, n, e.data());
+      dec.finish();
+    });
+    pos += size_t(size);
+    own_gain.resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) own_gain[size_t(i)] = gain_of_exponent(e[size_t(i)] - kGainLimit);
+    point_gain = own_gain.data();
+  }
 
   const int cols_s = step_s > 0 ? 3 : 0, cols_q = step_q > 0 ? (rodrigues ? 3 : 4) : 0, ncol = cols_s + cols_q;
   std::vector<int32_t> symbols;  // [ncol, n] component-major

@@ -2,9 +2,11 @@
 // (ralhe_me/geometry/covariance_code.py, covariance_vq.py).
 //
 // Section: version byte (2: the quaternion residual is the Rodrigues vector of the rotation from
-// the codeword, 3 components; 1: the 4 components of q - c, as older files hold); flags byte (bit
-// 0: the residual steps are scaled per point by the gain map); float32 steps (log-scale,
-// quaternion); varint length + the VQ stream; if a step is nonzero: per coded component (3
+// the codeword, 3 components; 1: the 4 components of q - c, as older files hold); flags byte (0:
+// uniform steps; 1: the residual steps are scaled per point by the gain map; 2: by the section's
+// own step exponents); float32 steps (log-scale, quaternion); varint length + the VQ stream; with
+// flags 2, varint length + one exponent plus 8 per shape (static coder, one context, 17 symbols:
+// the gain map's coding, gain 2^(e / 2)); if a step is nonzero: per coded component (3
 // log-scales if that step > 0, then the 3 or 4 quaternion components if that one is) its zigzag
 // offset (varint), the common span (varint) and the residual symbols (static categorical coder,
 // one context per component, component-major).
@@ -13,7 +15,7 @@
 // indices (static coder, one context, K symbols).
 //
 // Reconstruction in float32 exactly as Python: log_scales = codeword + (r * step) * g, with g the
-// point's gain rounded to float32, only when the flag says so; quaternions: t = (r * step) * g,
+// point's gain (gain map or own exponent) rounded to float32, only when the flags say so; quaternions: t = (r * step) * g,
 // then the product c * (1, t) in covariance_code.compose_rotation's order (version 2), or
 // codeword + t (version 1).
 #pragma once
