@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..entropy.categorical import CategoricalError, CorruptStreamError, decode_categorical, encode_categorical
+from ..entropy.categorical import CategoricalError, CorruptStreamError
+from ..entropy.exponents import EXPONENT_LIMIT, decode_exponents, encode_exponents, exponent_gains
 
-GAIN_LIMIT = 8  # |exponent| <= 8: gains from 1/16 to 16
+GAIN_LIMIT = EXPONENT_LIMIT  # |exponent| <= 8: gains from 1/16 to 16
 
 
 class GainMapError(ValueError):
@@ -73,22 +74,21 @@ def gain_exponents(point_weight: np.ndarray,  # [N] >= 0, distortion weight per 
 def point_gains(exponents: np.ndarray,  # [V] int
                 point_to_voxel: np.ndarray) -> np.ndarray:  # [N] -> [N] float64
     """Gain of every point: ``2^(e / 2)`` of its voxel (exact in float64 and float32 alike)."""
-    e = np.asarray(exponents, dtype=np.int64)
-    return np.power(2.0, e / 2.0)[np.asarray(point_to_voxel, dtype=np.int64)]
+    return exponent_gains(exponents)[np.asarray(point_to_voxel, dtype=np.int64)]
 
 
 def encode_gain_map(exponents: np.ndarray) -> bytes:
     e = np.asarray(exponents, dtype=np.int64).ravel()
     if e.size and (e.min() < -GAIN_LIMIT or e.max() > GAIN_LIMIT):
         raise GainMapError(f"gain exponents must lie in [-{GAIN_LIMIT}, {GAIN_LIMIT}]")
-    return encode_categorical(e + GAIN_LIMIT, 2 * GAIN_LIMIT + 1)
+    return encode_exponents(e)
 
 
 def decode_gain_map(data: bytes, num_voxels: int) -> np.ndarray:  # -> [num_voxels] int64
     try:
-        e = decode_categorical(bytes(data), 2 * GAIN_LIMIT + 1)
+        e = decode_exponents(data)
     except (CategoricalError, CorruptStreamError) as err:
         raise GainMapStreamError(f"gain map: {err}") from None
     if e.size != num_voxels:
         raise GainMapStreamError(f"gain map holds {e.size} voxels, the positions give {num_voxels}")
-    return e - GAIN_LIMIT
+    return e

@@ -31,8 +31,8 @@ from ..decode.synthesis import plane_sizes
 from ..decode.weights import encode_int_tensors
 from ..entropy.static_latents import LATENT_CODERS, coefficient_levels, encode_static_latents
 from ..gaussians import GaussianModel, codable_model, drawn_mask
-from ..geometry.covariance_code import (CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, exponent_gains,
-                                       quantize_shapes)
+from ..entropy.exponents import exponent_gains
+from ..geometry.covariance_code import CovarianceCode, ResidualSteps, decode_shapes, encode_shapes, quantize_shapes
 from ..geometry.covariance_vq import fit_codebook
 from ..geometry.occupancy import encode_positions
 from ..geometry.octree import (MAX_DEPTH, MIN_AUTO_DEPTH, Contraction, OctreeLevels, VoxelGrid, VoxelizedModel,
@@ -44,7 +44,7 @@ from .arm_step import arm_loses_clearly, choose_arm
 from .branch_pruning import branch_slices, choose_pruned, combine, pruned_ints
 from .errors import EncodeError
 from .operating_point import MAX_EXTRA_LEVELS, geometry_tier
-from .shape_sensitivity import optional_step_exponents
+from .shape_sensitivity import ShapeSensitivityConfig, shape_step_exponents
 
 #: decoder weight steps 2**-shift, tried from the coarsest: at small lambdas the latents' step,
 #: which the first layer and the skip path carry in their weights, is small, and a search that
@@ -138,14 +138,16 @@ def code_covariance(target: GaussianModel, config: CodecConfig, gains: Optional[
     rendering sensitivity (stored in the section)."""
     seed = config.training.seed
     exponents = None
-    if config.shape_sensitivity_views > 0 and geometry_tier(config).index >= config.shape_sensitivity_min_tier:
+    if (config.shape_sensitivity_views > 0 and len(target)
+            and geometry_tier(config).index >= config.shape_sensitivity_min_tier):
         if gains is not None:
             raise EncodeError("covariance_gain and shape_sensitivity_views both set the covariance steps per "
                               "point: choose one")
         # the exponents do not depend on the base step (only on the two steps' ratio), so the step
         # rule below already quantizes with them
-        exponents = optional_step_exponents(target, ResidualSteps.from_ratio(1.0), config.shape_sensitivity_views,
-                                            config.shape_sensitivity_resolution, progress)
+        sensitivity = ShapeSensitivityConfig(views=config.shape_sensitivity_views,
+                                             resolution=config.shape_sensitivity_resolution)
+        exponents = shape_step_exponents(target, ResidualSteps.from_ratio(1.0), sensitivity, progress)
     step = config.covariance_step
     min_psnr = geometry_tier(config).covariance_psnr
     if step is None:

@@ -22,7 +22,7 @@ Encoder only (it imports the renderer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -109,10 +109,3 @@ def shape_step_exponents(model: GaussianModel, steps: ResidualSteps,
     fisher = shape_fisher(model, list(cams), config.probes, config.seed)
     return step_exponents(fisher, steps, config.min_exponent, config.max_exponent)
 
-
-def optional_step_exponents(model: GaussianModel, steps: ResidualSteps, views: int, resolution: int,
-                            progress: bool = False) -> Optional[np.ndarray]:
-    """:func:`shape_step_exponents` with ``views`` views, None when ``views`` is 0 or no step is coded."""
-    if views <= 0 or (steps.log_scale == 0 and steps.quat == 0) or len(model) == 0:
-        return None
-    return shape_step_exponents(model, steps, ShapeSensitivityConfig(views=views, resolution=resolution), progress)

@@ -35,8 +35,8 @@ falls back to version 1.
 Stream: version byte (1: quaternion residual ``q - c``, 4 columns; 2: Rodrigues, 3 columns); flags
 byte (0: uniform steps; 1: steps scaled per point by the gain map; 2: by the section's own step
 exponents); float32 steps (log-scale, quaternion); varint length + the VQ stream of
-``covariance_vq``; with flags 2, varint length + the exponents plus 8 (one per shape, static
-categorical coder, one context, alphabet 17: the gain map's coding); if a step is nonzero: per
+``covariance_vq``; with flags 2, varint length + the exponents (one per shape,
+``entropy/exponents.py``, as the gain map's); if a step is nonzero: per
 component its zigzag offset (varint) and the residual symbols, coded by the static categorical
 coder with one context per component.
 """
@@ -50,6 +50,7 @@ import numpy as np
 
 from ..entropy.categorical import CategoricalError, CorruptStreamError, decode_categorical, encode_categorical, \
     read_varint, write_varint
+from ..entropy.exponents import EXPONENT_LIMIT, decode_exponents, encode_exponents, exponent_gains
 from .covariance_vq import (MAX_CODEBOOK_SIZE, CovarianceCodebook, CovarianceStreamError, CovarianceVQError,
                             canonical_quats, decode_covariance_indices, encode_covariance_indices)
 
@@ -59,12 +60,7 @@ CARTESIAN_VERSION = 1  # still read, and written when the Rodrigues residual can
 MIN_HALF_ANGLE_COSINE = 0.25
 MAX_RESIDUAL_ALPHABET = MAX_CODEBOOK_SIZE  # categorical coder limit on one component's symbol range
 FLAG_UNIFORM, FLAG_GAIN_MAP, FLAG_OWN_EXPONENTS = 0, 1, 2
-STEP_EXPONENT_LIMIT = 8  # |e| <= 8: per-point steps from 1/16 to 16 times the section's
-
-
-def exponent_gains(exponents: np.ndarray) -> np.ndarray:  # [M] int -> [M] float64
-    """``2^(e / 2)``: exact in float64 and float32 alike (the native decoder's gain_of_exponent)."""
-    return np.power(2.0, np.asarray(exponents, dtype=np.int64) / 2.0)
+STEP_EXPONENT_LIMIT = EXPONENT_LIMIT  # |e| <= 8: per-point steps from 1/16 to 16 times the section's
 
 
 def check_step_exponents(exponents, count: int) -> np.ndarray:  # -> [count] int64
@@ -251,7 +247,7 @@ def encode_shapes(code: CovarianceCode) -> bytes:
     out += write_varint(len(vq)) + vq
     if flags == FLAG_OWN_EXPONENTS:
         e = check_step_exponents(code.step_exponents, len(code.indices))
-        ex = encode_categorical(e + STEP_EXPONENT_LIMIT, 2 * STEP_EXPONENT_LIMIT + 1)
+        ex = encode_exponents(e)
         out += write_varint(len(ex)) + ex
     parts = [(code.steps.log_scale, code.residual_log_scales), (code.steps.quat, code.residual_quats)]
     columns = [r[:, j] for step, r in parts if step > 0 for j in range(r.shape[1])]
@@ -303,13 +299,12 @@ def decode_shapes_code(data: bytes, point_scale: Optional[np.ndarray] = None) ->
             size, pos = read_varint(data, pos)
             if len(data) < pos + size:
                 raise CovarianceStreamError("the step exponents are truncated")
-            exponents = decode_categorical(data[pos:pos + size], 2 * STEP_EXPONENT_LIMIT + 1) - STEP_EXPONENT_LIMIT
+            exponents = decode_exponents(data[pos:pos + size])
         except (CategoricalError, CorruptStreamError) as err:
             raise CovarianceStreamError(f"covariance step exponents: {err}") from None
         if exponents.size != m:
             raise CovarianceStreamError(f"covariance step exponents: {exponents.size} for {m} shapes")
         pos += size
-        exponents = exponents.astype(np.int64)
         point_scale = exponent_gains(exponents)
     if point_scale is not None:
         point_scale = np.asarray(point_scale, dtype=np.float32)

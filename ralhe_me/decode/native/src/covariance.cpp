@@ -6,7 +6,7 @@
 #include <string>
 
 #include "categorical.h"
-#include "gain_map.h"
+#include "exponents.h"
 
 namespace ralhe {
 
@@ -17,7 +17,6 @@ constexpr int kCartesianVersion = 1;   // covariance_code.CARTESIAN_VERSION: qua
 constexpr int kRodriguesVersion = 2;   // covariance_code.FORMAT_VERSION: Rodrigues vector from c
 constexpr int kFlagGainMap = 1;        // covariance_code.FLAG_GAIN_MAP
 constexpr int kFlagOwnExponents = 2;   // covariance_code.FLAG_OWN_EXPONENTS
-static_assert(kGainLimit == 8, "covariance_code.STEP_EXPONENT_LIMIT is the gain map's limit");
 
 // Runs f, prefixing a CorruptDataError's message with `where` (the Python decoder's wording).
 template <typename F>
@@ -143,16 +142,13 @@ void decode_shapes(Bytes section, const double* point_gain, int64_t n, std::vect
     if (size > section.size - pos) corrupt("covariance step exponents: the step exponents are truncated");
     std::vector<int32_t> e;
     with_prefix("covariance step exponents: ", [&] {
-      StaticCategoricalDecoder dec(Bytes(section.data + pos, size_t(size)), 2 * kGainLimit + 1);
-      if (dec.num_symbols() != n)
-        corrupt(std::to_string(dec.num_symbols()) + " for " + std::to_string(n) + " shapes");
-      e.resize(size_t(n));
-      dec.decode_same(0, n, e.data());
-      dec.finish();
+      e = decode_exponents(Bytes(section.data + pos, size_t(size)), n, [&](int64_t k) {
+        return std::to_string(k) + " for " + std::to_string(n) + " shapes";
+      });
     });
     pos += size_t(size);
     own_gain.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) own_gain[size_t(i)] = gain_of_exponent(e[size_t(i)] - kGainLimit);
+    for (int64_t i = 0; i < n; ++i) own_gain[size_t(i)] = gain_of_exponent(e[size_t(i)]);
     point_gain = own_gain.data();
   }
 

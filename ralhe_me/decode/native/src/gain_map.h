@@ -7,15 +7,12 @@
 #include <vector>
 
 #include "common.h"
+#include "exponents.h"  // gain_of_exponent
 
 namespace ralhe {
 
-constexpr int kGainLimit = 8;     // gain_map.GAIN_LIMIT
+constexpr int kGainLimit = kExponentLimit;  // gain_map.GAIN_LIMIT
 constexpr int kMaxGainLevel = 20;  // gain_voxels' bound on the level
-
-// 2^(e / 2), bit for bit numpy's np.power(2.0, e / 2.0): 2^q or sqrt(2) * 2^q (both exact scalings
-// of a correctly rounded value), e = 2q + r.
-double gain_of_exponent(int e);
 
 // decode_gain_map: the exponents [num_voxels] (in [-8, 8]) of a gain-map section; the stream's
 // count is checked against num_voxels before anything is decoded.
