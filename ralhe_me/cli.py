@@ -243,7 +243,7 @@ def cmd_info(args) -> int:
 # ---------------------------------------------------------------- parser
 
 def _preset_render_steps() -> str:
-    """'fast 0, quality 200': each preset's refinement steps, read from models/ for the help."""
+    """'fast 0, quality 500': each preset's refinement steps, read from models/ for the help."""
     from .config import list_presets, load_preset
 
     try:

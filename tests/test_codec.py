@@ -195,7 +195,7 @@ def test_encode_help_states_each_presets_refinement_steps():
     text = " ".join(encode.format_help().split())
     for name in list_presets():
         assert f"{name} {load_preset(name).training.render_steps}" in text
-    assert "fast 0" in text and "quality 200" in text
+    assert "fast 0" in text and "quality 500" in text
 
 
 def test_cheapest_shift_equals_exhaustive_search_on_convex_costs():
