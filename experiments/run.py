@@ -61,7 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="training steps per rate (default: the preset's)")
     p.add_argument("--render-steps", type=int, default=None,
                    help="image-domain refinement steps per rate after training, 0 to skip (default: the preset's)")
-    p.add_argument("--finetune-iters", type=int, default=60, help="finetuning iterations (0 to skip)")
+    p.add_argument("--finetune-iters", type=int, default=None,
+                   help="finetuning iterations with the coded shapes (default: the preset's; 0 to skip)")
     p.add_argument("--baselines", default="raht,scalar", help="baselines to run (comma list; '' for none)")
     p.add_argument("--baseline-steps", default=",".join(f"{v:g}" for v in default_steps),
                    help="quantizer steps of the baselines (default %(default)s)")

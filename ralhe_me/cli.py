@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import warnings
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from .argtypes import positive_int
 
@@ -128,6 +128,8 @@ def cmd_encode(args) -> int:
 
     config = _codec_config(args)
     target = _rate_target(args)
+    if args.finetune_iters is None:
+        args.finetune_iters = config.finetune.iters
     if args.finetune_iters < 0:
         raise CliError(f"--finetune-iters must be >= 0, got {args.finetune_iters}")
     if args.dataset is not None and not os.path.isdir(args.dataset):
@@ -242,14 +244,24 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
-def _preset_render_steps() -> str:
-    """'fast 0, quality 500': each preset's refinement steps, read from models/ for the help."""
+def _preset_values(describe: Callable[["CodecConfig"], str]) -> str:
+    """'fast 0, quality 500': ``describe`` of each preset in models/, for the help."""
     from .config import list_presets, load_preset
 
     try:
-        return ", ".join(f"{name} {load_preset(name).training.render_steps}" for name in list_presets())
+        return ", ".join(f"{name} {describe(load_preset(name))}" for name in list_presets())
     except Exception as exc:  # a broken preset file is reported when it is used, not in --help
         return f"presets unreadable: {exc}"
+
+
+def _preset_render_steps() -> str:
+    """Each preset's image-domain refinement steps."""
+    return _preset_values(lambda c: str(c.training.render_steps))
+
+
+def _preset_finetune() -> str:
+    """Each preset's finetuning: 'fast 60 at 256 px, quality 600 at 400 px'."""
+    return _preset_values(lambda c: f"{c.finetune.iters} at {c.finetune.resolution} px")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,10 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "renders; the covariance section then holds a step per Gaussian, finer where shapes "
                         "show (48 views took 11 s on a 44k-Gaussian model and 56 s on a 91k one; default 0: one step "
                         "for all)")
-    p.add_argument("--finetune-iters", type=int, default=60,
+    p.add_argument("--finetune-iters", type=int, default=None,
                    help="finetune opacities, SH and covariance codewords with the coded shapes in the loop "
-                        "for this many iterations before coding (default 60; 0 to skip); the target is "
-                        "renders of the input model, or --dataset's training images")
+                        "for this many iterations before coding; the target is renders of the input model, "
+                        f"or --dataset's training images (default: the preset's: {_preset_finetune()}; "
+                        "0 to skip)")
     p.add_argument("--dataset", default=None,
                    help="NeRF-synthetic folder (transforms_train.json + images) to finetune and refine against")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

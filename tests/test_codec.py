@@ -377,3 +377,15 @@ def test_small_lambda_gets_finer_decoder_weights_than_the_old_cap(monkeypatch):
     assert shift(capped) <= 12 < shift(fine) < 24 == shift(near_float)
     added = lambda r: float(np.mean((r.reconstruction.sh - near_float.reconstruction.sh) ** 2))
     assert added(fine) < 0.1 * added(capped), (added(fine), added(capped))  # measured: 2.6e-7 against 9.1e-5
+
+
+def test_encode_help_states_each_presets_finetuning():
+    from ralhe_me.cli import build_parser
+    from ralhe_me.config import list_presets, load_preset
+
+    encode = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "encode")[1]
+    text = " ".join(encode.format_help().split())
+    for name in list_presets():
+        stage = load_preset(name).finetune
+        assert f"{name} {stage.iters} at {stage.resolution} px" in text
+    assert "quality 600 at 400 px" in text

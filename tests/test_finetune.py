@@ -247,3 +247,43 @@ def test_random_cameras_keep_a_small_model_beyond_the_near_plane():
     for cam in sample_orbit_cameras(small, 10, 32, 32, seed=1):
         _, z = cam.project(small)
         assert z.min() > 0.2
+
+
+def test_cosine_factor_matches_the_inline_schedules_it_replaced():
+    """The stages' schedules came from one helper; each must give the rates they gave before,
+    bit for bit (a changed rate changes every coded file)."""
+    import math
+
+    from ralhe_me.train.optimizer import cosine_factor
+
+    rng = np.random.default_rng(0)
+    for steps in (1, 7, 500):
+        for step in range(steps):
+            f = step / steps
+            lr = float(rng.uniform(1e-4, 1e-1))
+            assert lr * cosine_factor(f) == lr * 0.5 * (1 + math.cos(math.pi * f))  # refit_arm's
+            floor = 0.02
+            decay = 0.5 * (1 + math.cos(math.pi * f))
+            assert lr * cosine_factor(f, floor) == lr * (floor + (1 - floor) * decay)  # render_refine's
+    assert cosine_factor(0.0, 0.05) == 1.0 and cosine_factor(1.0, 0.05) == pytest.approx(0.05, abs=1e-15)
+    values = [cosine_factor(i / 50, 0.05) for i in range(51)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_decaying_learning_rates_change_the_steps_after_the_first():
+    """final_lr_fraction < 1 scales every group's rate from the second step on: one step gives the
+    constant schedule's result exactly, three steps do not."""
+    teacher = tiny_scene(n=120)
+    student = perturbed(teacher)
+    runs = {}
+    for iters in (1, 3):
+        for fraction in (1.0, 0.05):
+            cfg = FinetuneConfig(**dict(SMALL, teacher_views=4, eval_views=2), check_views=0,
+                                 final_lr_fraction=fraction)
+            runs[iters, fraction], _ = finetune(student, teacher=teacher, iters=iters, config=cfg, progress=False)
+    for name in ("log_scales", "quats", "opacity_logits", "sh"):
+        assert np.array_equal(getattr(runs[1, 1.0], name), getattr(runs[1, 0.05], name))
+        assert not np.array_equal(getattr(runs[3, 1.0], name), getattr(runs[3, 0.05], name))
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(FinetuneError, match="final_lr_fraction"):
+            FinetuneConfig(final_lr_fraction=bad)

@@ -165,3 +165,52 @@ def test_the_finetune_steps_shrink_with_the_geometry_tier(monkeypatch, scene):
         factor = config.finetune_lr_per_tier ** tier
         assert seen[-1].learning_rates() == pytest.approx({k: v * factor for k, v in base.items()})
     assert seen[0].lr_sh_dc > seen[1].lr_sh_dc
+
+
+def test_the_finetune_stage_follows_the_preset(monkeypatch, scene, tmp_path):
+    """The finetuning's steps (when the caller gives none), render size, views and decay are the
+    preset's ``finetune`` block; a bad one is an EncodeError before any work, and the CLI's
+    default steps are the preset's."""
+    import ralhe_me.encode.encoder as encoder_module
+    import ralhe_me.train.finetune as finetune_module
+    from ralhe_me.encode.encoder import EncodeError, finetune_geometry, prepare
+
+    seen = []
+
+    def fake_finetune(model, *, config, covariance, iters, **_):
+        seen.append((iters, config))
+        return model, finetune_module.FinetuneReport(0.0, 0.0, 0.0, 0.0, iters, len(model), 1, "teacher orbit",
+                                                     (8, 8), covariance=covariance)
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    config = dataclasses.replace(small_codec_config(), geometry_tier=0, depth=8, covariance_step=0.2)
+    config.finetune = dataclasses.replace(config.finetune, iters=7, resolution=40, views=9, final_lr_fraction=0.25)
+    vox = prepare(scene, config)
+    finetune_geometry(vox, scene, config, None)
+    finetune_geometry(vox, scene, config, 3)
+    assert [i for i, _ in seen] == [7, 3]
+    cfg = seen[0][1]
+    assert (cfg.resolution, cfg.teacher_views, cfg.final_lr_fraction) == (40, 9, 0.25)
+    assert finetune_geometry(vox, scene, config, 0)[2] is None and len(seen) == 2
+    for bad, message in ((dict(resolution=0), "resolution must be >= 1"),
+                         (dict(final_lr_fraction=0.0), "final_lr_fraction"), (dict(views="many"), "finetune settings")):
+        broken = dataclasses.replace(config, finetune=dataclasses.replace(config.finetune, **bad))
+        with pytest.raises(EncodeError, match=message):
+            finetune_geometry(None, None, broken, None)  # refused before the model is touched
+    with pytest.raises(EncodeError, match="whole number >= 0"):
+        finetune_geometry(None, None, config, -1)
+
+    calls = []
+
+    def fake_encode_file(path_in, path_out, config, *, finetune_iters, **_):
+        calls.append(finetune_iters)
+        raise EncodeError("stop here")
+
+    monkeypatch.setattr(encoder_module, "encode_file", fake_encode_file)
+    src = tmp_path / "in.ply"
+    write_ply(scene, src)
+    args = ["encode", str(src), str(tmp_path / "out.ralhe"), "--quiet"]
+    for extra in (["--preset", "fast"], ["--preset", "quality"], ["--preset", "quality", "--finetune-iters", "5"]):
+        assert ralhe_main([*args, *extra]) == 2
+    assert calls == [load_preset("fast").finetune.iters, load_preset("quality").finetune.iters, 5]
+    assert calls[:2] == [60, 600]

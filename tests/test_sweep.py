@@ -11,6 +11,7 @@ import pytest
 
 from ralhe_me.sweep import ray_runner
 from ralhe_me.sweep.runner import pending_jobs, run_sweep
+from ralhe_me.config import load_preset
 from ralhe_me.sweep.spec import SceneSettings, Sweep, SweepSpecError, load_sweep
 from ralhe_me.sweep.store import row_path
 
@@ -166,6 +167,8 @@ def test_sweep_file_is_read_and_checked(tmp_path):
         ("scenes:\n  - {name: a, sog_iterations: 0}\n", "sog_iterations must be a whole number"),
         ("scenes:\n  - {name: a, keep_undrawn: 'yes'}\n", "keep_undrawn must be true or false"),
         ("scenes:\n  - {name: a, shape_sensitivity_views: -4}\n", "shape_sensitivity_views must be a whole number"),
+        ("scenes:\n  - {name: a, finetune_iters: -1}\n", "finetune_iters must be a whole number"),
+        ("scenes:\n  - {name: a, finetune_iters: 2.5}\n", "finetune_iters must be a whole number"),
         ("speed: 3\nscenes:\n  - {name: a}\n", "unknown key.*speed"),
         ("scenes: [\n", "not valid YAML"),
     ]:
@@ -230,3 +233,13 @@ def test_peer_below_ralhe_smallest_file_gets_a_bound():
     assert not sog["ralhe_bytes_at_psnr_is_upper_bound"] and not sog["ralhe_psnr_at_size_is_lower_bound"]
     line = next(l for l in peer_table("kacytran", peers) if l.startswith("SPZ"))
     assert "<= 56.2 KiB" in line and "<= 0.31x" in line and ">= 44.62 dB" in line
+
+
+def test_scene_finetune_steps_default_to_the_presets():
+    from ralhe_me.sweep.scene import scene_config
+
+    assert scene_config(SceneSettings(preset="quality")).finetune.iters == load_preset("quality").finetune.iters
+    assert scene_config(SceneSettings(preset="fast")).finetune.iters == 60
+    assert scene_config(SceneSettings(preset="quality", finetune_iters=0)).finetune.iters == 0
+    a, b = SceneSettings(preset="quality"), SceneSettings(preset="quality", finetune_iters=5)
+    assert a.preparation_key() != b.preparation_key()

@@ -202,15 +202,31 @@ def encode_geometry(vox: VoxelizedModel, config: CodecConfig, covariance: Option
                         {"positions": t1 - t0, "importance": t2 - t1, "covariance": time.perf_counter() - t2})
 
 
-def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: CodecConfig, iters: int,
+def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: CodecConfig, iters: Optional[int],
                       dataset: Optional[str] = None, progress: bool = False,
                       on_coded: Optional[Callable[[VoxelizedModel, CovarianceCode], None]] = None):
     """Code the covariances, then finetune the voxelized attributes with the coded shapes in the
     loop (indices and residuals fixed; codewords, opacities and SH learn) against renders of
     ``original`` (or the NeRF-synthetic ``dataset``), and code the geometry with the tuned section.
     Why: quantized shapes alone lose several dB that the other attributes can win back.
+    ``iters`` None: ``config.finetune.iters``; its size, views and schedule are ``config.finetune``'s.
     ``on_coded(voxelization with coded shapes, code)`` runs before finetuning (``iters`` 0: none).
     Returns (voxelization to code the attributes of, GeometryCode, FinetuneReport or None)."""
+    iters = config.finetune.iters if iters is None else iters
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise EncodeError(f"finetuning iterations must be a whole number >= 0, got {iters!r}")
+    settings = None
+    if iters > 0:
+        from ..train.finetune import FinetuneConfig
+
+        stage = config.finetune
+        tier = geometry_tier(config).index
+        try:
+            settings = FinetuneConfig(resolution=stage.resolution, teacher_views=stage.views,
+                                      final_lr_fraction=stage.final_lr_fraction,
+                                      ).with_learning_rates_scaled(config.finetune_lr_per_tier ** tier)
+        except (ValueError, TypeError) as err:  # FinetuneError is a ValueError
+            raise EncodeError(f"finetune settings: {err}") from None
     original = codable_model(original)
     importance = attribute_importance(vox.model, config)
     gains = covariance_gains(make_gain_map(vox, importance, config), config)
@@ -220,11 +236,9 @@ def finetune_geometry(vox: VoxelizedModel, original: GaussianModel, config: Code
     if on_coded is not None:
         on_coded(coded, covariance)
     report = None
-    if iters > 0:
-        from ..train.finetune import FinetuneConfig, finetune
+    if settings is not None:
+        from ..train.finetune import finetune
 
-        tier = geometry_tier(config).index
-        settings = FinetuneConfig().with_learning_rates_scaled(config.finetune_lr_per_tier ** tier)
         model, report = finetune(coded.model, teacher=None if dataset else original, dataset=dataset, iters=iters,
                                  covariance=covariance, config=settings, progress=progress)
         coded, covariance = with_model(coded, model), report.covariance

@@ -60,6 +60,8 @@ def scene_config(settings: SceneSettings, tier: int = 0) -> CodecConfig:
         config.training.steps = settings.steps
     if settings.render_steps is not None:
         config.training.render_steps = settings.render_steps
+    if settings.finetune_iters is not None:
+        config.finetune.iters = settings.finetune_iters
     config.training.threads = settings.threads
     return config
 
@@ -104,7 +106,7 @@ def _prepare(settings: SceneSettings, tier: int, log, progress: bool) -> Prepare
         log(f"{settings.name}: covariance coded (codebook {covariance.codebook.size}, residual step "
             f"{covariance.steps.log_scale:g}): PSNR {coded_psnr:.2f} dB")
 
-    vox, geometry, ft_report = finetune_geometry(vox, original, config, settings.finetune_iters, settings.dataset,
+    vox, geometry, ft_report = finetune_geometry(vox, original, config, config.finetune.iters, settings.dataset,
                                                  progress=progress, on_coded=on_coded)
     reference_psnr = coded_psnr if ft_report is None else score_views(vox.model, views).psnr
     if ft_report is not None:

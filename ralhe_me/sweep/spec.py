@@ -55,7 +55,7 @@ class SceneSettings:
     depth: Optional[int] = None
     steps: Optional[int] = None  # None: the preset's
     render_steps: Optional[int] = None  # None: the preset's
-    finetune_iters: int = 60
+    finetune_iters: Optional[int] = None  # None: the preset's
     codebook: Optional[int] = None
     covariance_step: Optional[float] = None
     importance_views: Optional[int] = None
@@ -81,8 +81,10 @@ class SceneSettings:
         for key in ("views", "resolution", "threads", "num_gaussians"):
             if int(getattr(self, key)) < 1:
                 raise SweepSpecError(f"scene {self.name}: {key} must be >= 1, got {getattr(self, key)}")
-        if self.finetune_iters < 0:
-            raise SweepSpecError(f"scene {self.name}: finetune_iters must be >= 0, got {self.finetune_iters}")
+        if self.finetune_iters is not None and (not isinstance(self.finetune_iters, int)
+                                                or isinstance(self.finetune_iters, bool) or self.finetune_iters < 0):
+            raise SweepSpecError(f"scene {self.name}: finetune_iters must be a whole number >= 0, "
+                                 f"got {self.finetune_iters!r}")
         for key in ("importance_views", "shape_sensitivity_views"):
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..argtypes import non_negative_int, positive_int
 from ..gaussians import GaussianModel
 from ..threads import intra_op_threads
+from .optimizer import cosine_factor
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -224,6 +225,9 @@ class FinetuneConfig:
     # the first N training views, scored before and after: the tuned attributes are kept only when
     # they render these better (0: always kept)
     check_views: int = 8
+    # the learning rates fall (cosine) from their values to this fraction of them over the steps
+    # (1: constant, INRIA's schedule for these attributes)
+    final_lr_fraction: float = 1.0
     eval_resolution: Optional[int] = None  # None: ``resolution``
     background: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     num_threads: Optional[int] = None
@@ -239,6 +243,8 @@ class FinetuneConfig:
             raise FinetuneError(f"train_views must be >= 1, got {self.train_views}")
         if self.eval_resolution is not None and self.eval_resolution < 1:
             raise FinetuneError(f"eval_resolution must be >= 1, got {self.eval_resolution}")
+        if not 0.0 < self.final_lr_fraction <= 1.0:
+            raise FinetuneError(f"final_lr_fraction must be in (0, 1], got {self.final_lr_fraction}")
         if not 0.0 <= self.ssim_weight <= 1.0:
             raise FinetuneError(f"ssim_weight must be in [0, 1], got {self.ssim_weight}")
         for name in _LEARNING_RATES:
@@ -379,7 +385,12 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
             bar = tqdm(total=int(iters), desc="finetune", dynamic_ncols=True)
         running = None
         t_train = time.perf_counter()
-        for _ in range(int(iters)):
+        base_lrs = [g["lr"] for g in params.optimizer.param_groups]
+        for step in range(int(iters)):
+            if cfg.final_lr_fraction < 1.0:
+                factor = cosine_factor(step / int(iters), cfg.final_lr_fraction)
+                for g, base in zip(params.optimizer.param_groups, base_lrs):
+                    g["lr"] = base * factor
             views = sampler.take(cfg.views_per_step)
             total, mse = 0.0, 0.0
             for v in views:

@@ -8,6 +8,7 @@ rounding (not bit for bit: the fused kernel orders its operations differently).
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Union
 
 import torch
@@ -31,3 +32,11 @@ def adam(params: ParamsT, **options) -> torch.optim.Adam:
         except (RuntimeError, TypeError, ValueError):  # a torch without the fused CPU kernel
             pass
     return torch.optim.Adam(params, **options)
+
+
+def cosine_factor(fraction: float, floor: float = 0.0) -> float:
+    """The learning-rate multiplier of a cosine schedule ``fraction`` (0 to 1) of the way through:
+    1 at the start, ``floor`` at the end. Adam moves every parameter by about its learning rate
+    per step, so a constant rate leaves the parameters jittering at that scale; the decay lets
+    the last steps settle."""
+    return floor + (1 - floor) * (0.5 * (1 + math.cos(math.pi * fraction)))

@@ -26,7 +26,6 @@ renderer and an optimizer.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -40,7 +39,7 @@ from ..config import TrainingConfig
 from ..gaussians import GaussianModel
 from ..geometry.octree import OctreeLevels
 from .level_rate import LevelRate, rate_parameters, training_rate
-from .optimizer import adam
+from .optimizer import adam, cosine_factor
 from .quantization import ste_round
 
 CALIBRATION_VIEWS = 16
@@ -227,9 +226,9 @@ def refine_latents(synthesis, latents: List[Tensor], signals: AttributeSignals, 
     order = torch.randperm(len(target.cameras), generator=gen).tolist()
     steps = int(training.render_steps)
     for step in range(steps):
-        decay = 0.5 * (1 + math.cos(math.pi * step / steps))
+        factor = cosine_factor(step / steps, LR_FLOOR)
         for g in opt.param_groups:
-            g["lr"] = g["base"] * (LR_FLOOR + (1 - LR_FLOOR) * decay)
+            g["lr"] = g["base"] * factor
         q = [ste_round(p) for p in params]
         opacity_logits, sh = to_render(*synthesis.decode(q))
         image_mse = target.image_mse(opacity_logits, sh, order[step % len(order)])

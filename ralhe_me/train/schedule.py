@@ -12,7 +12,6 @@ This module is encoder-only: it imports the optimizer.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional
@@ -27,7 +26,7 @@ from ..entropy.static_latents import coefficient_levels
 from ..geometry.octree import OctreeLevels
 from .arm_rate import positions_rate_bits, rate_bits
 from .level_rate import LevelRate, rate_parameters, training_rate
-from .optimizer import adam
+from .optimizer import adam, cosine_factor
 from .quantization import noisy, ste_round
 from .render_refine import RenderTarget, refine_latents
 
@@ -152,7 +151,7 @@ def refit_arm(synthesis: AttributeSynthesis, latents: List[torch.Tensor], traini
     keep = max(1, min(int(total * float(training.arm_refit_subsample)), int(training.arm_refit_max_samples)))
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = lr * cosine_factor(step / steps)
         positions = torch.randint(0, total, (keep,), generator=generator)
         bits = positions_rate_bits(synthesis, values, positions) * (total / keep)
         opt.zero_grad(set_to_none=True)
@@ -216,11 +215,9 @@ def train_attributes(signals: AttributeSignals, levels: OctreeLevels, arch: Arch
     hard_from = int(round(steps * (1.0 - training.hard_rounding_fraction)))
     history = []
     for step in range(steps):
-        frac = step / max(1, steps - 1)
-        decay = 0.5 * (1 + math.cos(math.pi * frac))  # cosine from 1 to 0
-        floor = training.final_learning_rate / training.learning_rate
+        factor = cosine_factor(step / max(1, steps - 1), training.final_learning_rate / training.learning_rate)
         for g in opt.param_groups:
-            g["lr"] = g["base"] * (floor + (1 - floor) * decay)
+            g["lr"] = g["base"] * factor
         if step < hard_from:
             q = [noisy(l, gen) for l in latents]
         else:
