@@ -10,9 +10,12 @@ import os
 import sys
 import time
 import warnings
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 from .argtypes import positive_int
+
+if TYPE_CHECKING:
+    from .config import CodecConfig
 
 
 class CliError(Exception):
@@ -244,7 +247,7 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
-def _preset_values(describe: Callable[["CodecConfig"], str]) -> str:
+def _preset_values(describe: Callable[[CodecConfig], str]) -> str:
     """'fast 0, quality 500': ``describe`` of each preset in models/, for the help."""
     from .config import list_presets, load_preset
 

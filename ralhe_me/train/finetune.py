@@ -387,10 +387,9 @@ def finetune(model: GaussianModel, *, dataset: Optional[str] = None, cameras: Op
         t_train = time.perf_counter()
         base_lrs = [g["lr"] for g in params.optimizer.param_groups]
         for step in range(int(iters)):
-            if cfg.final_lr_fraction < 1.0:
-                factor = cosine_factor(step / int(iters), cfg.final_lr_fraction)
-                for g, base in zip(params.optimizer.param_groups, base_lrs):
-                    g["lr"] = base * factor
+            factor = cosine_factor(step / int(iters), cfg.final_lr_fraction)  # 1.0 exactly when constant
+            for g, base in zip(params.optimizer.param_groups, base_lrs):
+                g["lr"] = base * factor
             views = sampler.take(cfg.views_per_step)
             total, mse = 0.0, 0.0
             for v in views:
