@@ -243,3 +243,33 @@ def test_scene_finetune_steps_default_to_the_presets():
     assert scene_config(SceneSettings(preset="quality", finetune_iters=0)).finetune.iters == 0
     a, b = SceneSettings(preset="quality"), SceneSettings(preset="quality", finetune_iters=5)
     assert a.preparation_key() != b.preparation_key()
+
+
+def test_geometry_floor_is_the_cheapest_tier_reaching_the_peer():
+    """Each peer gets the positions and covariances of the cheapest geometry tier whose finetuned
+    model reaches its PSNR, over its size; none when no tier run gets there; the table shows it."""
+    from ralhe_me.sweep.report import add_geometry_floors, peer_comparison, peer_table
+
+    def row(codec, size, psnr):
+        return {"codec": codec, "total_bytes": size, "psnr": psnr, "decode_seconds": 0.1}
+
+    def tier(index, positions, covariance, finetuned):
+        return {"geometry_tier": index, "positions_bytes": positions, "covariance_bytes": covariance,
+                "finetuned_psnr": finetuned}
+
+    rows = [row("ralhe", 300, 40.0), row("ralhe", 600, 50.0), row("spz", 1000, 45.0), row("sog", 2000, 58.0),
+            row("cply", 800, 30.0)]
+    tiers = [tier(3, 300, 500, 55.0), tier(0, 100, 100, 42.0), tier(1, 150, 250, 47.0)]
+    peers = peer_comparison(rows)
+    add_geometry_floors(peers, tiers)
+    spz, sog, cply = peers["spz"], peers["sog"], peers["cply"]
+    assert (spz["geometry_floor_bytes"], spz["geometry_floor_tier"]) == (400, 1)  # tier 0 stops at 42 dB
+    assert spz["geometry_floor_ratio"] == pytest.approx(0.4)
+    assert (cply["geometry_floor_bytes"], cply["geometry_floor_tier"]) == (200, 0)
+    assert sog["geometry_floor_bytes"] is None and sog["geometry_floor_ratio"] is None  # 58 dB: no tier
+    table = peer_table("scene", peers)
+    assert next(l for l in table if l.startswith("SPZ")).endswith("0.40x (tier 1)")
+    assert next(l for l in table if l.startswith("SOG")).endswith(" -")
+    # a record without its finetuned PSNR (no finetuning) is no evidence of reaching anything
+    add_geometry_floors(peers, [dict(tier(0, 100, 100, None))])
+    assert spz["geometry_floor_bytes"] is None

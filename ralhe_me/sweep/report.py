@@ -56,6 +56,7 @@ def write_scene_report(settings: SceneSettings, rows: List[dict], log=print) -> 
         summary["geometry_tiers"] = [{k: v for k, v in t.items() if k != "key"} for t in tiers]
     peers = peer_comparison(rows)
     if peers:
+        add_geometry_floors(peers, tiers)
         summary["peers"] = peers
         lines = peer_table(settings.name, peers)
         (out / "peers.txt").write_text("\n".join(lines) + "\n")
@@ -162,10 +163,28 @@ def peer_comparison(rows) -> dict:
     return out
 
 
+def add_geometry_floors(peers: dict, tiers: List[dict]) -> None:
+    """Add to each peer of :func:`peer_comparison` its geometry floor: the positions and
+    covariances (bytes) of the cheapest geometry tier run whose finetuned model renders at or above
+    the peer's PSNR, and their ratio to the peer's file; None when no tier run gets there.
+    Why: every rate of a tier codes that tier's geometry, and its files have rendered below
+    its finetuned model (the latents code that model); a floor at or above half the peer's size
+    says no lambda on the tiers run reaches 0.5x: the geometry's code, not the attributes', must
+    shrink. ``tiers``: the sweep's ``scene_tier*.json`` records."""
+    reached = sorted((t["positions_bytes"] + t["covariance_bytes"], t["finetuned_psnr"], t.get("geometry_tier"))
+                     for t in tiers if t.get("finetuned_psnr") is not None
+                     and t.get("positions_bytes") is not None and t.get("covariance_bytes") is not None)
+    for peer in peers.values():
+        floor = next((r for r in reached if r[1] >= peer["psnr"]), None)
+        peer["geometry_floor_bytes"] = None if floor is None else int(floor[0])
+        peer["geometry_floor_tier"] = None if floor is None else floor[2]
+        peer["geometry_floor_ratio"] = None if floor is None else floor[0] / peer["bytes"]
+
+
 def peer_table(scene: str, peers: dict) -> List[str]:
     lines = [f"{scene}: RALHE against the formats people ship (splat-transform)",
              f"{'format':16s} {'size':>10s} {'PSNR':>8s} {'decode':>8s}   {'RALHE at its PSNR':>18s} {'ratio':>9s}"
-             f"   {'RALHE PSNR at its size':>22s}"]
+             f"   {'RALHE PSNR at its size':>22s}   {'geometry floor':>16s}"]
     for fmt, p in peers.items():
         upper = "<= " if p.get("ralhe_bytes_at_psnr_is_upper_bound") else ""
         lower = ">= " if p.get("ralhe_psnr_at_size_is_lower_bound") else ""
@@ -173,8 +192,10 @@ def peer_table(scene: str, peers: dict) -> List[str]:
             f"{upper}{p['ralhe_bytes_at_psnr'] / 1024:.1f} KiB"
         ratio = "-" if p["ralhe_size_ratio"] is None else f"{upper}{p['ralhe_size_ratio']:.2f}x"
         at_size = "out of range" if p["ralhe_psnr_at_size"] is None else f"{lower}{p['ralhe_psnr_at_size']:.2f} dB"
+        floor = "-" if p.get("geometry_floor_ratio") is None else \
+            f"{p['geometry_floor_ratio']:.2f}x (tier {p['geometry_floor_tier']})"
         lines.append(f"{PEER_LABELS[fmt]:16s} {p['bytes'] / 1024:7.1f} KiB {p['psnr']:6.2f} dB "
-                     f"{p['decode_seconds']:6.2f} s   {at:>18s} {ratio:>9s}   {at_size:>22s}")
+                     f"{p['decode_seconds']:6.2f} s   {at:>18s} {ratio:>9s}   {at_size:>22s}   {floor:>16s}")
     return lines
 
 
