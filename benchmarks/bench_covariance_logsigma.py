@@ -42,12 +42,13 @@ from benchmarks.shared_data import model_path  # noqa: E402
 SQRT2 = np.sqrt(2.0)
 
 
-def rotation_matrices(quats: np.ndarray) -> np.ndarray:  # quats [N, 4] (w, x, y, z) -> [N, 3, 3]
-    q = quats / np.linalg.norm(quats, axis=1, keepdims=True)
-    w, x, y, z = q.astype(np.float64).T
-    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-                     np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-                     np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], 1)
+def rotation_matrices(quats: np.ndarray) -> np.ndarray:  # quats [N, 4] (w, x, y, z), any norm -> [N, 3, 3]
+    """The renderer's rotations (``render.projection.quat_to_rotmat``), in float64."""
+    import torch
+
+    from ralhe_me.render.projection import quat_to_rotmat
+
+    return quat_to_rotmat(torch.from_numpy(np.asarray(quats, np.float64))).numpy()
 
 
 def quaternions(rot: np.ndarray) -> np.ndarray:  # rot [N, 3, 3] proper rotations -> [N, 4] (w, x, y, z)
